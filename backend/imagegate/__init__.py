@@ -1,0 +1,57 @@
+"""imagegate: one async interface to many image-generation providers, with failover.
+
+    async with ImageService.from_config() as service:
+        result = await service.generate(ImageRequest(prompt="a lighthouse at dusk"))
+"""
+
+from imagegate.errors import (
+    AllBackendsFailed,
+    AuthFailed,
+    BackendError,
+    BadResponse,
+    ConfigError,
+    ConnectFailed,
+    ContentFiltered,
+    GenerationTimeout,
+    HandshakeTimeout,
+    ImageGateError,
+    InvalidRequest,
+    QuotaExhausted,
+    RateLimited,
+    Rejected,
+    ServerError,
+    Unavailable,
+)
+from imagegate.models import Attempt, BackendHealth, GeneratedImage, ImageFormat, ImageRequest, ImageResult
+from imagegate.router import ImageService
+from imagegate.store import ImageStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AllBackendsFailed",
+    "Attempt",
+    "AuthFailed",
+    "BackendError",
+    "BackendHealth",
+    "BadResponse",
+    "ConfigError",
+    "ConnectFailed",
+    "ContentFiltered",
+    "GeneratedImage",
+    "GenerationTimeout",
+    "HandshakeTimeout",
+    "ImageFormat",
+    "ImageGateError",
+    "ImageRequest",
+    "ImageResult",
+    "ImageService",
+    "ImageStore",
+    "InvalidRequest",
+    "QuotaExhausted",
+    "RateLimited",
+    "Rejected",
+    "ServerError",
+    "Unavailable",
+    "__version__",
+]

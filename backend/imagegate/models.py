@@ -1,0 +1,185 @@
+"""The data that flows through imagegate: requests, images, attempts, results, health."""
+
+from __future__ import annotations
+
+import io
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from imagegate.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = [
+    "Attempt",
+    "BackendHealth",
+    "GeneratedImage",
+    "ImageFormat",
+    "ImageRequest",
+    "ImageResult",
+    "validation_message",
+]
+
+MAX_SEED = 2**32 - 1
+
+
+class ImageFormat(StrEnum):
+    """Image encodings imagegate asks for and returns."""
+
+    PNG = "png"
+    JPEG = "jpeg"
+    WEBP = "webp"
+
+
+class ImageRequest(BaseModel):
+    """What the caller wants; validated before anything is sent anywhere."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str = Field(min_length=1, max_length=4000)
+    negative_prompt: str = Field(default="", max_length=4000)
+    width: int = Field(default=1024, ge=64, le=2048, multiple_of=8)
+    height: int = Field(default=1024, ge=64, le=2048, multiple_of=8)
+    steps: int | None = Field(default=None, ge=1, le=150)
+    guidance_scale: float | None = Field(default=None, ge=0, le=30)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    n: int = Field(default=1, ge=1, le=8)
+    sampler: str | None = Field(default=None, max_length=100)
+    model: str | None = Field(default=None, max_length=300)
+    output_format: ImageFormat = ImageFormat.PNG
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @classmethod
+    def parse(cls, data: Any) -> ImageRequest:
+        """Validate ``data`` (a mapping) and raise InvalidRequest naming the field on failure."""
+        if not isinstance(data, dict):
+            raise InvalidRequest("the request must be a JSON object", field=None)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            field, message = validation_message(exc)
+            raise InvalidRequest(message, field=field) from None
+
+
+def validation_message(exc: ValidationError) -> tuple[str | None, str]:
+    """One readable line per problem ("width: must be <= 2048 (got 4096)") and the first field."""
+    lines: list[str] = []
+    first: str | None = None
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or None
+        first = first or loc
+        msg = _describe(err)
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return first, "; ".join(lines)
+
+
+def _describe(err: Any) -> str:
+    ctx = err.get("ctx") or {}
+    got = err.get("input")
+    shown = repr(got) if not isinstance(got, str) or len(got) < 60 else f"<{len(got)} chars>"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        return f"{_range_text(err)} (got {shown})"
+    if kind == "multiple_of":
+        return f"must be a multiple of {ctx.get('multiple_of')} (got {shown})"
+    if kind in ("string_too_short", "string_too_long"):
+        n = len(got) if isinstance(got, str) else "?"
+        lo = ctx.get("min_length", 1 if kind == "string_too_short" else 0)
+        hi = ctx.get("max_length", "")
+        return f"length must be {lo}..{hi} characters (got {n})".replace("..)", ")")
+    if kind == "missing":
+        return "field required"
+    return f"{err['msg']} (got {shown})"
+
+
+_RANGES: dict[str, str] = {
+    "width": "64..2048, a multiple of 8",
+    "height": "64..2048, a multiple of 8",
+    "steps": "1..150",
+    "guidance_scale": "0..30",
+    "seed": f"0..{MAX_SEED}",
+    "n": "1..8",
+}
+
+
+def _range_text(err: Any) -> str:
+    field = str(err["loc"][-1]) if err["loc"] else ""
+    if field in _RANGES:
+        return f"must be in {_RANGES[field]}"
+    return str(err["msg"]).lower()
+
+
+class GeneratedImage(BaseModel):
+    """One image: its encoded bytes and what we know of it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    data: bytes = Field(repr=False, exclude=True)
+    format: ImageFormat
+    width: int
+    height: int
+    seed: int | None = None
+    info: dict[str, Any] = Field(default_factory=dict)
+
+    def to_pil(self) -> Image.Image:
+        """Decode the bytes with Pillow."""
+        from PIL import Image
+
+        img = Image.open(io.BytesIO(self.data))
+        img.load()
+        return img
+
+
+Outcome = str  # "ok", "skipped", "cancelled" or an error kind
+
+
+class Attempt(BaseModel):
+    """One try (or skip) of one backend for one request."""
+
+    backend: str
+    outcome: Outcome
+    elapsed_s: float = 0.0
+    error: str | None = None
+    status: int | None = None
+    hedge: bool = False
+    timings: dict[str, float] = Field(default_factory=dict)
+
+
+class ImageResult(BaseModel):
+    """The answer to one request: images, who served them, and the whole attempt trail."""
+
+    images: list[GeneratedImage]
+    backend: str
+    attempts: list[Attempt]
+    elapsed_s: float
+
+
+BreakerState = Literal["closed", "open", "half_open", "disabled"]
+
+
+class BackendHealth(BaseModel):
+    """What the service knows of one backend right now."""
+
+    name: str
+    kind: str
+    state: BreakerState = "closed"
+    ok: bool | None = None
+    last_probe_at: float | None = None
+    last_error_kind: str | None = None
+    last_error: str | None = None
+    detail: str | None = None
+    open_until: float | None = None
+    timings: dict[str, float] = Field(default_factory=dict)
+    in_flight: int = 0
+    latency_ewma_s: float | None = None

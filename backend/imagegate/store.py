@@ -1,0 +1,101 @@
+"""Writes images to ``outputs/YYYY-MM-DD/<time>-<id>.<ext>`` atomically, parameters embedded.
+
+The generation parameters go where AUTOMATIC1111 puts them, so "PNG info" tools read them:
+a PNG ``tEXt`` chunk named ``parameters`` (inserted into the provider's bytes, no re-encode);
+for JPEG a COM segment with the same text; WebP files are written as received. A file only
+ever appears complete: bytes go to a temporary file in the same directory, are flushed to
+disk, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import struct
+import tempfile
+import zlib
+from datetime import datetime, timezone
+from pathlib import Path
+
+from imagegate.models import GeneratedImage, ImageFormat, ImageRequest
+
+__all__ = ["ImageStore", "embed_parameters", "parameters_text"]
+
+_EXT = {ImageFormat.PNG: "png", ImageFormat.JPEG: "jpg", ImageFormat.WEBP: "webp"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def parameters_text(request: ImageRequest, image: GeneratedImage, backend: str) -> str:
+    """The A1111 "infotext": prompt, ``Negative prompt:`` line, then ``Key: value`` pairs."""
+    lines = [request.prompt]
+    if request.negative_prompt:
+        lines.append(f"Negative prompt: {request.negative_prompt}")
+    fields = [
+        ("Steps", request.steps),
+        ("Sampler", request.sampler),
+        ("CFG scale", request.guidance_scale),
+        ("Seed", image.seed),
+        ("Size", f"{image.width}x{image.height}"),
+        ("Model", request.model or image.info.get("model")),
+        ("Backend", backend),
+    ]
+    lines.append(", ".join(f"{k}: {_clean(v)}" for k, v in fields if v is not None))
+    return "\n".join(lines)
+
+
+def _clean(value: object) -> str:
+    return str(value).replace(",", " ").replace("\n", " ")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def embed_parameters(data: bytes, fmt: ImageFormat, text: str) -> bytes:
+    """``data`` with ``text`` embedded as metadata, without re-encoding the pixels."""
+    if fmt is ImageFormat.PNG and data.startswith(_PNG_SIGNATURE):
+        # tEXt is Latin-1; iTXt carries UTF-8. A1111 writes tEXt when it can, iTXt otherwise.
+        try:
+            chunk = _png_chunk(b"tEXt", b"parameters\x00" + text.encode("latin-1"))
+        except UnicodeEncodeError:
+            chunk = _png_chunk(b"iTXt", b"parameters\x00\x00\x00\x00\x00" + text.encode("utf-8"))
+        ihdr_end = 8 + 8 + struct.unpack(">I", data[8:12])[0] + 4
+        return data[:ihdr_end] + chunk + data[ihdr_end:]
+    if fmt is ImageFormat.JPEG and data.startswith(b"\xff\xd8"):
+        comment = text.encode("utf-8")[:65000]
+        return data[:2] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + data[2:]
+    return data
+
+
+class ImageStore:
+    """The output directory."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def save(self, image: GeneratedImage, request: ImageRequest, *, backend: str) -> Path:
+        """Write one image atomically and return its path."""
+        now = datetime.now(timezone.utc).astimezone()
+        folder = self.root / now.strftime("%Y-%m-%d")
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{now.strftime('%H%M%S')}-{secrets.token_hex(4)}.{_EXT[image.format]}"
+        data = embed_parameters(image.data, image.format, parameters_text(request, image, backend))
+        return write_atomic(folder / name, data)
+
+
+def write_atomic(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that the file is either absent or complete."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+

@@ -1,0 +1,7 @@
+"""``python -m imagegate.testing <kind> --port P [--tls]``."""
+
+import sys
+
+from imagegate.testing.cli import main
+
+sys.exit(main())

@@ -1,0 +1,72 @@
+"""``python -m imagegate.testing <kind> --port P [--tls]``: run one emulator until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import inspect
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["EMULATORS", "main"]
+
+# kind -> module with create_app(**options) -> aiohttp.web.Application
+EMULATORS: dict[str, str] = {
+    "a1111": "imagegate.testing.a1111",
+    "novita": "imagegate.testing.novita",
+    "stability": "imagegate.testing.stability",
+    "hf_inference": "imagegate.testing.hf_inference",
+    "openai": "imagegate.testing.openai_images",
+}
+
+
+def main(argv: Sequence[str] | None = None, *, kind: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m imagegate.testing", description=__doc__)
+    if kind is None:
+        parser.add_argument("kind", choices=sorted(EMULATORS))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tls", action="store_true", help="serve HTTPS with a throwaway CA")
+    parser.add_argument("--ca-out", type=Path, help="with --tls: write the CA certificate here")
+    parser.add_argument("--api-key", help="the key clients must send (key-based emulators)")
+    parser.add_argument("--username", help="a1111: require HTTP Basic auth")
+    parser.add_argument("--password")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    args = parser.parse_args(argv)
+    args.kind = kind or args.kind
+    try:
+        asyncio.run(_serve(args))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from imagegate.testing.knobs import Knobs
+    from imagegate.testing.server import serve_app
+    from imagegate.testing.tls import LocalCA
+
+    module = importlib.import_module(EMULATORS[args.kind])
+    accepted = inspect.signature(module.create_app).parameters
+    options = {"knobs": Knobs(latency_s=args.latency)}
+    for name in ("api_key", "username", "password"):
+        if name in accepted and getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    app = module.create_app(**options)
+    ca = LocalCA() if args.tls else None
+    async with serve_app(app, tls=ca, host=args.host, port=args.port) as url:
+        print(f"{args.kind} emulator listening on {url}", flush=True)
+        if ca is not None:
+            target = args.ca_out or ca.ca_file
+            if args.ca_out:
+                args.ca_out.write_bytes(ca.ca_file.read_bytes())
+            print(f"CA certificate: {target} (use as ca_bundle or SSL_CERT_FILE)", flush=True)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
