@@ -1,0 +1,96 @@
+"""Shared fixtures: a throwaway CA, the A1111 emulator, a black-hole listener, settings helpers.
+
+Everything here listens on 127.0.0.1 only. Fault timeouts are fractions of a second and are
+set through the same config keys users set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
+from imagegate.config import Settings, load_settings  # noqa: E402
+from imagegate.testing import Knobs, LocalCA, black_hole, serve_app  # noqa: E402
+from imagegate.testing import a1111 as a1111_emulator  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def local_ca(tmp_path_factory: pytest.TempPathFactory) -> LocalCA:
+    """One CA per test session; ``local_ca.ca_file`` goes into a backend's ``ca_bundle``."""
+    return LocalCA(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture
+def knobs() -> Knobs:
+    return Knobs()
+
+
+@pytest.fixture
+async def a1111_url(knobs: Knobs) -> AsyncIterator[str]:
+    """A running A1111 emulator (plain HTTP, like a local webui) controlled by ``knobs``."""
+    async with serve_app(a1111_emulator.create_app(knobs=knobs)) as url:
+        yield url
+
+
+@pytest.fixture
+async def blackhole_url() -> AsyncIterator[str]:
+    """An https:// URL whose TLS handshake never completes."""
+    async with black_hole() as (host, port):
+        yield f"https://{host}:{port}"
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "imagegate.toml"
+    path.write_text(text)
+    return path
+
+
+def make_settings(
+    backends: list[dict[str, Any]],
+    *,
+    service: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+    tmp_path: Path,
+) -> Settings:
+    """Settings built through the real TOML loader, as a user's file would be."""
+    import tomllib  # noqa: F401  (documents that the text below is TOML)
+
+    lines = []
+    if service:
+        lines.append("[service]")
+        lines += [f"{k} = {_toml(v)}" for k, v in service.items()]
+    for b in backends:
+        lines.append("[[backend]]")
+        for k, v in b.items():
+            if isinstance(v, dict):
+                continue
+            lines.append(f"{k} = {_toml(v)}")
+        for k, v in b.items():
+            if isinstance(v, dict):
+                lines.append(f"[backend.{k}]")
+                lines += [f"{kk} = {_toml(vv)}" for kk, vv in v.items()]
+    path = write_config(tmp_path, "\n".join(lines) + "\n")
+    return load_settings(path, environ=environ or {}, dotenv=False)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(value)
