@@ -136,6 +136,10 @@ class ImageService:
                 raise
             raise GenerationTimeout("the request deadline ran out", backend=backend.name) from exc
 
+    def health(self) -> list[BackendHealth]:
+        """What is known of every backend now, without any network call."""
+        return [BackendHealth(name=b.name, kind=b.kind) for b in self.backends]
+
     async def probe_all(self, *, timeout: float | None = None) -> list[BackendHealth]:
         """Probe every backend once, concurrently."""
         t = timeout or self.settings.service.probe_timeout_s
