@@ -158,6 +158,18 @@ class HFInferenceSettings(_HttpBackendBase):
     api_key_env: str = "HF_TOKEN"
     whoami_url: str | None = None
 
+    _whoami = field_validator("whoami_url")(classmethod(lambda cls, v: _check_url(v)))
+
+    @field_validator("base_url")
+    @classmethod
+    def _not_retired_host(cls, value: str) -> str:
+        if urlsplit(value).hostname == "api-inference.huggingface.co":
+            raise ValueError(
+                "api-inference.huggingface.co is retired (it answers 410 Gone); "
+                "use https://router.huggingface.co"
+            )
+        return value
+
     def secret_env_names(self) -> dict[str, str]:
         return {"api_key": self.api_key_env}
 
@@ -171,6 +183,7 @@ class OpenAISettings(_HttpBackendBase):
     kind: Literal["openai"] = "openai"
     api_key_env: str | None = "OPENAI_API_KEY"
     api_key_required: bool = True
+    send_seed: bool = True  # a "seed" extension field; strict api.openai.com rejects it
 
     def secret_env_names(self) -> dict[str, str]:
         return {"api_key": self.api_key_env} if self.api_key_env else {}
@@ -238,6 +251,8 @@ class ServiceSettings(_Base):
     breaker_max_cooldown_s: float = Field(default=300.0, gt=0)
     retry_backoff_s: float = Field(default=0.05, ge=0)
     max_retry_after_s: float = Field(default=2.0, ge=0)
+    # HTTP API: OpenAI ``model`` names -> a backend name, or "*" for any backend
+    aliases: dict[str, str] = Field(default_factory=dict)
 
 
 class Settings(_Base):
@@ -266,8 +281,12 @@ def load_settings(
     *,
     environ: dict[str, str] | None = None,
     dotenv: bool = True,
+    require_secrets: bool = True,
 ) -> Settings:
     """Read the TOML file (``path``, else ``$IMAGEGATE_CONFIG``, else none) and the environment.
+
+    ``require_secrets=False`` (``imagegate diagnose``) lets a backend whose required variable is
+    unset load anyway, without that secret, so that it can be reported as absent.
 
     Raises ConfigError with one message naming the file, the table and the key.
     """
@@ -279,7 +298,7 @@ def load_settings(
         service = _validate_service(doc.pop("service", {}), source)
         raw_backends = doc.pop("backend", [])
         if doc:
-            raise ConfigError(f"{source}: unknown table or key {sorted(doc)[0]!r}")
+            raise ConfigError(f"{source}: unknown table or key {min(doc)!r}")
         if not isinstance(raw_backends, list):
             raise ConfigError(f"{source}: 'backend' must be an array of tables: [[backend]]")
         backends = [_validate_backend(raw, i, source) for i, raw in enumerate(raw_backends)]
@@ -289,7 +308,7 @@ def load_settings(
         backends = [_validate_backend(raw, i, source) for i, raw in enumerate(_from_env(env))]
     _check_unique(backends, source)
     backends = [b for b in backends if b.enabled]
-    secrets = _resolve_secrets(backends, env, source)
+    secrets = _resolve_secrets(backends, env, source, require=require_secrets)
     backends.sort(key=lambda b: b.priority)
     return Settings(service=service, backends=tuple(backends), secrets=secrets, source=source)
 
@@ -324,6 +343,7 @@ def _errors_text(exc: ValidationError) -> str:
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"] if p not in KINDS) or "(table)"
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = msg.removeprefix("Value error, ")
         parts.append(f"key {loc!r}: {msg}")
     return "; ".join(parts)
 
@@ -359,15 +379,18 @@ def _validate_backend(raw: Any, index: int, source: str) -> Any:
 
 
 def _check_unique(backends: list[Any], source: str) -> None:
-    seen: set[str] = set()
-    for b in backends:
+    seen: dict[str, int] = {}
+    for i, b in enumerate(backends):
         if b.name in seen:
-            raise ConfigError(f"{source}: [[backend]] name {b.name!r} is used twice")
-        seen.add(b.name)
+            raise ConfigError(
+                f"{source}: [[backend]] #{i + 1}: key 'name': {b.name!r} is already used by "
+                f"[[backend]] #{seen[b.name] + 1}; names must be unique"
+            )
+        seen[b.name] = i
 
 
 def _resolve_secrets(
-    backends: list[Any], env: dict[str, str], source: str
+    backends: list[Any], env: dict[str, str], source: str, *, require: bool = True
 ) -> dict[str, dict[str, str]]:
     secrets: dict[str, dict[str, str]] = {}
     for b in backends:
@@ -376,10 +399,10 @@ def _resolve_secrets(
             value = env.get(var, "").strip()
             if value:
                 found[purpose] = value
-            elif purpose in b.required_secrets():
+            elif require and purpose in b.required_secrets():
                 raise ConfigError(
-                    f"{source}: backend {b.name!r} ({b.kind}) needs the environment variable "
-                    f"{var} (set it, or put it in .env)"
+                    f"{source}: [[backend]] {b.name!r} ({b.kind}): key '{purpose}_env': "
+                    f"the environment variable {var} is not set (set it, or put it in .env)"
                 )
         secrets[b.name] = found
     return secrets

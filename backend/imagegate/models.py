@@ -95,12 +95,21 @@ def _describe(err: Any) -> str:
         return f"must be a multiple of {ctx.get('multiple_of')} (got {shown})"
     if kind in ("string_too_short", "string_too_long"):
         n = len(got) if isinstance(got, str) else "?"
-        lo = ctx.get("min_length", 1 if kind == "string_too_short" else 0)
-        hi = ctx.get("max_length", "")
-        return f"length must be {lo}..{hi} characters (got {n})".replace("..)", ")")
+        return f"length must be {_length_range(err)} characters (got {n})"
     if kind == "missing":
         return "field required"
-    return f"{err['msg']} (got {shown})"
+    return f"{str(err['msg']).removeprefix('Value error, ')} (got {shown})"
+
+
+def _length_range(err: Any) -> str:
+    """"1..4000" for a string field, from the ImageRequest field's own constraints."""
+    ctx = err.get("ctx") or {}
+    lo, hi = ctx.get("min_length"), ctx.get("max_length")
+    info = ImageRequest.model_fields.get(str(err["loc"][-1])) if err["loc"] else None
+    for meta in info.metadata if info else ():
+        lo = getattr(meta, "min_length", lo)
+        hi = getattr(meta, "max_length", hi)
+    return f"{lo or 0}..{hi}" if hi is not None else f"at least {lo}"
 
 
 _RANGES: dict[str, str] = {

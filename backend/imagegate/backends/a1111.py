@@ -22,7 +22,15 @@ from typing import Any
 
 import aiohttp
 
-from imagegate.backends.base import Deadline, HttpBackend, check_image, error_for_status, error_text
+from imagegate.backends.base import (
+    Deadline,
+    HttpBackend,
+    check_image,
+    error_for_status,
+    error_text,
+    parse_retry_after,
+    read_capped,
+)
 from imagegate.errors import BadResponse
 from imagegate.models import GeneratedImage, ImageRequest
 
@@ -86,6 +94,14 @@ def parse_response(body: Any, *, backend: str) -> list[tuple[bytes, int | None]]
     return out
 
 
+def _basic_auth_headers(user: str | None, password: str | None) -> dict[str, str]:
+    """``--api-auth`` credentials as an Authorization header (aiohttp's BasicAuth is deprecated)."""
+    if not user:
+        return {}
+    token = base64.b64encode(f"{user}:{password or ''}".encode()).decode("ascii")
+    return {"Authorization": f"Basic {token}"}
+
+
 class A1111Backend(HttpBackend):
     """A local AUTOMATIC1111 webui."""
 
@@ -95,18 +111,24 @@ class A1111Backend(HttpBackend):
         self, settings: Any, *, secrets: Mapping[str, str], session: aiohttp.ClientSession
     ) -> None:
         super().__init__(settings, secrets=secrets, session=session)
-        user, password = secrets.get("username"), secrets.get("password")
-        self._auth = aiohttp.BasicAuth(user, password or "") if user else None
+        self._headers = _basic_auth_headers(secrets.get("username"), secrets.get("password"))
 
     async def generate(self, request: ImageRequest, *, deadline: Deadline) -> list[GeneratedImage]:
         payload = build_request(request, model=self.settings.model)
         with self.map_errors(deadline):
             async with self._session.post(
-                self.base_url + _TXT2IMG, json=payload, auth=self._auth, **self.request_kwargs(deadline)
+                self.base_url + _TXT2IMG, json=payload, headers=self._headers, **self.request_kwargs(deadline)
             ) as resp:
                 if resp.status != 200:
-                    raise error_for_status(resp.status, error_text(await resp.read()), backend=self.name)
-                body = await resp.json(content_type=None)
+                    raise error_for_status(
+                        resp.status,
+                        error_text(await resp.read()),
+                        backend=self.name,
+                        retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+                    )
+                # base64 in JSON: 4/3 of the image bytes, plus the info text
+                cap = self.settings.max_image_bytes * request.n * 2
+                body = json.loads(await read_capped(resp, cap, backend=self.name))
         return [
             check_image(data, backend=self.name, seed=seed)
             for data, seed in parse_response(body, backend=self.name)
@@ -115,10 +137,12 @@ class A1111Backend(HttpBackend):
     async def _probe(self, deadline: Deadline, timings: dict[str, float]) -> str:
         with self.map_errors(deadline):
             async with self._session.get(
-                self.base_url + _PROGRESS, auth=self._auth, **self.request_kwargs(deadline, timings)
+                self.base_url + _PROGRESS, headers=self._headers, **self.request_kwargs(deadline, timings)
             ) as resp:
                 if resp.status != 200:
                     raise error_for_status(resp.status, error_text(await resp.read()), backend=self.name)
                 body = await resp.json(content_type=None)
+        if not isinstance(body, dict):
+            raise BadResponse("progress answer is not a JSON object", backend=self.name)
         job = (body.get("state") or {}).get("job") or "idle"
         return f"progress {float(body.get('progress') or 0):.0%}, job: {job}"

@@ -15,6 +15,7 @@ import asyncio
 import base64
 import json
 import random
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -36,8 +37,17 @@ _STR_FIELDS = ("prompt", "negative_prompt", "sampler_name", "sampler_index")
 
 
 def _error_body(status: int) -> dict[str, Any]:
-    names = {401: "Incorrect username or password", 500: "OutOfMemoryError", 503: "Service Unavailable"}
-    return {"error": "HTTPException", "detail": names.get(status, "error"), "body": "", "errors": ""}
+    names = {401: "Incorrect username or password", 500: "OutOfMemoryError"}
+    detail = names.get(status) or _phrase(status)
+    return {"error": "HTTPException", "detail": detail, "body": "", "errors": ""}
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "error"
+
 
 
 def _validate(body: Any) -> list[dict[str, Any]]:
@@ -69,9 +79,9 @@ def create_app(
 
     @web.middleware
     async def basic_auth(request: web.Request, handler: Any) -> web.StreamResponse:
-        if expected_auth and request.path.startswith("/sdapi/"):
-            if request.headers.get("Authorization") != expected_auth:
-                return web.json_response({"detail": "Incorrect username or password"}, status=401)
+        protected = expected_auth and request.path.startswith("/sdapi/")
+        if protected and request.headers.get("Authorization") != expected_auth:
+            return web.json_response({"detail": "Incorrect username or password"}, status=401)
         return await handler(request)
 
     async def record(request: web.Request) -> Any:

@@ -69,6 +69,10 @@ class Knobs:
                 return armed.params
         return None
 
+    def armed_for(self, path: str) -> bool:
+        """Whether a fault was armed for exactly ``path`` (faults then apply off generation routes)."""
+        return any(armed.path == path for armed in self._armed)
+
     def clear(self) -> None:
         self._armed.clear()
         self.latency_s = 0.0
@@ -107,7 +111,7 @@ def misbehaviour_middleware(
             RecordedRequest(request.method, request.path, dict(request.query), dict(request.headers), body)
         )
         path = request.path
-        faultable = any(path.startswith(p) for p in generation_paths)
+        faultable = any(path.startswith(p) for p in generation_paths) or knobs.armed_for(path)
         try:
             if faultable:
                 early = await _apply_faults(knobs, request, path, error_body)

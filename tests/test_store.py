@@ -1,0 +1,116 @@
+"""The output store: dated paths, A1111-style ``parameters`` metadata, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from imagegate.models import GeneratedImage, ImageFormat, ImageRequest
+from imagegate.store import ImageStore, parameters_text
+from imagegate.testing import make_image
+from PIL import Image
+
+
+def image_of(fmt: str = "png", *, width: int = 96, height: int = 64, seed: int | None = 7) -> GeneratedImage:
+    data = make_image(width, height, "a lighthouse", seed or 0, fmt)
+    return GeneratedImage(data=data, format=ImageFormat(fmt), width=width, height=height, seed=seed)
+
+
+FULL = ImageRequest(
+    prompt="a lighthouse at dusk",
+    negative_prompt="blurry, low quality",
+    width=96,
+    height=64,
+    steps=20,
+    sampler="Euler a",
+    guidance_scale=7.5,
+    seed=7,
+    model="sd_xl_base_1.0",
+)
+
+
+def test_png_parameters_are_read_by_pillow_like_a1111_infotext(tmp_path: Path) -> None:
+    path = ImageStore(tmp_path).save(image_of(), FULL, backend="local-sd")
+    with Image.open(path) as img:
+        assert img.size == (96, 64)
+        text = img.info["parameters"]
+    assert text.split("\n") == [
+        "a lighthouse at dusk",
+        "Negative prompt: blurry, low quality",
+        (
+            "Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 7, Size: 96x64, "
+            "Model: sd_xl_base_1.0, Backend: local-sd"
+        ),
+    ]
+
+
+def test_pixels_are_unchanged_by_the_metadata(tmp_path: Path) -> None:
+    image = image_of()
+    path = ImageStore(tmp_path).save(image, FULL, backend="b")
+    with Image.open(path) as saved:
+        saved.verify()  # every chunk, the inserted one too, has a valid CRC
+    with Image.open(path) as saved:
+        assert saved.tobytes() == image.to_pil().tobytes()
+
+
+def test_unset_fields_are_left_out_of_the_parameters() -> None:
+    request = ImageRequest(prompt="a cat", width=64, height=64)
+    text = parameters_text(request, image_of(width=64, height=64, seed=123), "local")
+    assert text == "a cat\nSeed: 123, Size: 64x64, Backend: local"
+
+
+def test_non_latin1_prompt_is_stored_as_itxt_and_still_readable(tmp_path: Path) -> None:
+    request = ImageRequest(prompt="灯台、夕暮れ — маяк 🌅", negative_prompt="размыто")
+    path = ImageStore(tmp_path).save(image_of(), request, backend="local")
+    assert b"iTXt" in path.read_bytes()
+    with Image.open(path) as img:
+        text = img.info["parameters"]
+    assert text.startswith("灯台、夕暮れ — маяк 🌅\nNegative prompt: размыто\n")
+    assert "Seed: 7" in text
+
+
+def test_jpeg_is_saved_as_jpg_with_the_parameters_as_a_comment(tmp_path: Path) -> None:
+    request = ImageRequest(prompt="a lighthouse at dusk", output_format="jpeg", seed=7)
+    path = ImageStore(tmp_path).save(image_of("jpeg"), request, backend="local")
+    assert path.suffix == ".jpg"
+    with Image.open(path) as img:
+        assert img.format == "JPEG" and img.size == (96, 64)
+        comment = img.info["comment"].decode()
+    assert comment.startswith("a lighthouse at dusk\n") and "Seed: 7" in comment
+
+
+def test_webp_is_written_as_received(tmp_path: Path) -> None:
+    image = image_of("webp")
+    path = ImageStore(tmp_path).save(image, FULL, backend="local")
+    assert path.suffix == ".webp" and path.read_bytes() == image.data
+
+
+def test_path_is_dated_folder_and_time_plus_short_id(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "outputs")
+    first = store.save(image_of(), FULL, backend="b")
+    second = store.save(image_of(), FULL, backend="b")
+    assert first != second
+    assert first.parent.parent == tmp_path / "outputs"
+    assert first.parent.name == datetime.now().astimezone().strftime("%Y-%m-%d")
+    assert re.fullmatch(r"\d{6}-[0-9a-f]{8}\.png", first.name)
+
+
+@pytest.mark.parametrize("fails", ["fsync", "replace"])
+def test_a_failure_mid_write_leaves_no_partial_or_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str
+) -> None:
+    def boom(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    store = ImageStore(tmp_path)
+    store.save(image_of(), FULL, backend="b")  # creates today's folder with one good file
+    (folder,) = tmp_path.iterdir()
+    before = sorted(folder.iterdir())
+    monkeypatch.setattr(os, fails, boom)
+    with pytest.raises(OSError, match="No space left"):
+        store.save(image_of(), FULL, backend="b")
+    monkeypatch.undo()
+    assert sorted(folder.iterdir()) == before  # nothing new: no partial file, no .tmp- file
