@@ -183,13 +183,21 @@ class OpenAISettings(_HttpBackendBase):
     kind: Literal["openai"] = "openai"
     api_key_env: str | None = "OPENAI_API_KEY"
     api_key_required: bool = True
-    send_seed: bool = True  # a "seed" extension field; strict api.openai.com rejects it
+    # send seed/negative_prompt/steps/guidance_scale/output_format when set (imagegate's own
+    # server reads them); strict api.openai.com rejects unknown fields: set false there
+    send_extensions: bool = True
 
     def secret_env_names(self) -> dict[str, str]:
         return {"api_key": self.api_key_env} if self.api_key_env else {}
 
     def required_secrets(self) -> tuple[str, ...]:
         return ("api_key",) if self.api_key_env and self.api_key_required else ()
+
+
+# ImageRequest fields a Space's parameters can be mapped from (HFSpaceSettings.inputs keys).
+SPACE_INPUT_FIELDS = (
+    "prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "sampler", "model",
+)
 
 
 class HFSpaceSettings(_BackendBase):
@@ -210,9 +218,27 @@ class HFSpaceSettings(_BackendBase):
 
     _src = field_validator("src", "hub_url")(classmethod(lambda cls, v: _check_url(v)))
 
+    @field_validator("inputs")
+    @classmethod
+    def _known_inputs(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(SPACE_INPUT_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"unknown request field {unknown[0]!r} (known: {', '.join(SPACE_INPUT_FIELDS)})"
+            )
+        if "prompt" not in value:
+            raise ValueError("must map 'prompt' to the Space's prompt parameter")
+        return value
+
     def model_post_init(self, __context: Any) -> None:
-        if (self.space is None) == (self.src is None):
-            raise ValueError("set exactly one of 'space' (owner/name) or 'src' (a URL)")
+        if self.space is None and self.src is None:
+            raise ValueError(
+                "set 'space' (owner/name) or 'src' (a URL), or both: 'src' then serves the "
+                "Gradio calls and 'space' the Hub runtime check"
+            )
+        clash = sorted(set(self.inputs.values()) & set(self.fixed))
+        if clash:
+            raise ValueError(f"parameter {clash[0]!r} is set by both 'inputs' and 'fixed'")
 
     def secret_env_names(self) -> dict[str, str]:
         return {"token": self.token_env}

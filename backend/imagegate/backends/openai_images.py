@@ -1,0 +1,244 @@
+"""Any server that speaks the OpenAI Images API: aggregators, self-hosted servers, another imagegate.
+
+Wire (openai-python 3.54 ``types/image_generate_params.py``, ``images_response.py``):
+
+- ``POST {base_url}/v1/images/generations``, ``Authorization: Bearer <key>`` (no header at
+  all when ``api_key_required = false`` and the variable is unset), JSON
+  ``{model, prompt, n, size: "WxH", response_format: "b64_json"}``.
+- 200: ``{"created", "data": [{"b64_json"?, "url"?, "revised_prompt"?}], ...}``; each item
+  may carry either form. A ``url`` is downloaded at once under the same deadline and
+  ``max_image_bytes`` cap; a ``data:`` URL is decoded in place.
+- Errors: ``{"error": {"message", "type", "param", "code"}}``; the message is kept.
+  ``code`` content_policy_violation / moderation_blocked -> content_filtered;
+  402, or code insufficient_quota / billing_hard_limit_reached (OpenAI sends these with 429
+  and 400) -> quota_exhausted; 401/403 -> auth_failed; 429 -> rate_limited with
+  ``retry-after-ms`` or ``Retry-After``; 503 -> unavailable; other 5xx -> server_error;
+  other 4xx -> rejected.
+
+Decided:
+
+- ``base_url`` may end in ``/v1`` (the openai SDK's ``OPENAI_BASE_URL`` convention); no
+  second ``/v1`` is added then.
+- ``model`` (request, else config) is left out when unset: the server picks its default.
+- ``response_format: "b64_json"`` is sent except to ``gpt-image*`` models, which always
+  answer base64 and reject the parameter with 400 ``unknown_parameter`` on api.openai.com.
+  ``output_format`` is sent only when it is not PNG (the default), and only to
+  ``gpt-image*`` models or with extensions on; the real format is sniffed anyway.
+- Extensions: ``seed``, ``negative_prompt``, ``steps`` and ``guidance_scale`` are not in the
+  OpenAI shape. With ``send_extensions = true`` (the default) each is sent when the caller
+  set it: imagegate's own server reads all of them, and many self-hosted servers read
+  ``seed``. Strict api.openai.com rejects unknown fields with 400 ``unknown_parameter``:
+  set ``send_extensions = false`` there. An image reports an item's own ``seed`` field
+  when the server sends one, else the sent seed when ``n = 1``.
+- The key is sent to download a ``url`` only when the URL has the same origin as
+  ``base_url``: presigned storage URLs on other hosts never see it.
+- Probe: ``GET {base_url}/v1/models`` (free). 404/405 there still means "reachable and
+  authenticated enough": many image servers have no model list.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+
+from imagegate.backends.base import (
+    Deadline,
+    HttpBackend,
+    check_image,
+    error_for_status,
+    error_text,
+    parse_retry_after,
+    read_capped,
+)
+from imagegate.errors import BackendError, BadResponse, ContentFiltered, QuotaExhausted
+from imagegate.models import GeneratedImage, ImageFormat, ImageRequest
+
+__all__ = ["ImageItem", "OpenAIImagesBackend", "build_request", "error_from_response", "parse_response"]
+
+_GENERATIONS = "/v1/images/generations"
+_MODELS = "/v1/models"
+_FILTERED_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
+_QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One entry of ``data``: decoded bytes, or a URL still to download."""
+
+    data: bytes | None
+    url: str | None
+    seed: int | None
+    info: dict[str, Any]
+
+
+def endpoint(base_url: str, path: str) -> str:
+    """``base_url + path``, without doubling a ``/v1`` that ``base_url`` already ends in."""
+    if base_url.endswith("/v1") and path.startswith("/v1/"):
+        path = path[3:]
+    return base_url + path
+
+
+def _is_gpt_image(model: str | None) -> bool:
+    return bool(model) and model.lower().startswith("gpt-image")  # type: ignore[union-attr]
+
+
+def build_request(request: ImageRequest, *, model: str | None, extensions: bool = True) -> dict[str, Any]:
+    """The generations JSON body (pure)."""
+    model = request.model or model
+    payload: dict[str, Any] = {"prompt": request.prompt, "n": request.n, "size": f"{request.width}x{request.height}"}
+    if model:
+        payload["model"] = model
+    if not _is_gpt_image(model):
+        payload["response_format"] = "b64_json"
+    if request.output_format is not ImageFormat.PNG and (extensions or _is_gpt_image(model)):
+        payload["output_format"] = request.output_format.value
+    if extensions:
+        extra = {
+            "seed": request.seed,
+            "negative_prompt": request.negative_prompt or None,
+            "steps": request.steps,
+            "guidance_scale": request.guidance_scale,
+        }
+        payload.update({k: v for k, v in extra.items() if v is not None})
+    return payload
+
+
+def parse_response(body: Any, *, backend: str, sent_seed: int | None) -> list[ImageItem]:
+    """The images of a 200 answer, decoded or as URLs to fetch (pure)."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list) or not data:
+        raise BadResponse("images answer has no 'data' list", backend=backend)
+    items = []
+    for entry in data:
+        if not isinstance(entry, dict):
+            raise BadResponse("an entry of 'data' is not an object", backend=backend)
+        seed = entry.get("seed")
+        seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else (sent_seed if len(data) == 1 else None)
+        info = {"revised_prompt": entry["revised_prompt"]} if entry.get("revised_prompt") else {}
+        b64, url = entry.get("b64_json"), entry.get("url")
+        if isinstance(url, str) and url.startswith("data:"):
+            b64, url = url.partition(",")[2], None
+        if isinstance(b64, str) and b64:
+            items.append(ImageItem(_b64decode(b64, backend), None, seed, info))
+        elif isinstance(url, str) and url:
+            items.append(ImageItem(None, url, seed, info))
+        else:
+            raise BadResponse("an entry of 'data' has neither 'b64_json' nor 'url'", backend=backend)
+    return items
+
+
+def _b64decode(text: str, backend: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadResponse("'b64_json' is not valid base64", backend=backend) from exc
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    return parse_retry_after(headers.get("Retry-After"))
+
+
+def error_from_response(status: int, body: bytes, headers: Mapping[str, str], *, backend: str) -> BackendError:
+    """The taxonomy's error for a non-200 answer, keeping the server's message (pure)."""
+    error: Any = None
+    try:
+        doc = json.loads(body)
+        error = doc.get("error") if isinstance(doc, dict) else None
+    except ValueError:
+        pass
+    if isinstance(error, dict):
+        message = str(error.get("message") or error.get("code") or "no detail")
+        code = str(error.get("code") or error.get("type") or "")
+    else:
+        message, code = (str(error) if error else error_text(body) or "no detail"), ""
+    message = error_text(message) + (f" [{code}]" if code and code not in message else "")
+    retry_after = _retry_after(headers)
+    if code in _FILTERED_CODES:
+        return ContentFiltered(message, backend=backend, status=status)
+    if status == 402 or code in _QUOTA_CODES:
+        return QuotaExhausted(message, backend=backend, status=status)
+    return error_for_status(status, message, backend=backend, retry_after=retry_after)
+
+
+def _same_origin(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
+
+
+class OpenAIImagesBackend(HttpBackend):
+    """An OpenAI-compatible ``/v1/images/generations`` server."""
+
+    kind = "openai"
+
+    def __init__(
+        self, settings: Any, *, secrets: Mapping[str, str], session: aiohttp.ClientSession
+    ) -> None:
+        super().__init__(settings, secrets=secrets, session=session)
+        key = secrets.get("api_key")
+        self._key = key
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _redact(self, body: bytes) -> bytes:
+        return body.replace(self._key.encode(), b"***") if self._key else body
+
+    async def generate(self, request: ImageRequest, *, deadline: Deadline) -> list[GeneratedImage]:
+        payload = build_request(request, model=self.settings.model, extensions=self.settings.send_extensions)
+        url = endpoint(self.base_url, _GENERATIONS)
+        with self.map_errors(deadline):
+            async with self._session.post(
+                url, json=payload, headers=self._headers, **self.request_kwargs(deadline)
+            ) as resp:
+                cap = (self.settings.max_image_bytes * 4 // 3 + 4096) * request.n  # base64 inflates 4/3
+                body = await read_capped(resp, cap, backend=self.name)
+                if resp.status != 200:
+                    raise error_from_response(resp.status, self._redact(body), resp.headers, backend=self.name)
+                doc = json.loads(body)
+            items = parse_response(doc, backend=self.name, sent_seed=payload.get("seed"))
+            images = []
+            for item in items:
+                data = item.data if item.data is not None else await self._download(url, item.url, deadline)
+                images.append(check_image(data, backend=self.name, seed=item.seed, info=item.info))
+        return images
+
+    async def _download(self, base: str, url: str | None, deadline: Deadline) -> bytes:
+        target = urljoin(base, url or "")
+        headers = self._headers if _same_origin(target, self.base_url) else {}
+        kwargs = self.request_kwargs(deadline)
+        if not target.startswith("https:"):
+            kwargs.pop("ssl", None)
+        async with self._session.get(target, headers=headers, **kwargs) as resp:
+            if resp.status != 200:
+                raise BadResponse(f"downloading the image URL failed: HTTP {resp.status}",
+                                  backend=self.name, status=resp.status)
+            return await read_capped(resp, self.settings.max_image_bytes, backend=self.name)
+
+    async def _probe(self, deadline: Deadline, timings: dict[str, float]) -> str:
+        with self.map_errors(deadline):
+            async with self._session.get(
+                endpoint(self.base_url, _MODELS), headers=self._headers, **self.request_kwargs(deadline, timings)
+            ) as resp:
+                body = await read_capped(resp, 4 * 1024 * 1024, backend=self.name)
+                if resp.status in (404, 405):
+                    return f"reachable (no model list: HTTP {resp.status})"
+                if resp.status != 200:
+                    raise error_from_response(resp.status, self._redact(body), resp.headers, backend=self.name)
+                doc = json.loads(body)
+        models = doc.get("data") if isinstance(doc, dict) else None
+        if not isinstance(models, list):
+            return "reachable (model list not understood)"
+        names = [str(m.get("id")) for m in models if isinstance(m, dict)]
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        return f"{len(names)} models" + (f": {shown}" if names else "")
