@@ -1,0 +1,242 @@
+"""The OpenAPI 3.1 document served at ``GET /openapi.json``.
+
+Hand-written paths; the request and answer bodies come from the same pydantic models the
+server validates with, so the document cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from imagegate.models import BackendHealth
+from imagegate.server_api import GenerationBody, ImagesResponse
+
+__all__ = ["openapi_document"]
+
+_REF = "#/components/schemas/{model}"
+
+
+def _schema(model: Any) -> dict[str, Any]:
+    return model.model_json_schema(ref_template=_REF)  # type: ignore[no-any-return]
+
+
+def _json(ref: str, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}},
+    }
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json("Error", description, {"x-request-id": _header("the request id")})
+
+
+def _header(description: str, *, required: bool = True, kind: str = "string") -> dict[str, Any]:
+    return {"description": description, "required": required, "schema": {"type": kind}}
+
+
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "code", "param"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "code": {"type": ["string", "null"]},
+                "param": {"type": ["string", "null"]},
+                "attempts": {"type": "array", "items": {"type": "object"}},
+            },
+        }
+    },
+}
+_AUTH_ERRORS = {"401": _error("missing or wrong API key (only when IMAGEGATE_API_KEY is set)")}
+
+
+def _generations() -> dict[str, Any]:
+    ok_headers = {
+        "x-request-id": _header("the request id (echoed when the caller sent a safe one)"),
+        "x-imagegate-backend": _header("the backend that produced the images"),
+        "x-imagegate-attempts": _header("how many backend attempts were made", kind="string"),
+    }
+    return {
+        "post": {
+            "operationId": "createImage",
+            "summary": "Generate images (OpenAI-compatible)",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/ImageGenerationRequest"}
+                    }
+                },
+            },
+            "responses": {
+                "200": _json("ImagesResponse", "the images", ok_headers),
+                "400": _error("malformed JSON, or a field failed validation (`param` names it)"),
+                **_AUTH_ERRORS,
+                "413": _error("body larger than the limit (IMAGEGATE_MAX_BODY_BYTES)"),
+                "502": _error("every backend failed; the message and `attempts` hold the trail"),
+                "503": _error("the server is shutting down"),
+                "504": _error("the deadline passed before any backend answered"),
+            },
+        }
+    }
+
+
+def _get(operation_id: str, summary: str, responses: dict[str, Any]) -> dict[str, Any]:
+    return {"get": {"operationId": operation_id, "summary": summary, "responses": responses}}
+
+
+def _plain_schema(properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(properties)}
+
+
+def _paths() -> dict[str, Any]:
+    status = _plain_schema({"status": {"type": "string"}})
+    readiness = _plain_schema(
+        {"status": {"type": "string"}, "usable_backends": {"type": "integer"}}
+    )
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    return {
+        "/v1/images/generations": _generations(),
+        "/v1/files/{file_id}": {
+            "get": {
+                "operationId": "getFile",
+                "summary": "An image stored for a `url` answer",
+                "parameters": [
+                    {
+                        "name": "file_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the image bytes",
+                        "content": {
+                            f"image/{t}": {"schema": {"type": "string", "format": "binary"}}
+                            for t in ("png", "jpeg", "webp")
+                        },
+                    },
+                    **_AUTH_ERRORS,
+                    "404": _error("no image with this id"),
+                },
+            }
+        },
+        "/v1/backends": _get(
+            "listBackends",
+            "The health table",
+            {
+                "200": _json("BackendList", "every backend, as the service knows it now"),
+                **_AUTH_ERRORS,
+            },
+        ),
+        "/v1/models": _get(
+            "listModels",
+            "Backend names and aliases usable as `model`",
+            {
+                "200": _json("ModelList", "backends and aliases"),
+                **_AUTH_ERRORS,
+            },
+        ),
+        "/healthz": _get(
+            "liveness",
+            "200 while the process serves",
+            {
+                "200": {
+                    "description": "alive",
+                    "content": {"application/json": {"schema": status}},
+                },
+            },
+        ),
+        "/readyz": _get(
+            "readiness",
+            "200 when at least one backend is usable",
+            {
+                "200": {
+                    "description": "ready",
+                    "content": {"application/json": {"schema": readiness}},
+                },
+                "503": {
+                    "description": "no usable backend, or shutting down",
+                    "content": {"application/json": {"schema": readiness}},
+                },
+            },
+        ),
+        "/metrics": _get(
+            "metrics",
+            "Prometheus text format",
+            {
+                "200": {"description": "metrics", "content": text},
+                **_AUTH_ERRORS,
+            },
+        ),
+    }
+
+
+def _components() -> dict[str, Any]:
+    request = _schema(GenerationBody)
+    response = _schema(ImagesResponse)
+    schemas: dict[str, Any] = {**response.pop("$defs", {})}
+    schemas.update(
+        ImageGenerationRequest=request,
+        ImagesResponse=response,
+        Error=_ERROR_SCHEMA,
+        BackendHealth=_schema(BackendHealth),
+        BackendList=_plain_schema(
+            {
+                "object": {"type": "string"},
+                "ready": {"type": "boolean"},
+                "data": {"type": "array", "items": {"$ref": "#/components/schemas/BackendHealth"}},
+            }
+        ),
+        ModelList=_plain_schema(
+            {
+                "object": {"type": "string"},
+                "data": {
+                    "type": "array",
+                    "items": _plain_schema(
+                        {
+                            "id": {"type": "string"},
+                            "object": {"type": "string"},
+                            "created": {"type": "integer"},
+                            "owned_by": {"type": "string"},
+                        }
+                    ),
+                },
+            }
+        ),
+    )
+    return {
+        "schemas": schemas,
+        "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+    }
+
+
+def openapi_document(*, version: str, server_url: str | None = None) -> dict[str, Any]:
+    """The whole document; ``server_url`` goes into ``servers`` when given."""
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "imagegate",
+            "version": version,
+            "description": "OpenAI-compatible image generation in front of several providers, "
+            "with health checks and failover. Validation errors are 400 (as OpenAI answers).",
+        },
+        "paths": _paths(),
+        "components": _components(),
+    }
+    for path, item in doc["paths"].items():
+        if path.startswith("/v1/"):
+            for operation in item.values():
+                operation["security"] = [{"bearerAuth": []}]
+    if server_url:
+        doc["servers"] = [{"url": server_url}]
+    return doc
