@@ -1,12 +1,18 @@
-"""ImageService: the one async entry point; picks backends, fails over, keeps the trail."""
+"""ImageService: the one async entry point; orders backends, fails over, hedges, keeps the trail.
+
+The pieces: ``health.py`` (circuit breakers, the background probe loop), ``routing.py``
+(per-backend state, ordering policy, admission, hedge budget; no I/O) and ``dispatch.py``
+(one request's attempts, retries and hedges as tasks). This module owns their lifetimes.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import aiohttp
 import structlog
@@ -14,25 +20,47 @@ import structlog
 from imagegate.backends import create_backend
 from imagegate.backends.base import Deadline, ImageBackend, timing_trace_config
 from imagegate.config import Settings, load_settings
-from imagegate.errors import AllBackendsFailed, BackendError, ConfigError, GenerationTimeout
-from imagegate.models import Attempt, BackendHealth, ImageRequest, ImageResult
+from imagegate.dispatch import RequestRun, Runtime
+from imagegate.errors import ConfigError, HealthEffect, error_class_for_kind
+from imagegate.health import BreakerPolicy, CircuitBreaker, HealthProber, Transition
+from imagegate.models import BackendHealth, ImageRequest, ImageResult
+from imagegate.routing import BackendState, HedgeBudget, order
 
 __all__ = ["ImageService"]
 
 log = structlog.get_logger()
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class ImageService:
     """Generate images through the configured backends, failing over between them.
 
     Use as an async context manager: ``async with ImageService.from_config() as svc:``.
-    One service per process: it owns the shared HTTP session and every backend.
+    One service per process: it owns the shared HTTP session, every backend, their circuit
+    breakers and the background probe task. ``clock`` (monotonic seconds, for the breakers),
+    ``rng`` (jitter) and ``sleep`` (retry backoff) are injectable so tests never wait.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
         self.settings = settings
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
         self._backends: dict[str, ImageBackend] = {}
+        self._states: dict[str, BackendState] = {}
+        self._prober: HealthProber | None = None
+        self._runtime: Runtime | None = None
+        self._turn = 0
 
     @classmethod
     def from_config(cls, path: str | Path | None = None) -> ImageService:
@@ -51,24 +79,71 @@ class ImageService:
     ) -> None:
         await self.aclose()
 
+    # -- lifecycle ----------------------------------------------------------------------
+
     async def start(self) -> None:
-        """Open the shared HTTP session and build every backend."""
+        """Open the shared HTTP session, build every backend, start the probe loop."""
         if self._session is not None:
             return
         if not self.settings.backends:
             raise ConfigError(f"{self.settings.source}: no backend is configured")
+        svc = self.settings.service
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=0, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self.settings.service.deadline_s, sock_connect=30),
+            timeout=aiohttp.ClientTimeout(total=svc.deadline_s, sock_connect=30),
             trace_configs=[timing_trace_config()],
         )
+        policy = BreakerPolicy(svc.breaker_threshold, svc.breaker_cooldown_s, svc.breaker_max_cooldown_s)
         for cfg in self.settings.backends:
             secrets = self.settings.secrets.get(cfg.name, {})
             self._backends[cfg.name] = create_backend(cfg, secrets=secrets, session=self._session)
+            self._states[cfg.name] = self._new_state(cfg, policy)
+        self._runtime = Runtime(
+            settings=svc,
+            backends=self._backends,
+            budget=HedgeBudget(svc.hedge_budget),
+            rng=self._rng,
+            sleep=self._sleep,
+        )
+        self._prober = HealthProber(
+            list(self._states),
+            self._probe_one,
+            interval_s=svc.probe_interval_s,
+            urgent=lambda name: self._states[name].breaker.state != "closed",
+            rng=self._rng,
+        )
+        self._prober.start()
+
+    def _new_state(self, cfg: object, policy: BreakerPolicy) -> BackendState:
+        name: str = getattr(cfg, "name")  # noqa: B009 - settings are a discriminated union
+
+        def on_transition(t: Transition) -> None:
+            log.info(
+                "breaker_transition",
+                backend=name,
+                kind=f"{t.old}_to_{t.new}",
+                reason=t.reason,
+                open_for_s=None if t.open_for_s is None else round(t.open_for_s, 3),
+            )
+            if t.new != "closed" and self._prober is not None:
+                self._prober.nudge(name)
+
+        return BackendState(
+            name=name,
+            kind=getattr(cfg, "kind"),  # noqa: B009
+            breaker=CircuitBreaker(policy, clock=self._clock, on_transition=on_transition),
+            priority=getattr(cfg, "priority", 0),
+            max_concurrency=getattr(cfg, "max_concurrency", 8),
+            queue=getattr(cfg, "queue", False),
+            cost=getattr(cfg, "cost", 0.0),
+        )
 
     async def aclose(self) -> None:
-        """Close every backend and the shared session."""
+        """Stop the probe loop, close every backend and the shared session."""
+        if self._prober is not None:
+            await self._prober.stop()
+            self._prober = None
         backends, self._backends = self._backends, {}
         for backend in backends.values():
             try:
@@ -78,6 +153,9 @@ class ImageService:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        self._runtime = None
+
+    # -- what is configured -------------------------------------------------------------
 
     @property
     def backends(self) -> list[ImageBackend]:
@@ -89,6 +167,13 @@ class ImageService:
         except KeyError:
             raise ConfigError(f"no backend named {name!r} (configured: {self.settings.names()})") from None
 
+    def breaker(self, name: str) -> CircuitBreaker:
+        """The circuit breaker of backend ``name``."""
+        self.backend(name)
+        return self._states[name].breaker
+
+    # -- generating ---------------------------------------------------------------------
+
     async def generate(
         self,
         request: ImageRequest,
@@ -96,55 +181,69 @@ class ImageService:
         backend: str | None = None,
         deadline_s: float | None = None,
     ) -> ImageResult:
-        """Generate ``request``: try backends in order until one returns images."""
-        if self._session is None:
-            raise RuntimeError("ImageService is not started: use 'async with ImageService...'")
-        started = time.monotonic()
-        deadline = Deadline.after(deadline_s or self.settings.service.deadline_s)
-        candidates = [self.backend(backend)] if backend else self.backends
-        attempts: list[Attempt] = []
-        for candidate in candidates[: self.settings.service.max_attempts]:
-            if deadline.expired:
-                break
-            attempt_start = time.monotonic()
-            try:
-                images = await self._attempt(candidate, request, deadline)
-            except BackendError as exc:
-                attempts.append(_failed(candidate.name, exc, time.monotonic() - attempt_start))
-                log.warning(
-                    "backend_failed",
-                    backend=candidate.name,
-                    error_kind=exc.kind,
-                    error=str(exc),
-                    elapsed_s=round(time.monotonic() - attempt_start, 4),
-                )
-                continue
-            attempts.append(Attempt(backend=candidate.name, outcome="ok", elapsed_s=time.monotonic() - attempt_start))
-            elapsed = time.monotonic() - started
-            log.info("image_generated", backend=candidate.name, attempts=len(attempts), elapsed_s=round(elapsed, 4))
-            return ImageResult(images=images, backend=candidate.name, attempts=attempts, elapsed_s=elapsed)
-        raise AllBackendsFailed(
-            "no backend produced an image", attempts=attempts, deadline_exceeded=deadline.expired
-        )
+        """Generate ``request``: candidates in policy order, failing over on the taxonomy,
+        retrying and hedging as configured, all inside one deadline.
 
-    async def _attempt(self, backend: ImageBackend, request: ImageRequest, deadline: Deadline) -> list[Any]:
-        try:
-            async with asyncio.timeout(deadline.remaining() + 0.05):
-                return await backend.generate(request, deadline=deadline)
-        except TimeoutError as exc:
-            if isinstance(exc, BackendError):
-                raise
-            raise GenerationTimeout("the request deadline ran out", backend=backend.name) from exc
+        Raises AllBackendsFailed (with the whole attempt trail) when no backend answered.
+        """
+        if self._runtime is None:
+            raise RuntimeError("ImageService is not started: use 'async with ImageService...'")
+        deadline = Deadline.after(deadline_s or self.settings.service.deadline_s)
+        if backend is not None:
+            self.backend(backend)
+            candidates = [self._states[backend]]
+        else:
+            self._turn += 1
+            candidates = order(list(self._states.values()), self.settings.service.order, self._turn)
+        self._runtime.budget.on_request()
+        return await RequestRun(self._runtime, request, deadline, candidates).run()
+
+    # -- health -------------------------------------------------------------------------
 
     def health(self) -> list[BackendHealth]:
         """What is known of every backend now, without any network call."""
-        return [BackendHealth(name=b.name, kind=b.kind) for b in self.backends]
+        now = time.time()
+        return [state.health(now=now) for state in self._states.values()]
 
     async def probe_all(self, *, timeout: float | None = None) -> list[BackendHealth]:
-        """Probe every backend once, concurrently."""
-        t = timeout or self.settings.service.probe_timeout_s
-        return list(await asyncio.gather(*(b.probe(timeout=t) for b in self.backends)))
+        """Probe every backend once, concurrently; feed the breakers; return the health table."""
+        if not self._states:
+            raise RuntimeError("ImageService is not started: use 'async with ImageService...'")
+        await asyncio.gather(*(self._probe_one(name, timeout=timeout) for name in self._states))
+        return self.health()
+
+    async def _probe_one(self, name: str, *, timeout: float | None = None) -> BackendHealth:
+        state, backend = self._states[name], self._backends[name]
+        limit = timeout or self.settings.service.probe_timeout_s
+        epoch = state.breaker.epoch
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(limit + 1.0):
+                result = await backend.probe(timeout=limit)
+        except Exception as exc:  # a hung or broken probe is a failed probe
+            kind = "generation_timeout" if isinstance(exc, TimeoutError) else "server_error"
+            result = BackendHealth(
+                name=name, kind=state.kind, ok=False, last_probe_at=time.time(),
+                last_error_kind=kind, last_error=f"probe failed: {type(exc).__name__}: {exc}",
+                timings={"total_s": time.monotonic() - started},
+            )
+        state.last_probe = result
+        error_kind = result.last_error_kind or "failure"
+        if not result.ok:
+            state.note_error(error_kind, result.last_error or error_kind)
+        state.breaker.on_probe(bool(result.ok), _effect(error_kind), kind=error_kind, epoch=epoch)
+        log.info(
+            "backend_probed",
+            backend=name,
+            kind="ok" if result.ok else error_kind,
+            elapsed_s=round(time.monotonic() - started, 4),
+            state=state.breaker.state,
+        )
+        return result
 
 
-def _failed(backend: str, exc: BackendError, elapsed: float) -> Attempt:
-    return Attempt(backend=backend, outcome=exc.kind, elapsed_s=elapsed, error=str(exc), status=exc.status)
+def _effect(kind: str) -> HealthEffect:
+    try:
+        return error_class_for_kind(kind).health
+    except KeyError:
+        return "count"

@@ -1,0 +1,360 @@
+"""One request's journey: attempts in candidate order, retries, hedging, the deadline.
+
+``RequestRun`` runs each attempt on a backend as a task ("lane"), so that a hedge can race the
+first attempt and the loser can be cancelled (closing its HTTP request). Everything that
+changes a backend's breaker, slot or latency happens here, once per lane:
+
+- success: ``breaker.on_success``, latency observed;
+- failure: ``breaker.on_failure`` with the error's class attribute ``health``;
+- cancelled (lost the race, or the caller gave up): ``breaker.release`` (no verdict);
+- and the concurrency slot is always given back by the task's done callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from imagegate.backends.base import Deadline, ImageBackend
+from imagegate.config import ServiceSettings
+from imagegate.errors import (
+    AllBackendsFailed,
+    BackendError,
+    BadResponse,
+    ConnectFailed,
+    GenerationTimeout,
+    RateLimited,
+    ServerError,
+)
+from imagegate.health import Permit
+from imagegate.models import Attempt, GeneratedImage, ImageRequest, ImageResult
+from imagegate.routing import Admission, Admitted, BackendState, HedgeBudget, Skip, full_jitter
+
+__all__ = ["RequestRun", "Runtime"]
+
+log = structlog.get_logger()
+
+GRACE_S = 0.05  # how long past the deadline a backend may take to notice it
+BACKOFF_CAP_FACTOR = 16  # full-jitter cap = retry_backoff_s * this
+
+
+@dataclass
+class Runtime:
+    """What every request of one service shares."""
+
+    settings: ServiceSettings
+    backends: dict[str, ImageBackend]
+    budget: HedgeBudget
+    rng: random.Random
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+
+@dataclass(eq=False)
+class _Lane:
+    state: BackendState
+    permit: Permit
+    hedge: bool
+    holds_slot: bool
+    settled: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+
+class RequestRun:
+    """Generate one request across ``candidates`` (already ordered by the policy)."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        request: ImageRequest,
+        deadline: Deadline,
+        candidates: list[BackendState],
+    ) -> None:
+        self.rt = rt
+        self.request = request
+        self.deadline = deadline
+        self.attempts: list[Attempt] = []
+        self.used = 0
+        self.admission = Admission(candidates, self._skipped)
+        self._lanes: dict[asyncio.Task[list[GeneratedImage]], _Lane] = {}
+        self._hedged = False
+        self._hedge_at: float | None = None
+        self._hedge_from = 0.0
+        self._cancel_reason = "cancelled by the caller"
+        self._started = time.monotonic()
+
+    async def run(self) -> ImageResult:
+        try:
+            self._launch()
+            while self._lanes:
+                done = await self._wait()
+                winners = [t for t in done if not t.cancelled() and t.exception() is None]
+                if winners:
+                    return await self._win(winners[0])
+                for task in done:
+                    lane = self._lanes.pop(task)
+                    exc = None if task.cancelled() else task.exception()
+                    self._after_failure(lane, exc)
+            raise self._exhausted()
+        finally:
+            await self._cancel_all()
+
+    # -- the main loop's steps ----------------------------------------------------------
+
+    async def _wait(self) -> set[asyncio.Task[list[GeneratedImage]]]:
+        timeout = self.deadline.remaining() + GRACE_S
+        if self._hedge_at is not None:
+            timeout = min(timeout, max(0.0, self._hedge_at - time.monotonic()))
+        done, _ = await asyncio.wait(self._lanes, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if done:
+            return done
+        if self._hedge_at is not None and time.monotonic() >= self._hedge_at:
+            self._hedge_at = None
+            self._hedge()
+        elif self.deadline.expired:
+            self._cancel_reason = "the request deadline ran out"
+            await self._cancel_all()
+        return set()
+
+    def _launch(self, *, hedge: bool = False) -> bool:
+        s = self.rt.settings
+        if self.used >= s.max_attempts or self.deadline.expired:
+            return False
+        if hedge:
+            busy = {lane.state for lane in self._lanes.values()}
+            cap = s.hedge_max_cost
+            admitted = self.admission.next(
+                accept=lambda st: st not in busy and (cap is None or st.cost <= cap)
+            )
+        else:
+            admitted = self.admission.next(force=True)
+        if admitted is None:
+            return False
+        if admitted.permit == "forced":
+            self._unskip(admitted.state)
+        self._start_lane(admitted, hedge=hedge)
+        return True
+
+    def _unskip(self, st: BackendState) -> None:
+        """Every candidate was blocked: the one let through is an attempt, not a skip."""
+        for i in range(len(self.attempts) - 1, -1, -1):
+            if self.attempts[i].backend == st.name and self.attempts[i].outcome == "skipped":
+                why = self.attempts.pop(i).error
+                log.info("breaker_bypassed", backend=st.name, kind="forced", reason=why)
+                return
+
+    def _start_lane(self, admitted: Admitted, *, hedge: bool) -> None:
+        st = admitted.state
+        lane = _Lane(st, admitted.permit, hedge, holds_slot=not admitted.wait)
+        self.used += 1
+        task = asyncio.create_task(self._lane_body(lane), name=f"imagegate-attempt-{st.name}")
+        task.add_done_callback(lambda t: self._finish(lane))
+        self._lanes[task] = lane
+        if not self._hedged and not hedge:
+            delay = self._hedge_delay(st)
+            self._hedge_from = time.monotonic()
+            self._hedge_at = None if delay is None else self._hedge_from + delay
+
+    def _hedge_delay(self, st: BackendState) -> float | None:
+        s = self.rt.settings
+        if s.hedge == "p95":
+            p95 = st.p95()
+            if p95 is not None:
+                return p95
+        return s.hedge_after_s
+
+    def _hedge(self) -> None:
+        budget = self.rt.budget
+        if self._hedged or not budget.available():
+            return
+        if self._launch(hedge=True):
+            budget.spend()
+            self._hedged = True
+            lane = list(self._lanes.values())
+            log.info(
+                "hedge_started",
+                backend=lane[-1].state.name,
+                kind="hedge",
+                primary=lane[0].state.name,
+                after_s=round(time.monotonic() - self._hedge_from, 4),
+            )
+
+    def _after_failure(self, lane: _Lane, exc: BaseException | None) -> None:
+        if isinstance(exc, BackendError) and not exc.failover:
+            self.admission.pending.clear()
+        if not self._lanes:
+            self._launch()
+
+    async def _win(self, task: asyncio.Task[list[GeneratedImage]]) -> ImageResult:
+        lane = self._lanes.pop(task)
+        self._cancel_reason = "another attempt answered first"
+        await self._cancel_all()
+        elapsed = time.monotonic() - self._started
+        log.info(
+            "image_generated",
+            backend=lane.state.name,
+            kind="ok",
+            hedge=lane.hedge,
+            attempts=len(self.attempts),
+            elapsed_s=round(elapsed, 4),
+        )
+        return ImageResult(
+            images=task.result(), backend=lane.state.name, attempts=self.attempts, elapsed_s=elapsed
+        )
+
+    def _exhausted(self) -> AllBackendsFailed:
+        expired = self.deadline.expired
+        tried = {a.backend for a in self.attempts}
+        why = "deadline spent" if expired else f"max_attempts ({self.rt.settings.max_attempts}) reached"
+        for st in self.admission.untried():
+            if st.name not in tried:
+                self._skipped(Skip(st, why, "not_tried"))
+        elapsed = time.monotonic() - self._started
+        log.warning(
+            "all_backends_failed",
+            kind="all_backends_failed",
+            attempts=len(self.attempts),
+            deadline_exceeded=expired,
+            elapsed_s=round(elapsed, 4),
+        )
+        message = "no backend produced an image" + (" before the deadline" if expired else "")
+        return AllBackendsFailed(message, attempts=self.attempts, deadline_exceeded=expired)
+
+    async def _cancel_all(self) -> None:
+        tasks = list(self._lanes)
+        self._lanes.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        for task in tasks:  # retrieve failures that raced the winner (recorded already)
+            if not task.cancelled():
+                task.exception()
+
+    # -- one lane -----------------------------------------------------------------------
+
+    async def _lane_body(self, lane: _Lane) -> list[GeneratedImage]:
+        st = lane.state
+        if not lane.holds_slot:
+            await self._queue_for_slot(lane)
+        retry = 0
+        while True:
+            lane.started = time.monotonic()
+            try:
+                images = await self._call(st.name)
+            except BackendError as exc:
+                self._record(lane, exc.kind, error=str(exc), status=exc.status)
+                delay = self._retry_delay(exc, retry)
+                if delay is None:
+                    lane.settled = True
+                    st.breaker.on_failure(lane.permit, exc.health, retry_after=exc.retry_after, kind=exc.kind)
+                    st.note_error(exc.kind, str(exc))
+                    raise
+                retry += 1
+                self.used += 1
+                log.info("backend_retry", backend=st.name, kind=exc.kind, after_s=round(delay, 4))
+                await self.rt.sleep(delay)
+                continue
+            lane.settled = True
+            st.breaker.on_success(lane.permit)
+            st.observe_latency(time.monotonic() - lane.started)
+            self._record(lane, "ok")
+            return images
+
+    async def _queue_for_slot(self, lane: _Lane) -> None:
+        try:
+            async with asyncio.timeout(self.deadline.remaining()):
+                await lane.state.enter()
+        except TimeoutError:
+            lane.settled = True
+            lane.state.breaker.release(lane.permit)
+            exc = GenerationTimeout(
+                f"no free slot (max_concurrency={lane.state.max_concurrency}) before the deadline",
+                backend=lane.state.name,
+            )
+            self._record(lane, exc.kind, error=str(exc))
+            raise exc from None
+        lane.holds_slot = True
+
+    async def _call(self, name: str) -> list[GeneratedImage]:
+        backend = self.rt.backends[name]
+        try:
+            async with asyncio.timeout(self.deadline.remaining() + GRACE_S):
+                images = await backend.generate(self.request, deadline=self.deadline)
+        except BackendError:
+            raise
+        except TimeoutError as exc:
+            raise GenerationTimeout("the request deadline ran out", backend=name) from exc
+        except Exception as exc:  # a backend bug must not escape as a foreign type
+            log.exception("backend_crashed", backend=name, kind=type(exc).__name__)
+            raise ServerError(f"backend raised {type(exc).__name__}: {exc}", backend=name) from exc
+        if not images:
+            raise BadResponse("the backend answered with no image", backend=name)
+        return images
+
+    def _retry_delay(self, exc: BackendError, retry: int) -> float | None:
+        """Backoff before retrying the same backend, or None: only refused connections and
+        429 with a short Retry-After, inside max_attempts (keeping one for failover when
+        other candidates remain) and inside the deadline."""
+        s = self.rt.settings
+        reserve = 1 if self.admission.pending else 0
+        if self.used + reserve >= s.max_attempts:
+            return None
+        if isinstance(exc, ConnectFailed) and exc.refused:
+            delay = self._backoff(retry)
+        elif isinstance(exc, RateLimited) and exc.retry_after is not None:
+            if exc.retry_after > s.max_retry_after_s:
+                return None
+            delay = exc.retry_after + self._backoff(retry)
+        else:
+            return None
+        return delay if delay < self.deadline.remaining() else None
+
+    def _backoff(self, n: int) -> float:
+        base = self.rt.settings.retry_backoff_s
+        return full_jitter(self.rt.rng, base, n, base * BACKOFF_CAP_FACTOR)
+
+    def _finish(self, lane: _Lane) -> None:
+        """Done callback of every lane task: give the slot back; settle a cancelled lane."""
+        if lane.holds_slot:
+            lane.holds_slot = False
+            lane.state.leave()
+        if not lane.settled:
+            lane.settled = True
+            lane.state.breaker.release(lane.permit)
+            self._record(lane, "cancelled", error=self._cancel_reason)
+
+    # -- the trail ----------------------------------------------------------------------
+
+    def _record(
+        self, lane: _Lane, outcome: str, *, error: str | None = None, status: int | None = None
+    ) -> None:
+        elapsed = time.monotonic() - lane.started
+        self.attempts.append(
+            Attempt(
+                backend=lane.state.name,
+                outcome=outcome,
+                elapsed_s=elapsed,
+                error=error,
+                status=status,
+                hedge=lane.hedge,
+                timings={"total_s": round(elapsed, 6)},
+            )
+        )
+        emit = log.warning if outcome not in ("ok", "cancelled") else log.info
+        emit(
+            "backend_attempt",
+            backend=lane.state.name,
+            kind=outcome,
+            elapsed_s=round(elapsed, 4),
+            hedge=lane.hedge,
+            error=error,
+        )
+
+    def _skipped(self, skip: Skip) -> None:
+        self.attempts.append(Attempt(backend=skip.state.name, outcome="skipped", error=skip.why))
+        log.info("backend_skipped", backend=skip.state.name, kind=skip.kind, reason=skip.why)

@@ -1,0 +1,280 @@
+"""Routing policy, free of I/O: per-backend state, candidate order, admission, hedge budget.
+
+``BackendState`` is what the service remembers of one backend (breaker, in-flight count,
+latency); ``order()`` sorts candidates by the ``[service] order`` policy; ``Admission`` walks
+the candidates for one request, skipping open breakers and saturated backends, and never
+skips them all; ``HedgeBudget`` caps hedges at a share of requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from imagegate.health import CircuitBreaker, Permit
+from imagegate.models import BackendHealth
+
+__all__ = [
+    "Admission",
+    "Admitted",
+    "BackendState",
+    "HedgeBudget",
+    "Skip",
+    "full_jitter",
+    "order",
+    "percentile",
+]
+
+EWMA_ALPHA = 0.2
+LATENCY_WINDOW = 200
+MIN_P95_SAMPLES = 20
+
+
+@dataclass(eq=False)
+class BackendState:
+    """The service's memory of one backend."""
+
+    name: str
+    kind: str
+    breaker: CircuitBreaker
+    priority: int = 0
+    max_concurrency: int = 8
+    queue: bool = False
+    cost: float = 0.0
+    in_flight: int = 0
+    latency_ewma_s: float | None = None
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    last_probe: BackendHealth | None = None
+    last_error_kind: str | None = None
+    last_error: str | None = None
+    _waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+    # -- concurrency slots --------------------------------------------------------------
+
+    @property
+    def saturated(self) -> bool:
+        return self.in_flight >= self.max_concurrency
+
+    def try_enter(self) -> bool:
+        if self.saturated:
+            return False
+        self.in_flight += 1
+        return True
+
+    async def enter(self) -> None:
+        """Wait for a free slot (``queue = true``)."""
+        while self.saturated:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:  # each re-checks; a cancelled one cannot swallow the wake-up
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- observations -------------------------------------------------------------------
+
+    def observe_latency(self, seconds: float) -> None:
+        self.latencies.append(seconds)
+        if self.latency_ewma_s is None:
+            self.latency_ewma_s = seconds
+        else:
+            self.latency_ewma_s += EWMA_ALPHA * (seconds - self.latency_ewma_s)
+
+    def p95(self) -> float | None:
+        if len(self.latencies) < MIN_P95_SAMPLES:
+            return None
+        return percentile(self.latencies, 0.95)
+
+    def note_error(self, kind: str, message: str) -> None:
+        self.last_error_kind, self.last_error = kind, message
+
+    def health(self, *, now: float | None = None) -> BackendHealth:
+        """The health row for this backend (no network)."""
+        probe = self.last_probe
+        remaining = self.breaker.remaining()
+        open_until = None
+        if self.breaker.state in ("open", "disabled"):
+            open_until = (now or time.time()) + remaining if math.isfinite(remaining) else None
+        return BackendHealth(
+            name=self.name,
+            kind=self.kind,
+            state=self.breaker.state,
+            ok=probe.ok if probe else None,
+            last_probe_at=probe.last_probe_at if probe else None,
+            last_error_kind=self.last_error_kind,
+            last_error=self.last_error,
+            detail=probe.detail if probe else None,
+            open_until=open_until,
+            timings=dict(probe.timings) if probe else {},
+            in_flight=self.in_flight,
+            latency_ewma_s=self.latency_ewma_s,
+        )
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    rank = max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))
+    return ordered[rank]
+
+
+def order(states: list[BackendState], policy: str, turn: int = 0) -> list[BackendState]:
+    """Candidates for one request. ``priority``: by priority, then config order;
+    ``latency``: by latency EWMA (unmeasured backends after measured ones), priority breaks
+    ties; ``round_robin``: by priority, rotating by ``turn`` within equal priorities."""
+    by_priority = sorted(states, key=lambda s: s.priority)
+    if policy == "latency":
+        return sorted(
+            by_priority,
+            key=lambda s: (s.latency_ewma_s is None, s.latency_ewma_s or 0.0, s.priority),
+        )
+    if policy == "round_robin":
+        out: list[BackendState] = []
+        for prio in sorted({s.priority for s in states}):
+            group = [s for s in by_priority if s.priority == prio]
+            k = turn % len(group)
+            out += group[k:] + group[:k]
+        return out
+    return by_priority
+
+
+def full_jitter(rng: random.Random, base: float, attempt: int, cap: float) -> float:
+    """AWS "full jitter": uniform(0, min(cap, base * 2**attempt))."""
+    return rng.uniform(0.0, min(cap, base * 2**attempt))
+
+
+class HedgeBudget:
+    """A token bucket: each request earns ``ratio`` tokens (at most ``burst``), a hedge costs 1."""
+
+    def __init__(self, ratio: float, *, burst: float = 10.0) -> None:
+        self.ratio = ratio
+        self.burst = max(burst, 1.0)
+        self.tokens = 0.0
+        self.requests = 0
+        self.hedges = 0
+
+    def on_request(self) -> None:
+        self.requests += 1
+        self.tokens = min(self.burst, self.tokens + self.ratio)
+
+    def available(self) -> bool:
+        return self.tokens >= 1.0
+
+    def spend(self) -> None:
+        self.tokens -= 1.0
+        self.hedges += 1
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A candidate passed over for one request, and why."""
+
+    state: BackendState
+    why: str
+    kind: str  # circuit_open | half_open_busy | disabled | saturated
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A candidate that may be called: its breaker permit, and whether it holds a slot
+    already (``wait=False``) or must queue for one (``wait=True``)."""
+
+    state: BackendState
+    permit: Permit
+    wait: bool
+
+
+class Admission:
+    """Walks one request's candidates in order; records skips through ``on_skip``."""
+
+    def __init__(self, candidates: list[BackendState], on_skip: Callable[[Skip], Any]) -> None:
+        self.pending = list(candidates)
+        self._on_skip = on_skip
+        self._blocked: list[Skip] = []
+        self.admitted = 0
+
+    def next(
+        self, *, accept: Callable[[BackendState], bool] = lambda s: True, force: bool = False
+    ) -> Admitted | None:
+        """The next candidate that may be called now, or None.
+
+        ``accept`` filters without consuming (a hedge leaves a too-expensive backend for
+        failover); with ``force`` and nothing admitted so far, the blocked backend whose
+        cool-down ends first is let through anyway: a request never skips every backend.
+        """
+        for state in list(self.pending):
+            if not accept(state):
+                continue
+            self._drop(state)
+            found = self._try(state)
+            if found is not None:
+                self.admitted += 1
+                return found
+        if force and self.admitted == 0 and self._blocked:
+            return self._forced()
+        return None
+
+    def _drop(self, state: BackendState) -> None:
+        self.pending.remove(state)
+
+    def _try(self, state: BackendState) -> Admitted | None:
+        permit = state.breaker.acquire()
+        if permit is None:
+            self._skip(state, state.breaker.why_not(), _skip_kind(state.breaker))
+            return None
+        if state.try_enter():
+            return Admitted(state, permit, wait=False)
+        if state.queue:
+            return Admitted(state, permit, wait=True)
+        state.breaker.release(permit)
+        self._skip(state, f"saturated: {state.in_flight}/{state.max_concurrency} in flight", "saturated")
+        return None
+
+    def _skip(self, state: BackendState, why: str, kind: str) -> None:
+        # a backend listed twice (a single configured backend) is skipped once
+        self.pending = [s for s in self.pending if s is not state]
+        skip = Skip(state, why, kind)
+        self._blocked.append(skip)
+        self._on_skip(skip)
+
+    def _forced(self) -> Admitted:
+        by_breaker = [s for s in self._blocked if s.kind != "saturated"]
+        pool = by_breaker or self._blocked
+        chosen = min(pool, key=lambda s: s.state.breaker.remaining()).state
+        self._blocked = [s for s in self._blocked if s.state is not chosen]
+        self.admitted += 1
+        return Admitted(chosen, chosen.breaker.force(), wait=not chosen.try_enter())
+
+    def untried(self) -> list[BackendState]:
+        """Candidates never reached (deadline or max_attempts), without repeats."""
+        seen: list[BackendState] = []
+        for s in self.pending:
+            if s not in seen:
+                seen.append(s)
+        return seen
+
+
+def _skip_kind(breaker: CircuitBreaker) -> str:
+    state = breaker.state
+    if state == "disabled":
+        return "disabled"
+    if breaker.trial_in_flight:
+        return "half_open_busy"
+    return "circuit_open"
