@@ -9,7 +9,6 @@ import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from imagegate.health import BreakerPolicy, CircuitBreaker, HealthProber, Permit, Transition
 from imagegate.routing import Admission, BackendState, Skip
 

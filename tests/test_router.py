@@ -10,17 +10,17 @@ import asyncio
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
-
 from imagegate import AllBackendsFailed, ImageRequest, ImageService
 from imagegate.config import Settings
 from imagegate.testing import FaultProxy, Knobs, LocalCA, serve_app
 from imagegate.testing import a1111 as a1111_emulator
+from structlog.testing import capture_logs
+
 from tests.conftest import make_settings
 
 REQUEST = ImageRequest(prompt="a lighthouse at dusk", width=64, height=64)
@@ -485,9 +485,9 @@ async def test_caller_cancellation_leaves_no_pending_tasks(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert [t.get_name() for t in attempt_tasks()] == [
+        assert {t.get_name() for t in attempt_tasks()} == {
             "imagegate-probe-slow", "imagegate-probe-fast"
-        ] or all(t.get_name().startswith("imagegate-probe") for t in attempt_tasks())
+        }  # no attempt task is left, only the service's own probe loop
         assert [h.in_flight for h in service.health()] == [0, 0]
         await eventually(lambda: p_knobs.cancelled == 1)
     assert attempt_tasks() == []  # the probe loop stopped too
@@ -563,7 +563,3 @@ async def test_service_lifecycle_starts_and_stops_probes(
     assert attempt_tasks() == []
     with pytest.raises(RuntimeError, match="not started"):
         await service.generate(REQUEST)
-
-
-def _unused(_: Callable[..., Awaitable[Any]]) -> None:  # keeps typing imports honest
-    return None

@@ -151,6 +151,8 @@ class RequestRun:
         st = admitted.state
         lane = _Lane(st, admitted.permit, hedge, holds_slot=not admitted.wait)
         self.used += 1
+        log.debug("attempt_started", backend=st.name, kind="hedge" if hedge else "attempt",
+                  permit=admitted.permit, number=self.used)
         task = asyncio.create_task(self._lane_body(lane), name=f"imagegate-attempt-{st.name}")
         task.add_done_callback(lambda t: self._finish(lane))
         self._lanes[task] = lane
@@ -186,6 +188,8 @@ class RequestRun:
     def _after_failure(self, lane: _Lane, exc: BaseException | None) -> None:
         if isinstance(exc, BackendError) and not exc.failover:
             self.admission.pending.clear()
+        elif exc is not None and not isinstance(exc, BackendError):
+            log.error("attempt_crashed", backend=lane.state.name, kind=type(exc).__name__, error=str(exc))
         if not self._lanes:
             self._launch()
 

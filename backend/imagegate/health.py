@@ -286,5 +286,5 @@ class HealthProber:
                 continue  # woken early: recompute the delay from now
             try:
                 await self._probe(name)
-            except Exception as exc:  # a broken probe must not end the loop
+            except Exception as exc:  # noqa: BLE001 - a broken probe must not end the loop
                 log.warning("probe_crashed", backend=name, kind=type(exc).__name__, error=str(exc))

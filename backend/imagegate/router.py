@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import aiohttp
 import structlog
@@ -67,7 +68,7 @@ class ImageService:
         """Load settings from ``path`` (or ``$IMAGEGATE_CONFIG``, or the environment alone)."""
         return cls(load_settings(path))
 
-    async def __aenter__(self) -> ImageService:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -148,7 +149,7 @@ class ImageService:
         for backend in backends.values():
             try:
                 await backend.aclose()
-            except Exception as exc:  # closing must not hide the others
+            except Exception as exc:  # noqa: BLE001 - closing must not hide the others
                 log.warning("backend_close_failed", backend=backend.name, error=str(exc))
         if self._session is not None:
             await self._session.close()
@@ -220,7 +221,7 @@ class ImageService:
         try:
             async with asyncio.timeout(limit + 1.0):
                 result = await backend.probe(timeout=limit)
-        except Exception as exc:  # a hung or broken probe is a failed probe
+        except Exception as exc:  # noqa: BLE001 - a hung or broken probe is a failed probe
             kind = "generation_timeout" if isinstance(exc, TimeoutError) else "server_error"
             result = BackendHealth(
                 name=name, kind=state.kind, ok=False, last_probe_at=time.time(),

@@ -30,7 +30,7 @@ import select
 import socket
 import struct
 from types import TracebackType
-from typing import Literal, get_args
+from typing import Literal, Self, get_args
 from urllib.parse import urlsplit
 
 __all__ = ["FaultProxy", "ProxyMode"]
@@ -97,7 +97,7 @@ class FaultProxy:
         elif self._accept_task is None:
             self._start_accepting()
 
-    async def __aenter__(self) -> FaultProxy:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
