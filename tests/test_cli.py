@@ -191,6 +191,7 @@ async def test_backends_command_exits_1_when_nothing_answers(tmp_path: Path) -> 
     assert run.code == 1
     assert_no_traceback(run)
     assert "connect_failed" in run.stdout
+    assert "open" in run.stdout  # a refused port trips the breaker, and the table says so
 
 
 async def test_emulator_module_starts_on_port_0_and_prints_its_url(tmp_path: Path) -> None:

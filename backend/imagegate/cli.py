@@ -173,13 +173,17 @@ def _print_result(result: ImageResult, paths: Sequence[Path], *, as_json: bool) 
     print(f"backend: {result.backend}  time: {result.elapsed_s:.2f} s{tried}")
 
 
+def failure_json(exc: AllBackendsFailed) -> dict[str, Any]:
+    """What ``--json`` prints when no backend produced an image."""
+    return {
+        "error": {"kind": exc.kind, "message": exc.message, "deadline_exceeded": exc.deadline_exceeded},
+        "attempts": [_attempt_json(a) for a in exc.attempts],
+    }
+
+
 def _print_failure(exc: AllBackendsFailed, *, as_json: bool) -> None:
     if as_json:
-        doc = {
-            "error": {"kind": exc.kind, "message": exc.message, "deadline_exceeded": exc.deadline_exceeded},
-            "attempts": [_attempt_json(a) for a in exc.attempts],
-        }
-        print(json.dumps(doc))
+        print(json.dumps(failure_json(exc)))
         return
     print(f"imagegate: {exc.message}", file=sys.stderr)
     for a in exc.attempts:
@@ -222,12 +226,12 @@ async def _backends(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([h.model_dump(mode="json") for h in table]))
     else:
-        print(f"{'backend':<24} {'kind':<13} {'ok':<4} {'time':>8}  detail")
+        print(f"{'backend':<24} {'kind':<13} {'state':<10} {'ok':<4} {'time':>8}  detail")
         for h in table:
             ok = "yes" if h.ok else "no"
             t = h.timings.get("total_s")
             detail = h.detail if h.ok else f"{h.last_error_kind}: {h.last_error}"
-            print(f"{h.name:<24} {h.kind:<13} {ok:<4} {t or 0:>7.3f}s  {detail}")
+            print(f"{h.name:<24} {h.kind:<13} {h.state:<10} {ok:<4} {t or 0:>7.3f}s  {detail}")
     return EXIT_OK if any(h.ok for h in table) else EXIT_DOWN
 
 
