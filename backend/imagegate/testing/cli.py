@@ -20,6 +20,7 @@ EMULATORS: dict[str, str] = {
     "stability": "imagegate.testing.stability",
     "hf_inference": "imagegate.testing.hf_inference",
     "openai": "imagegate.testing.openai_images",
+    "hub": "imagegate.testing.hub",
 }
 
 

@@ -1,0 +1,168 @@
+"""The Space backend's own async HTTP: the Hub's runtime stage, wake-up, config and file GETs.
+
+These go through the service's shared aiohttp session (never gradio_client's threads), with
+timeouts from :func:`imagegate.backends.base.client_timeout` and errors translated by
+:func:`imagegate.backends.base.map_http_errors`.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import structlog
+
+from imagegate.backends import _gradio
+from imagegate.backends.base import (
+    Deadline,
+    client_timeout,
+    error_for_status,
+    error_text,
+    map_http_errors,
+    read_capped,
+)
+from imagegate.config import Timeouts
+from imagegate.errors import AuthFailed, BackendError, BadResponse, RateLimited
+
+__all__ = ["SpaceHttp"]
+
+log = structlog.get_logger()
+
+RUNTIME_TIMEOUT_S = 10.0  # the Hub API answers in well under a second when it is well
+
+
+@dataclass(frozen=True)
+class SpaceHttp:
+    """aiohttp calls for one Space backend."""
+
+    http: aiohttp.ClientSession
+    ssl: ssl.SSLContext
+    timeouts: Timeouts
+    backend: str
+    token: str | None = None
+
+    def kwargs(
+        self,
+        url: str,
+        deadline: Deadline,
+        timings: dict[str, float] | None = None,
+        *,
+        read: float | None = None,
+    ) -> dict[str, Any]:
+        """timeout (capped by the deadline), TLS context and timing trace for one call."""
+        t = (
+            self.timeouts
+            if read is None
+            else Timeouts(connect=min(self.timeouts.connect, read), read=read)
+        )
+        kwargs: dict[str, Any] = {"timeout": client_timeout(t, deadline)}
+        if url.startswith("https:"):
+            kwargs["ssl"] = self.ssl
+        if timings is not None:
+            kwargs["trace_request_ctx"] = SimpleNamespace(timings=timings, t0=time.monotonic())
+        return kwargs
+
+    async def get_json(
+        self,
+        url: str,
+        deadline: Deadline,
+        timings: dict[str, float] | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        read: float | None = None,
+    ) -> dict[str, Any]:
+        """GET ``url`` and return its JSON object; 401/404 are AuthFailed (missing or private)."""
+        with map_http_errors(self.backend, self.timeouts, deadline):
+            async with self.http.get(
+                url, headers=headers, **self.kwargs(url, deadline, timings, read=read)
+            ) as resp:
+                body = await resp.read()
+                if resp.status in (401, 404):
+                    raise AuthFailed(
+                        f"{url} answered {resp.status}: missing, or private and "
+                        f"{'the token lacks access' if self.token else 'no token is set'}",
+                        backend=self.backend,
+                        status=resp.status,
+                    )
+                if resp.status != 200:
+                    raise error_for_status(resp.status, error_text(body), backend=self.backend)
+                doc = await resp.json(content_type=None)
+        if not isinstance(doc, dict):
+            raise BadResponse(f"{url} did not answer a JSON object", backend=self.backend)
+        return doc
+
+    async def download(
+        self,
+        url: str,
+        deadline: Deadline,
+        *,
+        max_bytes: int,
+        headers: Mapping[str, str],
+        cookies: Mapping[str, str],
+    ) -> bytes:
+        """The bytes at ``url``, refusing more than ``max_bytes``."""
+        with map_http_errors(self.backend, self.timeouts, deadline):
+            async with self.http.get(
+                url, headers=dict(headers), cookies=dict(cookies), **self.kwargs(url, deadline)
+            ) as resp:
+                if resp.status != 200:
+                    raise error_for_status(
+                        resp.status, error_text(await resp.read()), backend=self.backend
+                    )
+                return await read_capped(resp, max_bytes, backend=self.backend)
+
+    async def check_runtime(
+        self,
+        hub_url: str,
+        space: str,
+        deadline: Deadline,
+        timings: dict[str, float] | None = None,
+        *,
+        strict: bool = True,
+        wake_up: bool = False,
+    ) -> str:
+        """Ask the Hub whether ``space`` runs; raise Unavailable when it cannot serve now.
+
+        With ``strict=False`` (before building a client) a Hub that cannot be reached or
+        answers 5xx does not stop the call, which has its own time budget; a 401/404 or 429
+        from the Hub still does.
+        """
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        read = min(RUNTIME_TIMEOUT_S, max(deadline.remaining(), 0.001))
+        url = f"{hub_url}/api/spaces/{space}/runtime"
+        try:
+            runtime = await self.get_json(url, deadline, timings, headers=headers, read=read)
+        except BackendError as exc:
+            if strict or isinstance(exc, AuthFailed | RateLimited):
+                raise
+            log.warning(
+                "space_runtime_unknown", backend=self.backend, error_kind=exc.kind, error=str(exc)
+            )
+            return "runtime unknown"
+        woke = False
+        if wake_up and str(runtime.get("stage") or "").upper() in _gradio.ASLEEP_STAGES:
+            woke = await self.wake_up(hub_url, space, deadline)
+        error = _gradio.stage_error(runtime, space=space, backend=self.backend, wake_requested=woke)
+        if error is not None:
+            raise error
+        return _gradio.runtime_detail(runtime)
+
+    async def wake_up(self, hub_url: str, space: str, deadline: Deadline) -> bool:
+        """Open the Space's page on the Hub, as a visitor does, which starts a slept Space."""
+        url = f"{hub_url}/spaces/{space}"
+        read = min(RUNTIME_TIMEOUT_S, max(deadline.remaining(), 0.001))
+        try:
+            async with self.http.get(url, **self.kwargs(url, deadline, read=read)) as resp:
+                await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning(
+                "space_wake_up_failed", backend=self.backend, error=f"{type(exc).__name__}: {exc}"
+            )
+            return False
+        log.info("space_wake_up_requested", backend=self.backend, status=resp.status)
+        return resp.status < 400

@@ -1,0 +1,376 @@
+"""A Hugging Face Space (or any Gradio app) through gradio_client, without blocking the loop.
+
+gradio_client is synchronous: its constructor does network I/O, and a prediction is a
+``Job`` (a ``concurrent.futures.Future``) run by the client's own thread pool. Here:
+
+- every blocking call (building the client, cancelling a job, closing) runs on this backend's
+  own ThreadPoolExecutor, and predictions on the client's pool sized ``max_concurrency``; an
+  asyncio semaphore of the same size queues further callers without holding any thread;
+- a job is awaited through ``asyncio.wrap_future(job.future)`` (the Job's inner future:
+  wrapping the Job itself would make a cancelled await call ``Job.cancel()`` -- an HTTP POST
+  -- on the event loop) under ``min(read_timeout_s, deadline)``; on time-out or cancellation
+  the job is cancelled from a worker thread;
+- every httpx call gradio_client makes, its SSE result stream included, is bounded by
+  ``httpx.Timeout(read_timeout_s + 2, connect=connect_timeout_s)``, so no thread waits
+  forever (the 2 s let our own ``read_timeout_s`` budget fire first and cancel cleanly);
+- one client per Space, built lazily, reused, dropped after a connection-level failure,
+  closed (heartbeat stopped, pools shut down) by ``aclose()``;
+- the token goes positionally (2nd argument): gradio_client 1.x calls it ``hf_token``, 2.x
+  ``token``;
+- ``download_files=False``: results stay FileData dicts (a bare path string is a path on the
+  Space's server) and the image is fetched here with aiohttp from ``{src}/file=<path>``,
+  capped at ``max_image_bytes``; nothing accumulates in GRADIO_TEMP_DIR, and the token and
+  session cookies go to the Space's own host only.
+
+For a hub Space (``space = "owner/name"``) the Hub's runtime stage
+(``GET {hub_url}/api/spaces/{id}/runtime``) is checked before a client is built, and is the
+probe; the Gradio calls go to ``src`` when set, else ``https://{owner}-{name}.hf.space``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import io
+import random
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import structlog
+
+from imagegate.backends import _gradio
+from imagegate.backends._gradio import ImageRef, map_gradio_errors
+from imagegate.backends._space_http import SpaceHttp
+from imagegate.backends.base import (
+    Deadline,
+    ImageBackend,
+    check_image,
+    error_text,
+    make_ssl_context,
+)
+from imagegate.errors import (
+    BackendError,
+    BadResponse,
+    ConnectFailed,
+    GenerationTimeout,
+    HandshakeTimeout,
+    Rejected,
+)
+from imagegate.models import GeneratedImage, ImageRequest
+from imagegate.spaces import known_space, space_host
+
+__all__ = ["HFSpaceBackend"]
+
+log = structlog.get_logger()
+
+_SEED_MAX = 2**31 - 1  # Spaces' seed sliders stop at int32 max
+# httpx's read timeout is the backstop behind our own read budget, a little later so that the
+# budget fires first: the job is then cancelled cleanly, instead of gradio_client's result
+# stream timing out (which it reports as a bare CancelledError, printing a traceback).
+_HTTPX_GRACE_S = 2.0
+_CONNECTION_LEVEL = (ConnectFailed, HandshakeTimeout)
+
+
+@dataclass(frozen=True)
+class _Session:
+    """A built client and what was learnt from it once."""
+
+    client: Any
+    api_name: str
+    parameters: list[dict[str, Any]]
+
+
+class HFSpaceBackend(ImageBackend):
+    """One Space, reached through gradio_client."""
+
+    kind = "hf_space"
+
+    def __init__(
+        self, settings: Any, *, secrets: Mapping[str, str], session: aiohttp.ClientSession
+    ) -> None:
+        super().__init__(settings, secrets=secrets)
+        self._ssl = make_ssl_context(settings.ca_bundle)
+        self._web = SpaceHttp(session, self._ssl, self.timeouts, self.name, secrets.get("token"))
+        self.space: str | None = settings.space
+        self.src: str = settings.src or space_host(settings.space)
+        self.base_url = self.src
+        known = known_space(settings.space) or {}
+        given = settings.model_fields_set
+        self._inputs = settings.inputs if "inputs" in given or not known else known["inputs"]
+        self._fixed = settings.fixed if "fixed" in given or not known else known["fixed"]
+        self._api_name = settings.api_name or (
+            None if "api_name" in given else known.get("api_name")
+        )
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.max_concurrency, thread_name_prefix=f"imagegate-space-{self.name}"
+        )
+        self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self._build_lock = asyncio.Lock()
+        self._session: _Session | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------ generate
+
+    async def generate(self, request: ImageRequest, *, deadline: Deadline) -> list[GeneratedImage]:
+        images = []
+        base_seed = request.seed if request.seed is not None else random.randint(0, _SEED_MAX)
+        for i in range(request.n):  # a Space makes one image per call
+            seed = (base_seed + i) % (_SEED_MAX + 1) if "seed" in self._inputs else None
+            images.append(await self._generate_one(request, seed, deadline))
+        return images
+
+    async def _generate_one(
+        self, request: ImageRequest, seed: int | None, deadline: Deadline
+    ) -> GeneratedImage:
+        arguments = _gradio.build_arguments(
+            request, self._inputs, self._fixed, seed=seed, model=self.settings.model
+        )
+        await self._acquire_slot(deadline)
+        try:
+            session = await self._get_session(deadline)
+            _gradio.check_arguments(
+                arguments, session.parameters, api_name=session.api_name, backend=self.name
+            )
+            try:
+                result = await self._run_job(session, arguments, deadline)
+            except _CONNECTION_LEVEL:
+                self._drop_session(session)
+                raise
+        finally:
+            self._slots.release()
+        ref, returned_seed = _gradio.find_image(result)
+        if ref is None:
+            raise BadResponse(
+                f"{session.api_name} returned no image ({error_text(repr(result), 120)})",
+                backend=self.name,
+            )
+        data = await self._image_bytes(ref, session, deadline)
+        final_seed = returned_seed if returned_seed is not None else seed
+        return check_image(
+            data, backend=self.name, seed=final_seed, info={"api_name": session.api_name}
+        )
+
+    async def _acquire_slot(self, deadline: Deadline) -> None:
+        """Wait (holding no thread) for one of the ``max_concurrency`` slots, within the deadline."""
+        try:
+            async with asyncio.timeout(max(deadline.remaining(), 0.001)):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise GenerationTimeout(
+                "the deadline ran out while waiting for one of "
+                f"max_concurrency={self.settings.max_concurrency} slots",
+                backend=self.name,
+            ) from None
+
+    async def _run_job(
+        self, session: _Session, arguments: dict[str, Any], deadline: Deadline
+    ) -> Any:
+        budget = min(self.timeouts.read, deadline.remaining())
+        with map_gradio_errors(self.name, self.timeouts):
+            job = session.client.submit(api_name=session.api_name, **arguments)  # no I/O: queues
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(budget):
+                with map_gradio_errors(self.name, self.timeouts):
+                    return await asyncio.wrap_future(job.future)
+        except TimeoutError as exc:
+            self._cancel_job(job)
+            if isinstance(exc, BackendError):
+                raise
+            raise GenerationTimeout(
+                f"no answer within {budget:.3g} s (read_timeout_s={self.timeouts.read:g})",
+                backend=self.name,
+            ) from exc
+        except asyncio.CancelledError:
+            self._cancel_job(job)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our caller cancelled us
+            # The job itself ended with a CancelledError: gradio_client's result stream closed.
+            raise _gradio.stream_cut_error(
+                time.monotonic() - started, self.timeouts.read, backend=self.name
+            ) from None
+
+    def _cancel_job(self, job: Any) -> None:
+        """Cancel ``job`` from a worker thread (Job.cancel() POSTs to the app's /cancel)."""
+        if job.done():
+            return
+        with contextlib.suppress(RuntimeError):  # the executor is already shut down
+            self._executor.submit(_cancel_quietly, job)
+
+    # ------------------------------------------------------------ the client
+
+    async def _get_session(self, deadline: Deadline) -> _Session:
+        if self._session is not None:
+            return self._session
+        async with self._build_lock:
+            if self._session is not None:
+                return self._session
+            if self._closed:
+                raise ConnectFailed("the backend is closed", backend=self.name)
+            if self.space is not None:
+                await self._web.check_runtime(
+                    self.settings.hub_url,
+                    self.space,
+                    deadline,
+                    strict=False,
+                    wake_up=self.settings.wake_up,
+                )
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(self._executor, self._build_session)
+            try:
+                async with asyncio.timeout(max(deadline.remaining(), 0.001)):
+                    with map_gradio_errors(self.name, self.timeouts):
+                        self._session = await asyncio.shield(future)
+            except TimeoutError as exc:
+                future.add_done_callback(self._close_orphan)  # finishes later: close it then
+                if isinstance(exc, BackendError):
+                    raise
+                raise GenerationTimeout(
+                    "the request deadline ran out while connecting to the Space", backend=self.name
+                ) from exc
+            except asyncio.CancelledError:
+                future.add_done_callback(self._close_orphan)
+                raise
+            if self._closed:  # aclose() ran while the client was being built
+                session, self._session = self._session, None
+                self._close_in_background(session.client)
+                raise ConnectFailed("the backend is closed", backend=self.name)
+            log.info(
+                "space_client_built",
+                backend=self.name,
+                src=self.src,
+                api_name=self._session.api_name,
+            )
+            return self._session
+
+    def _build_session(self) -> _Session:
+        """Runs in a worker thread: construct the client (network I/O) and read its API."""
+        import httpx
+        from gradio_client import Client
+
+        client = Client(
+            self.src,
+            self._secrets.get("token"),  # positional: `token` in 2.x, `hf_token` in 1.x
+            max_workers=self.settings.max_concurrency,
+            verbose=False,
+            httpx_kwargs={
+                "timeout": httpx.Timeout(
+                    self.timeouts.read + _HTTPX_GRACE_S, connect=self.timeouts.connect
+                )
+            },
+            download_files=False,
+            ssl_verify=self._ssl,
+            analytics_enabled=False,
+        )
+        try:
+            info = client.view_api(print_info=False, return_format="dict")
+            api_name = self._api_name or _gradio.pick_api_name(info)
+            endpoints = info.get("named_endpoints") or {}
+            if api_name is None or api_name not in endpoints:
+                named = ", ".join(endpoints) or "none"
+                what = (
+                    f"has no endpoint {api_name!r}"
+                    if api_name
+                    else "has no endpoint returning an image"
+                )
+                raise Rejected(
+                    f"the Space {what} (named endpoints: {named}); set api_name", backend=self.name
+                )
+            return _Session(client, api_name, list(endpoints[api_name].get("parameters") or []))
+        except BaseException:
+            _close_client(client)
+            raise
+
+    def _close_orphan(self, future: asyncio.Future[_Session]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self._close_in_background(future.result().client)
+
+    def _drop_session(self, session: _Session) -> None:
+        """Forget a client after a connection-level failure; the next call builds a new one."""
+        if self._session is session:
+            self._session = None
+            log.info("space_client_dropped", backend=self.name)
+            self._close_in_background(session.client)
+
+    def _close_in_background(self, client: Any) -> None:
+        try:
+            self._executor.submit(_close_client, client)
+        except RuntimeError:  # shut down already: a short-lived thread of its own
+            threading.Thread(target=_close_client, args=(client,), daemon=True).start()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(RuntimeError):
+                await loop.run_in_executor(self._executor, _close_client, session.client)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------ the image
+
+    async def _image_bytes(self, ref: ImageRef, session: _Session, deadline: Deadline) -> bytes:
+        if ref.kind == "bytes":
+            return bytes(ref.value)
+        if ref.kind == "pil":
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, _png_bytes, ref.value
+            )
+        root = session.client.src_prefixed
+        if ref.kind == "file":
+            url = _gradio.file_url(ref.value, root)
+        elif ref.kind == "path":
+            url = _gradio.file_url({"path": ref.value}, root)
+        else:
+            url = str(ref.value)
+        return await self._download(url, root, session, deadline)
+
+    async def _download(self, url: str, root: str, session: _Session, deadline: Deadline) -> bytes:
+        headers: dict[str, str] = {}
+        cookies: dict[str, str] = {}
+        token = self._secrets.get("token")
+        if _gradio.same_origin(url, root):  # the token and cookies go to the Space's own host only
+            cookies = dict(getattr(session.client, "cookies", {}) or {})
+            if token:
+                headers["x-hf-authorization"] = f"Bearer {token}"
+        return await self._web.download(
+            url, deadline, max_bytes=self.settings.max_image_bytes, headers=headers, cookies=cookies
+        )
+
+    # ------------------------------------------------------------ the probe
+
+    async def _probe(self, deadline: Deadline, timings: dict[str, float]) -> str:
+        """A hub Space: its runtime stage on the Hub. A bare URL: the Gradio app's /config."""
+        if self.space is not None:
+            return await self._web.check_runtime(
+                self.settings.hub_url, self.space, deadline, timings
+            )
+        config = await self._web.get_json(f"{self.src}/config", deadline, timings)
+        return f"gradio {config.get('version', '?')} app at {self.src}"
+
+
+def _cancel_quietly(job: Any) -> None:
+    with contextlib.suppress(Exception):  # best effort: the app may already be gone
+        job.cancel()
+
+
+def _close_client(client: Any) -> None:
+    """Stop the heartbeat and shut the client's thread pools down (Client.close() does not)."""
+    with contextlib.suppress(Exception):
+        client.close()
+    for pool in ("executor", "helper_executor", "stream_executor"):
+        executor = getattr(client, pool, None)
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _png_bytes(image: Any) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()

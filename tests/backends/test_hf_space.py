@@ -1,0 +1,660 @@
+"""The Space backend against a real Gradio app on loopback (one per test session).
+
+Nothing is mocked: gradio_client talks to a real Gradio 6 server, the Hub is an aiohttp
+stand-in with the Hub's own paths, the TLS black hole is a real listener. Timeouts are
+fractions of a second, set through the same config keys users set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from imagegate.backends.base import Deadline
+from imagegate.backends.hf_space import HFSpaceBackend
+from imagegate.errors import (
+    AuthFailed,
+    ConnectFailed,
+    GenerationTimeout,
+    HandshakeTimeout,
+    QuotaExhausted,
+    RateLimited,
+    Rejected,
+    ServerError,
+    Unavailable,
+)
+from imagegate.models import ImageFormat, ImageRequest
+from imagegate.router import ImageService
+from imagegate.testing import hub as hub_emulator
+from imagegate.testing import serve_app
+from imagegate.testing.gradio_space import RunningSpace, launch_space
+from structlog.testing import capture_logs
+
+from tests.conftest import make_settings
+
+MAPPING = {
+    "prompt": "text",
+    "negative_prompt": "negative",
+    "steps": "num_inference_steps",
+    "width": "w",
+    "height": "h",
+    "guidance_scale": "cfg",
+}
+SPACE_ID = "owner/standin"
+# gradio_client functions that run while a prediction is in flight
+PREDICTION_FRAMES = {"get_pred_from_sse_v1plus", "stream_sse_v1plus", "check_for_cancel", "_inner"}
+
+
+@pytest.fixture(scope="session")
+def space() -> Iterator[RunningSpace]:
+    """The stand-in Space, launched once for the whole session (/busy: 1 waiting event)."""
+    running = launch_space(queue_size=1)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[tuple[str, hub_emulator.HubState]]:
+    state = hub_emulator.HubState()
+    state.set_space(SPACE_ID, "RUNNING")
+    async with serve_app(hub_emulator.create_app(hub=state)) as url:
+        yield url, state
+
+
+@contextlib.asynccontextmanager
+async def space_backend(
+    tmp_path: Path, *, environ: dict[str, str] | None = None, **keys: Any
+) -> AsyncIterator[HFSpaceBackend]:
+    """The backend "standin", built from a real config file, inside a running service."""
+    table: dict[str, Any] = {"name": "standin", "kind": "hf_space", **keys}
+    settings = make_settings([table], environ=environ, tmp_path=tmp_path)
+    async with ImageService(settings) as service:
+        backend = service.backend("standin")
+        assert isinstance(backend, HFSpaceBackend)
+        yield backend
+
+
+def generate_table(app: RunningSpace, **keys: Any) -> dict[str, Any]:
+    return {"src": app.url, "api_name": "/generate", "inputs": MAPPING, **keys}
+
+
+async def generate(backend: HFSpaceBackend, deadline_s: float = 20.0, **fields: Any) -> Any:
+    request = ImageRequest(**{"prompt": "a red fox", "width": 64, "height": 64, **fields})
+    return await backend.generate(request, deadline=Deadline.after(deadline_s))
+
+
+def busy_prediction_threads() -> list[str]:
+    """Names of threads whose stack is inside a gradio_client prediction right now."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    busy = []
+    for ident, frame in sys._current_frames().items():
+        funcs = {f.f_code.co_name for f, _ in traceback.walk_stack(frame)}
+        if funcs & PREDICTION_FRAMES:
+            busy.append(names.get(ident, str(ident)))
+    return busy
+
+
+async def wait_for(condition: Any, timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        await asyncio.sleep(0.02)
+    return bool(condition())
+
+
+# --- the happy path ---------------------------------------------------------------------------
+
+
+async def test_request_fields_reach_the_apps_differently_named_parameters(
+    space: RunningSpace, tmp_path: Path
+) -> None:
+    table = generate_table(space, fixed={"style": "watercolor"})
+    async with space_backend(tmp_path, **table) as backend:
+        (image,) = await generate(
+            backend,
+            prompt="a fox at dawn",
+            negative_prompt="blurry",
+            steps=7,
+            width=96,
+            height=72,
+            guidance_scale=3.5,
+        )
+    sent = space.calls.last("/generate")
+    assert sent == {
+        "text": "a fox at dawn",
+        "negative": "blurry",
+        "num_inference_steps": 7,
+        "w": 96,
+        "h": 72,
+        "cfg": 3.5,
+        "style": "watercolor",
+    }
+    assert (image.width, image.height, image.format) == (96, 72, ImageFormat.PNG)
+
+
+async def test_unset_request_fields_leave_the_spaces_defaults(
+    space: RunningSpace, tmp_path: Path
+) -> None:
+    async with space_backend(tmp_path, **generate_table(space)) as backend:
+        await generate(backend)
+    sent = space.calls.last("/generate")
+    assert (sent["num_inference_steps"], sent["cfg"], sent["negative"], sent["style"]) == (
+        4,
+        7.0,
+        "",
+        "none",
+    )
+
+
+async def test_seed_returned_by_the_space_is_reported(space: RunningSpace, tmp_path: Path) -> None:
+    table: dict[str, Any] = {
+        "src": space.url,
+        "api_name": "/generate_seed",
+        "inputs": {"prompt": "text", "seed": "seed", "width": "w", "height": "h"},
+        "fixed": {"randomize_seed": False},
+    }
+    async with space_backend(tmp_path, **table) as backend:
+        (image,) = await generate(backend, seed=4242)
+        assert image.seed == 4242 and space.calls.last("/generate_seed")["seed"] == 4242
+    table["fixed"] = {"randomize_seed": True}  # the Space picks its own seed: we report that one
+    async with space_backend(tmp_path, **table) as backend:
+        (image,) = await generate(backend, seed=1)
+    assert image.seed is not None and image.seed != 1
+
+
+async def test_no_seed_given_sends_a_drawn_seed_and_reports_it(
+    space: RunningSpace, tmp_path: Path
+) -> None:
+    table: dict[str, Any] = {
+        "src": space.url,
+        "api_name": "/generate_seed",
+        "inputs": {"prompt": "text", "seed": "seed"},
+        "fixed": {"randomize_seed": False},
+    }
+    async with space_backend(tmp_path, **table) as backend:
+        (image,) = await generate(backend)
+    assert image.seed == space.calls.last("/generate_seed")["seed"]
+
+
+async def test_n_images_are_n_calls_with_consecutive_seeds(
+    space: RunningSpace, tmp_path: Path
+) -> None:
+    table: dict[str, Any] = {
+        "src": space.url,
+        "api_name": "/generate_seed",
+        "inputs": {"prompt": "text", "seed": "seed"},
+        "fixed": {"randomize_seed": False},
+    }
+    async with space_backend(tmp_path, **table) as backend:
+        images = await generate(backend, seed=10, n=3)
+    assert [i.seed for i in images] == [10, 11, 12]
+
+
+@pytest.mark.parametrize(
+    ("api_name", "inputs", "seed"),
+    [("/gallery", {"prompt": "text"}, None), ("/captioned", {"prompt": "text"}, 7)],
+)
+async def test_gallery_and_tuple_with_a_caption_first_yield_the_image(
+    space: RunningSpace, tmp_path: Path, api_name: str, inputs: dict[str, str], seed: int | None
+) -> None:
+    async with space_backend(tmp_path, src=space.url, api_name=api_name, inputs=inputs) as backend:
+        (image,) = await generate(backend)
+    assert image.format == ImageFormat.PNG and image.seed == seed
+
+
+async def test_api_name_defaults_to_the_first_endpoint_returning_an_image(
+    space: RunningSpace, tmp_path: Path
+) -> None:
+    async with space_backend(tmp_path, src=space.url, inputs={"prompt": "text"}) as backend:
+        (image,) = await generate(backend)
+    assert image.info["api_name"] == "/generate"
+
+
+async def test_mapping_to_a_parameter_the_space_lacks_is_rejected_before_sending(
+    space: RunningSpace, tmp_path: Path
+) -> None:
+    before = space.calls.count("/generate")
+    table = generate_table(space, inputs={"prompt": "text", "steps": "steps"})
+    async with space_backend(tmp_path, **table) as backend:
+        with pytest.raises(Rejected, match="no parameter 'steps'.*num_inference_steps"):
+            await generate(backend, steps=3)
+    assert space.calls.count("/generate") == before
+
+
+# --- the app's own errors ---------------------------------------------------------------------
+
+
+async def test_app_error_is_server_error_with_the_apps_message(
+    space: RunningSpace, tmp_path: Path
+) -> None:
+    table: dict[str, Any] = {
+        "src": space.url,
+        "api_name": "/fail",
+        "inputs": {"prompt": "text"},
+        "fixed": {"message": "CUDA out of memory"},
+    }
+    async with space_backend(tmp_path, **table) as backend:
+        with pytest.raises(ServerError, match="CUDA out of memory"):
+            await generate(backend)
+
+
+async def test_zero_gpu_quota_text_is_quota_exhausted_with_retry_after(
+    space: RunningSpace, tmp_path: Path
+) -> None:
+    message = (
+        "You have exceeded your free GPU quota (60s requested vs. 12s left). "
+        "<a href='https://huggingface.co/join'>Create a free account</a> Try again in 0:12:30"
+    )
+    table: dict[str, Any] = {
+        "src": space.url,
+        "api_name": "/fail",
+        "inputs": {"prompt": "text"},
+        "fixed": {"message": message},
+    }
+    async with space_backend(tmp_path, **table) as backend:
+        with pytest.raises(QuotaExhausted) as info:
+            await generate(backend)
+    assert info.value.retry_after == 750.0 and "<a" not in str(info.value)
+
+
+# --- timeouts, queue, connection faults -------------------------------------------------------
+
+
+async def test_answer_slower_than_read_timeout_is_generation_timeout(
+    space: RunningSpace, tmp_path: Path
+) -> None:
+    table: dict[str, Any] = {
+        "src": space.url,
+        "api_name": "/slow",
+        "inputs": {"prompt": "text"},
+        "fixed": {"delay": 3.0},
+        "read_timeout_s": 0.5,
+    }
+    async with space_backend(tmp_path, **table) as backend:
+        start = time.monotonic()
+        with pytest.raises(GenerationTimeout):
+            await generate(backend, deadline_s=30)
+        assert time.monotonic() - start < 0.5 + 1.0  # building the client takes ~0.1 s more
+
+
+async def test_full_queue_is_rate_limited(space: RunningSpace, tmp_path: Path) -> None:
+    table: dict[str, Any] = {
+        "src": space.busy_url,
+        "api_name": "/busy",
+        "inputs": {"prompt": "text"},
+        "fixed": {"delay": 0.6},
+        "max_concurrency": 3,
+    }
+    async with space_backend(tmp_path, **table) as backend:
+        first = asyncio.create_task(generate(backend, prompt="first"))  # runs (concurrency limit 1)
+        await wait_for(lambda: space.calls.count("/busy") >= 1)
+        second = asyncio.create_task(generate(backend, prompt="second"))  # waits: the queue is full
+        await asyncio.sleep(0.2)
+        with pytest.raises(RateLimited, match="busy"):
+            await generate(backend, prompt="third")
+        assert len(await first) == 1 and len(await second) == 1
+
+
+async def test_tls_black_hole_is_handshake_timeout_without_blocking_the_loop(
+    blackhole_url: str, tmp_path: Path
+) -> None:
+    lags: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            lags.append(time.monotonic() - before - 0.01)
+
+    async with space_backend(tmp_path, src=blackhole_url, connect_timeout_s=0.3) as backend:
+        tick = asyncio.create_task(ticker())
+        start = time.monotonic()
+        with pytest.raises(HandshakeTimeout):
+            await generate(backend)
+        elapsed = time.monotonic() - start
+        tick.cancel()
+    assert 0.25 < elapsed < 0.3 + 0.5
+    assert max(lags) < 0.1
+
+
+async def test_closed_port_is_connect_failed_refused(tmp_path: Path) -> None:
+    with socket_closed_port() as port:
+        async with space_backend(tmp_path, src=f"http://127.0.0.1:{port}") as backend:
+            with pytest.raises(ConnectFailed) as info:
+                await generate(backend)
+    assert info.value.refused
+
+
+@contextlib.contextmanager
+def socket_closed_port() -> Iterator[int]:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    yield port
+
+
+# --- the Hub runtime stage --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stage", "retry_after", "text"),
+    [
+        ("SLEEPING", 120.0, "cold start takes minutes"),
+        ("STOPPED", 120.0, "cold start takes minutes"),
+        ("BUILDING", 30.0, "not ready"),
+        ("APP_STARTING", 30.0, "not ready"),
+        ("RUNTIME_ERROR", 1800.0, "owner"),
+        ("BUILD_ERROR", 1800.0, "owner"),
+        ("CONFIG_ERROR", 1800.0, "owner"),
+        ("PAUSED", 1800.0, "owner"),
+    ],
+)
+async def test_space_that_is_not_running_is_unavailable_before_any_gradio_call(
+    space: RunningSpace,
+    hub: tuple[str, hub_emulator.HubState],
+    tmp_path: Path,
+    stage: str,
+    retry_after: float,
+    text: str,
+) -> None:
+    hub_url, state = hub
+    state.set_space(
+        SPACE_ID, stage, error_message="ImportError: torch" if "ERROR" in stage else None
+    )
+    table = generate_table(space, space=SPACE_ID, hub_url=hub_url)
+    async with space_backend(tmp_path, **table) as backend:
+        with pytest.raises(Unavailable, match=text) as info:
+            await generate(backend)
+        health = await backend.probe()
+    assert info.value.retry_after == retry_after
+    assert backend._session is None  # no client was built
+    assert health.ok is False and health.last_error_kind == "unavailable"
+
+
+@pytest.mark.parametrize("stage", ["RUNNING", "RUNNING_BUILDING", "RUNNING_APP_STARTING"])
+async def test_running_space_generates_through_src_and_probes_ok(
+    space: RunningSpace, hub: tuple[str, hub_emulator.HubState], tmp_path: Path, stage: str
+) -> None:
+    hub_url, state = hub
+    state.set_space(SPACE_ID, stage, hardware="zero-a10g")
+    async with space_backend(
+        tmp_path, **generate_table(space, space=SPACE_ID, hub_url=hub_url)
+    ) as backend:
+        (image,) = await generate(backend)
+        health = await backend.probe()
+    assert image.width == 64
+    assert health.ok and health.detail == f"{stage} on zero-a10g"
+
+
+async def test_sleeping_space_with_wake_up_opens_its_hub_page(
+    space: RunningSpace, hub: tuple[str, hub_emulator.HubState], tmp_path: Path
+) -> None:
+    hub_url, state = hub
+    state.set_space(SPACE_ID, "SLEEPING")
+    table = generate_table(space, space=SPACE_ID, hub_url=hub_url, wake_up=True)
+    async with space_backend(tmp_path, **table) as backend:
+        with pytest.raises(Unavailable, match="wake-up requested"):
+            await generate(backend)
+    assert state.wake_requests == [SPACE_ID] and state.spaces[SPACE_ID].stage == "APP_STARTING"
+
+
+async def test_private_space_needs_the_token_and_a_missing_space_is_auth_failed(
+    space: RunningSpace, hub: tuple[str, hub_emulator.HubState], tmp_path: Path
+) -> None:
+    hub_url, state = hub
+    state.token = "hf_secret_value"
+    state.set_space(SPACE_ID, "RUNNING", private=True)
+    table = generate_table(space, space=SPACE_ID, hub_url=hub_url, token_env="SPACE_TOKEN")
+    async with space_backend(
+        tmp_path, environ={"SPACE_TOKEN": "hf_secret_value"}, **table
+    ) as backend:
+        assert len(await generate(backend)) == 1
+    with capture_logs() as logs:
+        async with space_backend(tmp_path, environ={"SPACE_TOKEN": "hf_wrong"}, **table) as backend:
+            with pytest.raises(AuthFailed):
+                await generate(backend)
+    assert "hf_wrong" not in json.dumps(logs, default=str)
+    table["space"] = "owner/missing"
+    async with space_backend(tmp_path, **table) as backend:
+        with pytest.raises(AuthFailed, match="404"):
+            await generate(backend)
+
+
+async def test_unreachable_hub_does_not_stop_generation_but_fails_the_probe(
+    space: RunningSpace, tmp_path: Path
+) -> None:
+    with socket_closed_port() as port:
+        table = generate_table(space, space=SPACE_ID, hub_url=f"http://127.0.0.1:{port}")
+        async with space_backend(tmp_path, **table) as backend:
+            with capture_logs() as logs:
+                assert len(await generate(backend)) == 1
+            health = await backend.probe()
+    assert any(e["event"] == "space_runtime_unknown" for e in logs)
+    assert health.ok is False and health.last_error_kind == "connect_failed"
+
+
+async def test_probe_of_a_bare_url_reads_the_gradio_config(
+    space: RunningSpace, tmp_path: Path
+) -> None:
+    async with space_backend(tmp_path, **generate_table(space)) as backend:
+        health = await backend.probe()
+    assert health.ok and health.detail is not None and health.detail.startswith("gradio 6")
+
+
+# --- threads, cancellation, the client's life -------------------------------------------------
+
+
+async def test_cancelled_caller_leaves_no_thread_running_and_no_pending_task(
+    space: RunningSpace, tmp_path: Path
+) -> None:
+    table: dict[str, Any] = {
+        "src": space.url,
+        "api_name": "/slow",
+        "inputs": {"prompt": "text"},
+        "fixed": {"delay": 0.05},
+    }
+    async with space_backend(tmp_path, **table) as backend:
+        await generate(backend)  # warm: the client and its thread pools exist
+        await asyncio.sleep(0.2)
+        baseline = threading.active_count()
+        before = space.calls.count("/slow")
+        backend._fixed = {"delay": 30.0}
+        others = {t for t in asyncio.all_tasks() if not t.done()}  # e.g. the service's prober
+        task = asyncio.create_task(generate(backend))
+        assert await wait_for(lambda: space.calls.count("/slow") > before)
+        assert busy_prediction_threads()  # the prediction is in flight in a worker thread
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await wait_for(lambda: not busy_prediction_threads(), timeout=2.0), (
+            busy_prediction_threads()
+        )
+        assert await wait_for(lambda: threading.active_count() <= baseline, timeout=2.0)
+        assert {t for t in asyncio.all_tasks() if not t.done()} <= others
+
+
+async def test_concurrent_calls_are_bounded_by_max_concurrency(
+    space: RunningSpace, tmp_path: Path
+) -> None:
+    table: dict[str, Any] = {
+        "src": space.url,
+        "api_name": "/slow",
+        "inputs": {"prompt": "text"},
+        "fixed": {"delay": 0.2},
+        "max_concurrency": 2,
+    }
+    space.calls.peak_in_flight = 0
+    async with space_backend(tmp_path, **table) as backend:
+        results = await asyncio.gather(*(generate(backend, prompt=f"p{i}") for i in range(6)))
+    assert len(results) == 6 and space.calls.peak_in_flight == 2
+
+
+async def test_caller_waiting_for_a_slot_past_its_deadline_times_out_without_sending(
+    space: RunningSpace, tmp_path: Path
+) -> None:
+    table: dict[str, Any] = {
+        "src": space.url,
+        "api_name": "/slow",
+        "inputs": {"prompt": "text"},
+        "fixed": {"delay": 1.0},
+        "max_concurrency": 1,
+    }
+    async with space_backend(tmp_path, **table) as backend:
+        holder = asyncio.create_task(generate(backend, prompt="holder"))
+        assert await wait_for(lambda: space.calls.count("/slow") > 0 and backend._slots.locked())
+        start = time.monotonic()
+        with pytest.raises(GenerationTimeout, match="max_concurrency=1"):
+            await generate(backend, deadline_s=0.3, prompt="waiter")
+        assert time.monotonic() - start < 0.3 + 0.5
+        assert len(await holder) == 1
+    assert all(c[1]["text"] != "waiter" for c in space.calls.calls)
+
+
+async def test_client_is_built_once_reused_and_closed_on_aclose(
+    space: RunningSpace, tmp_path: Path
+) -> None:
+    with capture_logs() as logs:
+        async with space_backend(tmp_path, **generate_table(space)) as backend:
+            await generate(backend)
+            client = backend._session.client if backend._session else None
+            await asyncio.gather(generate(backend), generate(backend))
+            assert backend._session is not None and backend._session.client is client
+    assert [e["event"] for e in logs].count("space_client_built") == 1
+    assert client is not None and not client.heartbeat.is_alive()
+    assert client.executor._shutdown and backend._executor._shutdown
+
+
+async def test_client_is_rebuilt_after_a_connection_level_failure(
+    space: RunningSpace, tmp_path: Path
+) -> None:
+    async with tcp_switch(space.url) as (url, switch):
+        with capture_logs() as logs:
+            async with space_backend(tmp_path, **generate_table(space, src=url)) as backend:
+                await generate(backend)
+                switch["drop"] = True
+                with pytest.raises(ConnectFailed):
+                    await generate(backend)
+                switch["drop"] = False
+                await generate(backend)
+    events = [e["event"] for e in logs]
+    assert events.count("space_client_built") == 2 and "space_client_dropped" in events
+
+
+@contextlib.asynccontextmanager
+async def tcp_switch(target: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """A loopback TCP forwarder to ``target``: closes new connections while ``drop`` is set;
+    ``cut()`` closes every open one (a connection lost mid-answer)."""
+    host, port = target.removeprefix("http://").split(":")
+    open_writers: set[asyncio.StreamWriter] = set()
+
+    def cut() -> None:
+        for writer in list(open_writers):
+            writer.transport.abort()
+
+    switch: dict[str, Any] = {"drop": False, "cut": cut}
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        open_writers.add(writer)
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        open_writers.discard(writer)
+        writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if switch["drop"]:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", switch
+    finally:
+        cut()
+        server.close()
+
+
+async def test_connection_lost_mid_generation_is_connect_failed(
+    space: RunningSpace, tmp_path: Path
+) -> None:
+    table: dict[str, Any] = {
+        "api_name": "/slow",
+        "inputs": {"prompt": "text"},
+        "fixed": {"delay": 5.0},
+    }
+    async with (
+        tcp_switch(space.url) as (url, switch),
+        space_backend(tmp_path, src=url, **table) as backend,
+    ):
+        before = space.calls.count("/slow")
+        task = asyncio.create_task(generate(backend))
+        assert await wait_for(lambda: space.calls.count("/slow") > before)
+        await asyncio.sleep(0.3)  # the result stream is open too
+        start = time.monotonic()
+        switch["cut"]()
+        with pytest.raises(ConnectFailed):
+            await task
+        assert time.monotonic() - start < 1.0
+        assert backend._session is None  # dropped: the next call builds a new client
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+
+
+def test_cli_generate_through_a_space_backend(space: RunningSpace, tmp_path: Path) -> None:
+    config = tmp_path / "imagegate.toml"
+    config.write_text(
+        f'[[backend]]\nname = "standin"\nkind = "hf_space"\nsrc = "{space.url}"\n'
+        'api_name = "/generate"\n'
+        '[backend.inputs]\nprompt = "text"\nwidth = "w"\nheight = "h"\n'
+    )
+    env = {**os.environ, "IMAGEGATE_CONFIG": str(config), "NO_PROXY": "127.0.0.1,localhost"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imagegate",
+            "generate",
+            "a lighthouse",
+            "--backend",
+            "standin",
+            "--width",
+            "128",
+            "--height",
+            "64",
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    (image,) = doc["images"]
+    assert doc["backend"] == "standin" and (image["width"], image["height"]) == (128, 64)
+    assert Path(image["path"]).is_file()
+    assert space.calls.last("/generate")["text"] == "a lighthouse"
