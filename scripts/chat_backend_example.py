@@ -18,7 +18,6 @@ from pathlib import Path
 
 import structlog
 from aiohttp import web
-
 from imagegate import AllBackendsFailed, ImageRequest, ImageService, ImageStore, InvalidRequest
 from imagegate.config import Settings, load_settings
 
@@ -27,7 +26,7 @@ log = structlog.get_logger()
 SERVICE = web.AppKey("service", ImageService)
 STORE = web.AppKey("store", ImageStore)
 IMAGE_DEADLINE_S = 45.0  # a chat user will not wait longer than this for a picture
-_WANTS_IMAGE = re.compile(r"^\s*(?:/image\b|draw\b|paint\b|picture of\b|image of\b)\s*", re.I)
+_WANTS_IMAGE = re.compile(r"^\s*(?:/image\b|draw\b|paint\b|picture of\b|image of\b)\s*", re.IGNORECASE)
 _SAFE_NAME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}/[0-9]{6}-[0-9a-f]{8}\.(?:png|jpg|webp)$")
 SORRY = "Sorry, I couldn't draw that right now: the image services are busy. Try again in a minute?"
 

@@ -18,9 +18,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
-from imagegate.config import Settings, load_settings  # noqa: E402
-from imagegate.testing import Knobs, LocalCA, black_hole, serve_app  # noqa: E402
-from imagegate.testing import a1111 as a1111_emulator  # noqa: E402
+from imagegate.config import Settings, load_settings
+from imagegate.testing import Knobs, LocalCA, black_hole, serve_app
+from imagegate.testing import a1111 as a1111_emulator
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from imagegate import ImageRequest, ImageService, ImageStore
 from PIL import Image
 
-from imagegate import ImageRequest, ImageService, ImageStore
 from tests.conftest import make_settings
 
 

@@ -22,7 +22,14 @@ from imagegate.errors import (
     ServerError,
     Unavailable,
 )
-from imagegate.models import Attempt, BackendHealth, GeneratedImage, ImageFormat, ImageRequest, ImageResult
+from imagegate.models import (
+    Attempt,
+    BackendHealth,
+    GeneratedImage,
+    ImageFormat,
+    ImageRequest,
+    ImageResult,
+)
 from imagegate.router import ImageService
 from imagegate.store import ImageStore
 

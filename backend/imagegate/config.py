@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -230,7 +230,7 @@ class HFSpaceSettings(_BackendBase):
             raise ValueError("must map 'prompt' to the Space's prompt parameter")
         return value
 
-    def model_post_init(self, __context: Any) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if self.space is None and self.src is None:
             raise ValueError(
                 "set 'space' (owner/name) or 'src' (a URL), or both: 'src' then serves the "
@@ -245,14 +245,7 @@ class HFSpaceSettings(_BackendBase):
 
 
 BackendSettings = Annotated[
-    Union[
-        A1111Settings,
-        NovitaSettings,
-        StabilitySettings,
-        HFInferenceSettings,
-        OpenAISettings,
-        HFSpaceSettings,
-    ],
+    A1111Settings | NovitaSettings | StabilitySettings | HFInferenceSettings | OpenAISettings | HFSpaceSettings,
     Field(discriminator="kind"),
 ]
 _BACKEND_ADAPTER: TypeAdapter[Any] = TypeAdapter(BackendSettings)

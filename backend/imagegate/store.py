@@ -15,7 +15,7 @@ import secrets
 import struct
 import tempfile
 import zlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from imagegate.models import GeneratedImage, ImageFormat, ImageRequest
@@ -76,7 +76,7 @@ class ImageStore:
 
     def save(self, image: GeneratedImage, request: ImageRequest, *, backend: str) -> Path:
         """Write one image atomically and return its path."""
-        now = datetime.now(timezone.utc).astimezone()
+        now = datetime.now(UTC).astimezone()
         folder = self.root / now.strftime("%Y-%m-%d")
         folder.mkdir(parents=True, exist_ok=True)
         name = f"{now.strftime('%H%M%S')}-{secrets.token_hex(4)}.{_EXT[image.format]}"

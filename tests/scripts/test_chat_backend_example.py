@@ -9,9 +9,9 @@ from pathlib import Path
 from types import ModuleType
 
 import aiohttp
+from imagegate.testing import serve_app
 from PIL import Image
 
-from imagegate.testing import serve_app
 from tests.conftest import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,8 +60,11 @@ async def test_end_user_gets_a_kind_sentence_when_every_backend_fails(tmp_path: 
         service={"output_dir": str(tmp_path / "out")},
         tmp_path=tmp_path,
     )
-    async with serve_app(example.create_app(settings)) as url, aiohttp.ClientSession() as http:
-        async with http.post(f"{url}/chat", json={"message": "draw a cat"}) as resp:
-            answer = await resp.json()
+    async with (
+        serve_app(example.create_app(settings)) as url,
+        aiohttp.ClientSession() as http,
+        http.post(f"{url}/chat", json={"message": "draw a cat"}) as resp,
+    ):
+        answer = await resp.json()
     assert answer["image_url"] is None
     assert answer["reply"] == example.SORRY

@@ -131,7 +131,7 @@ class ImageBackend(abc.ABC):
     async def _probe(self, deadline: Deadline, timings: dict[str, float]) -> str:
         """The provider-specific check: return a short detail, raise a BackendError on failure."""
 
-    async def aclose(self) -> None:  # noqa: B027 - most backends own nothing
+    async def aclose(self) -> None:
         """Release what this backend owns (the shared HTTP session is not its own)."""
 
 
