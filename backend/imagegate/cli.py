@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="see failover work, with local stand-in providers")
     demo.add_argument("prompt", nargs="?", default="a lighthouse at dusk, oil painting")
     demo.add_argument("--scenario", choices=["failover", "hedge", "all-down"], default="failover")
-    demo.add_argument("--keep-running", action="store_true")
+    demo.add_argument("--keep-running", action="store_true", help="keep the stand-ins up until Ctrl-C")
+    demo.add_argument("--config-out", type=Path, metavar="PATH",
+                      help="also write the stand-ins' config here (valid while they run)")
     demo.add_argument("--out", type=Path, default=Path("outputs"))
     demo.add_argument("--json", action="store_true")
     return parser
