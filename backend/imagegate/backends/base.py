@@ -145,6 +145,16 @@ class HttpBackend(ImageBackend):
         self._session = session
         self._ssl = make_ssl_context(settings.ca_bundle)
         self.base_url: str = settings.base_url
+        key = self._secrets.get("api_key")
+        # Bearer auth for the key-based providers; empty when no key is configured.
+        self._headers: dict[str, str] = {"Authorization": f"Bearer {key}"} if key else {}
+
+    def redact(self, body: bytes) -> bytes:
+        """``body`` with every copy of a secret masked (a provider may echo what it was sent)."""
+        for secret in self._secrets.values():
+            if secret:
+                body = body.replace(secret.encode(), b"***")
+        return body
 
     def request_kwargs(
         self, deadline: Deadline, timings: dict[str, float] | None = None, *, read: float | None = None

@@ -45,8 +45,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import aiohttp
-
 from imagegate.backends.base import (
     Deadline,
     HttpBackend,
@@ -153,23 +151,11 @@ def probe_detail(body: Any, *, backend: str, model: str, whoami: bool) -> str:
     return f"{_PROVIDER} serves {model} ({status})"
 
 
-def _redact(body: bytes, secret: str | None) -> bytes:
-    """``body`` with every copy of the token masked (a provider may echo what it was sent)."""
-    return body.replace(secret.encode(), b"***") if secret else body
-
 
 class HFInferenceBackend(HttpBackend):
     """Hugging Face Inference (router, hf-inference provider)."""
 
     kind = "hf_inference"
-
-    def __init__(
-        self, settings: Any, *, secrets: Mapping[str, str], session: aiohttp.ClientSession
-    ) -> None:
-        super().__init__(settings, secrets=secrets, session=session)
-        token = secrets.get("api_key")
-        self._token = token
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def _model(self, request: ImageRequest) -> str:
         return request.model or self.settings.model or _DEFAULT_MODEL
@@ -196,7 +182,7 @@ class HFInferenceBackend(HttpBackend):
                 **self.request_kwargs(deadline),
             ) as resp:
                 if resp.status != 200:
-                    body = _redact(await read_capped(resp, 64 * 1024, backend=self.name), self._token)
+                    body = self.redact(await read_capped(resp, 64 * 1024, backend=self.name))
                     raise error_from_response(resp.status, body, resp.headers, backend=self.name, model=model)
                 data = await read_capped(resp, self.settings.max_image_bytes, backend=self.name)
         return check_image(data, backend=self.name, seed=seed, info={"model": model, "provider": _PROVIDER})
@@ -208,7 +194,7 @@ class HFInferenceBackend(HttpBackend):
             async with self._session.get(
                 url, headers=self._headers, **self.request_kwargs(deadline, timings)
             ) as resp:
-                body = _redact(await read_capped(resp, 1024 * 1024, backend=self.name), self._token)
+                body = self.redact(await read_capped(resp, 1024 * 1024, backend=self.name))
                 if resp.status != 200:
                     message, _ = _error_message(body, resp.headers)
                     if resp.status == 404 or resp.headers.get("X-Error-Code") == "RepoNotFound":

@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -196,12 +195,6 @@ class NovitaBackend(HttpBackend):
     """Novita AI's async txt2img API."""
 
     kind = "novita"
-
-    def __init__(
-        self, settings: Any, *, secrets: Mapping[str, str], session: aiohttp.ClientSession
-    ) -> None:
-        super().__init__(settings, secrets=secrets, session=session)
-        self._headers = {"Authorization": f"Bearer {secrets.get('api_key', '')}"}
 
     def __repr__(self) -> str:
         return f"NovitaBackend(name={self.name!r}, base_url={self.base_url!r})"

@@ -46,8 +46,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-import aiohttp
-
 from imagegate.backends.base import (
     Deadline,
     HttpBackend,
@@ -183,17 +181,6 @@ class OpenAIImagesBackend(HttpBackend):
 
     kind = "openai"
 
-    def __init__(
-        self, settings: Any, *, secrets: Mapping[str, str], session: aiohttp.ClientSession
-    ) -> None:
-        super().__init__(settings, secrets=secrets, session=session)
-        key = secrets.get("api_key")
-        self._key = key
-        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
-
-    def _redact(self, body: bytes) -> bytes:
-        return body.replace(self._key.encode(), b"***") if self._key else body
-
     async def generate(self, request: ImageRequest, *, deadline: Deadline) -> list[GeneratedImage]:
         payload = build_request(request, model=self.settings.model, extensions=self.settings.send_extensions)
         url = endpoint(self.base_url, _GENERATIONS)
@@ -204,7 +191,7 @@ class OpenAIImagesBackend(HttpBackend):
                 cap = (self.settings.max_image_bytes * 4 // 3 + 4096) * request.n  # base64 inflates 4/3
                 body = await read_capped(resp, cap, backend=self.name)
                 if resp.status != 200:
-                    raise error_from_response(resp.status, self._redact(body), resp.headers, backend=self.name)
+                    raise error_from_response(resp.status, self.redact(body), resp.headers, backend=self.name)
                 doc = json.loads(body)
             items = parse_response(doc, backend=self.name, sent_seed=payload.get("seed"))
             images = []
@@ -234,7 +221,7 @@ class OpenAIImagesBackend(HttpBackend):
                 if resp.status in (404, 405):
                     return f"reachable (no model list: HTTP {resp.status})"
                 if resp.status != 200:
-                    raise error_from_response(resp.status, self._redact(body), resp.headers, backend=self.name)
+                    raise error_from_response(resp.status, self.redact(body), resp.headers, backend=self.name)
                 doc = json.loads(body)
         models = doc.get("data") if isinstance(doc, dict) else None
         if not isinstance(models, list):

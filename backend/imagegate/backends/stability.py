@@ -47,7 +47,6 @@ import binascii
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
 
 import aiohttp
 
@@ -180,12 +179,6 @@ class StabilityBackend(HttpBackend):
 
     kind = "stability"
 
-    def __init__(
-        self, settings: Any, *, secrets: Mapping[str, str], session: aiohttp.ClientSession
-    ) -> None:
-        super().__init__(settings, secrets=secrets, session=session)
-        self._auth = {"authorization": f"Bearer {secrets.get('api_key', '')}"}
-
     def __repr__(self) -> str:
         return f"StabilityBackend(name={self.name!r}, base_url={self.base_url!r})"
 
@@ -212,7 +205,7 @@ class StabilityBackend(HttpBackend):
         url = self.base_url + _GENERATE + self.settings.engine
         with self.map_errors(deadline):
             async with self._session.post(
-                url, data=form, headers={**self._auth, "accept": "image/*"},
+                url, data=form, headers={**self._headers, "accept": "image/*"},
                 **self.request_kwargs(deadline),
             ) as resp:
                 if resp.status != 200:
@@ -236,7 +229,7 @@ class StabilityBackend(HttpBackend):
     async def _probe(self, deadline: Deadline, timings: dict[str, float]) -> str:
         with self.map_errors(deadline):
             async with self._session.get(
-                self.base_url + _BALANCE, headers=self._auth, **self.request_kwargs(deadline, timings)
+                self.base_url + _BALANCE, headers=self._headers, **self.request_kwargs(deadline, timings)
             ) as resp:
                 if resp.status != 200:
                     raise error_for_response(resp.status, await resp.read(), backend=self.name)
