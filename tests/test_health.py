@@ -7,6 +7,7 @@ import asyncio
 import math
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from imagegate.health import BreakerPolicy, CircuitBreaker, HealthProber, Permit, Transition
@@ -30,8 +31,18 @@ def make_breaker(clock: FakeClock, **policy: float) -> tuple[CircuitBreaker, lis
     return breaker, seen
 
 
-def test_trip_class_failure_opens_at_once_and_skips_until_cooldown() -> None:
-    clock = FakeClock()
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def breaker(clock: FakeClock) -> CircuitBreaker:
+    """A breaker with the default policy, on ``clock``."""
+    return make_breaker(clock)[0]
+
+
+def test_trip_class_failure_opens_at_once_and_skips_until_cooldown(clock: FakeClock) -> None:
     breaker, seen = make_breaker(clock)
     breaker.on_failure(breaker.acquire() or "normal", "trip", kind="handshake_timeout")
     assert breaker.state == "open"
@@ -45,8 +56,7 @@ def test_trip_class_failure_opens_at_once_and_skips_until_cooldown() -> None:
     assert seen[0].reason == "handshake_timeout" and seen[0].open_for_s == 30.0
 
 
-def test_counted_failures_open_after_threshold_consecutive() -> None:
-    clock = FakeClock()
+def test_counted_failures_open_after_threshold_consecutive(clock: FakeClock) -> None:
     breaker, _ = make_breaker(clock, threshold=3)
     for _ in range(2):
         breaker.on_failure("normal", "count", kind="server_error")
@@ -59,9 +69,7 @@ def test_counted_failures_open_after_threshold_consecutive() -> None:
     assert breaker.state == "open"
 
 
-def test_half_open_lets_exactly_one_trial_through() -> None:
-    clock = FakeClock()
-    breaker, _ = make_breaker(clock)
+def test_half_open_lets_exactly_one_trial_through(clock: FakeClock, breaker: CircuitBreaker) -> None:
     breaker.on_failure("normal", "trip", kind="connect_failed")
     clock.advance(30)
     assert breaker.acquire() == "trial"
@@ -71,8 +79,7 @@ def test_half_open_lets_exactly_one_trial_through() -> None:
     assert breaker.state == "closed" and breaker.acquire() == "normal"
 
 
-def test_failed_trial_reopens_with_a_longer_cooldown_capped() -> None:
-    clock = FakeClock()
+def test_failed_trial_reopens_with_a_longer_cooldown_capped(clock: FakeClock) -> None:
     breaker, seen = make_breaker(clock, cooldown_s=30, max_cooldown_s=100)
     breaker.on_failure("normal", "trip", kind="handshake_timeout")
     for expected in (60, 90, 100, 100):
@@ -83,9 +90,7 @@ def test_failed_trial_reopens_with_a_longer_cooldown_capped() -> None:
     assert [t.open_for_s for t in seen if t.new == "open"] == [30, 60, 90, 100, 100]
 
 
-def test_cancelled_trial_frees_the_trial_slot() -> None:
-    clock = FakeClock()
-    breaker, _ = make_breaker(clock)
+def test_cancelled_trial_frees_the_trial_slot(clock: FakeClock, breaker: CircuitBreaker) -> None:
     breaker.on_failure("normal", "trip", kind="handshake_timeout")
     clock.advance(30)
     permit = breaker.acquire()
@@ -94,9 +99,7 @@ def test_cancelled_trial_frees_the_trial_slot() -> None:
     assert breaker.acquire() == "trial"
 
 
-def test_retry_after_holds_the_breaker_for_exactly_that_long_without_growing() -> None:
-    clock = FakeClock()
-    breaker, _ = make_breaker(clock)
+def test_retry_after_holds_the_breaker_for_exactly_that_long_without_growing(clock: FakeClock, breaker: CircuitBreaker) -> None:
     breaker.on_failure("normal", "cooldown", retry_after=7, kind="rate_limited")
     assert breaker.state == "open" and breaker.remaining() == 7
     breaker.on_probe(True)  # the provider said 7 s: a good probe does not cut it short
@@ -122,9 +125,7 @@ def test_cooldown_class_without_retry_after_counts() -> None:
     assert breaker.state == "open"
 
 
-def test_auth_failure_disables_until_a_probe_succeeds() -> None:
-    clock = FakeClock()
-    breaker, _ = make_breaker(clock)
+def test_auth_failure_disables_until_a_probe_succeeds(clock: FakeClock, breaker: CircuitBreaker) -> None:
     breaker.on_failure("normal", "disable", kind="auth_failed")
     clock.advance(10_000)
     assert breaker.state == "disabled" and breaker.acquire() is None
@@ -136,8 +137,7 @@ def test_auth_failure_disables_until_a_probe_succeeds() -> None:
     assert breaker.state == "closed"
 
 
-def test_probe_started_before_a_failure_cannot_close_it() -> None:
-    breaker, _ = make_breaker(FakeClock())
+def test_probe_started_before_a_failure_cannot_close_it(breaker: CircuitBreaker) -> None:
     epoch = breaker.epoch
     breaker.on_failure("normal", "trip", kind="handshake_timeout")
     breaker.on_probe(True, epoch=epoch)
@@ -146,9 +146,7 @@ def test_probe_started_before_a_failure_cannot_close_it() -> None:
     assert breaker.state == "closed"
 
 
-def test_failed_probe_trips_a_closed_breaker_but_does_not_extend_an_open_one() -> None:
-    clock = FakeClock()
-    breaker, _ = make_breaker(clock)
+def test_failed_probe_trips_a_closed_breaker_but_does_not_extend_an_open_one(clock: FakeClock, breaker: CircuitBreaker) -> None:
     breaker.on_probe(False, "trip", kind="handshake_timeout")
     assert breaker.state == "open" and breaker.remaining() == 30
     clock.advance(10)
@@ -156,8 +154,7 @@ def test_failed_probe_trips_a_closed_breaker_but_does_not_extend_an_open_one() -
     assert breaker.remaining() == 20
 
 
-def test_rejected_neither_counts_nor_trips_but_a_rejected_trial_closes() -> None:
-    clock = FakeClock()
+def test_rejected_neither_counts_nor_trips_but_a_rejected_trial_closes(clock: FakeClock) -> None:
     breaker, _ = make_breaker(clock, threshold=1)
     breaker.on_failure("normal", "none", kind="rejected")
     assert breaker.state == "closed"
@@ -167,8 +164,7 @@ def test_rejected_neither_counts_nor_trips_but_a_rejected_trial_closes() -> None
     assert breaker.state == "closed"
 
 
-def test_stale_failure_while_open_changes_nothing() -> None:
-    clock = FakeClock()
+def test_stale_failure_while_open_changes_nothing(clock: FakeClock) -> None:
     breaker, seen = make_breaker(clock)
     breaker.on_failure("normal", "trip", kind="handshake_timeout")
     clock.advance(5)

@@ -7,20 +7,16 @@ Timeouts are fractions of a second, set through the same config keys users set.
 from __future__ import annotations
 
 import base64
-import contextlib
-import email.utils
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 from imagegate.backends.a1111 import A1111Backend, build_request, parse_response
-from imagegate.backends.base import Deadline
 from imagegate.errors import (
-    AllBackendsFailed,
     AuthFailed,
     BackendError,
     BadResponse,
@@ -31,44 +27,30 @@ from imagegate.errors import (
     Rejected,
 )
 from imagegate.models import ImageFormat, ImageRequest
-from imagegate.router import ImageService
 from imagegate.testing import Knobs, make_image, serve_app
 from imagegate.testing import a1111 as a1111_emulator
-from structlog.testing import capture_logs
 
-from tests.conftest import make_settings
+from tests.backends.support import (
+    BackendCase,
+    RetryAfter,
+    fails,
+    retry_after_forms,
+    shown_after_refused_secret,
+)
+from tests.serverkit import closed_port_url
 
 TXT2IMG = "/sdapi/v1/txt2img"
 PROGRESS = "/sdapi/v1/progress"
 
-
-@contextlib.asynccontextmanager
-async def a1111_backend(
-    base_url: str, tmp_path: Path, *, environ: dict[str, str] | None = None, **keys: Any
-) -> AsyncIterator[A1111Backend]:
-    """The backend named "local", built from a real config file, inside a running service."""
-    table = {"name": "local", "kind": "a1111", "base_url": base_url, **keys}
-    settings = make_settings([table], environ=environ, tmp_path=tmp_path)
-    async with ImageService(settings) as service:
-        backend = service.backend("local")
-        assert isinstance(backend, A1111Backend)
-        yield backend
-
-
-def closed_port() -> int:
-    """A loopback port with nothing listening on it (connection refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+A1111 = BackendCase(
+    name="local", kind="a1111", cls=A1111Backend,
+    request={"prompt": "a lighthouse at dusk", "width": 64, "height": 64},
+)
+generate = A1111.generate
 
 
 def txt2img_bodies(knobs: Knobs) -> list[dict[str, Any]]:
     return [r.body for r in knobs.requests if r.path == TXT2IMG]
-
-
-async def generate(backend: A1111Backend, deadline_s: float = 10.0, **fields: Any) -> Any:
-    request = ImageRequest(**{"prompt": "a lighthouse at dusk", "width": 64, "height": 64, **fields})
-    return await backend.generate(request, deadline=Deadline.after(deadline_s))
 
 
 # --- the happy path --------------------------------------------------------------------------
@@ -77,7 +59,7 @@ async def generate(backend: A1111Backend, deadline_s: float = 10.0, **fields: An
 async def test_generate_returns_png_of_requested_size_with_requested_seed(
     a1111_url: str, tmp_path: Path
 ) -> None:
-    async with a1111_backend(a1111_url, tmp_path) as backend:
+    async with A1111.backend(a1111_url, tmp_path) as backend:
         (image,) = await generate(backend, width=512, height=768, seed=7)
     assert (image.width, image.height, image.seed, image.format) == (512, 768, 7, ImageFormat.PNG)
     assert image.to_pil().size == (512, 768)
@@ -87,7 +69,7 @@ async def test_generate_returns_png_of_requested_size_with_requested_seed(
 async def test_random_seed_is_sent_as_minus_one_and_real_seed_read_from_info(
     a1111_url: str, knobs: Knobs, tmp_path: Path
 ) -> None:
-    async with a1111_backend(a1111_url, tmp_path) as backend:
+    async with A1111.backend(a1111_url, tmp_path) as backend:
         (image,) = await generate(backend)
     assert txt2img_bodies(knobs)[0]["seed"] == -1
     assert image.seed is not None and 0 <= image.seed < 2**32
@@ -98,7 +80,7 @@ async def test_random_seed_is_sent_as_minus_one_and_real_seed_read_from_info(
 async def test_n_2_returns_two_images_with_their_own_seeds_from_all_seeds(
     a1111_url: str, knobs: Knobs, tmp_path: Path
 ) -> None:
-    async with a1111_backend(a1111_url, tmp_path) as backend:
+    async with A1111.backend(a1111_url, tmp_path) as backend:
         images = await generate(backend, n=2, seed=100)
     assert [img.seed for img in images] == [100, 101]  # the emulator's info.all_seeds
     assert images[0].data != images[1].data
@@ -106,7 +88,7 @@ async def test_n_2_returns_two_images_with_their_own_seeds_from_all_seeds(
 
 
 async def test_wire_fields_match_the_webui_api(a1111_url: str, knobs: Knobs, tmp_path: Path) -> None:
-    async with a1111_backend(a1111_url, tmp_path, model="sd_xl_base_1.0") as backend:
+    async with A1111.backend(a1111_url, tmp_path, model="sd_xl_base_1.0") as backend:
         await generate(
             backend,
             prompt="a red fox",
@@ -134,7 +116,7 @@ async def test_wire_fields_match_the_webui_api(a1111_url: str, knobs: Knobs, tmp
 async def test_request_model_overrides_config_model_and_unset_fields_are_not_sent(
     a1111_url: str, knobs: Knobs, tmp_path: Path
 ) -> None:
-    async with a1111_backend(a1111_url, tmp_path, model="from-config") as backend:
+    async with A1111.backend(a1111_url, tmp_path, model="from-config") as backend:
         await generate(backend, model="from-request")
         await generate(backend)  # no model in the request
     first, second = txt2img_bodies(knobs)
@@ -171,43 +153,27 @@ async def test_http_status_maps_to_error_kind(
     status: int, kind: str, a1111_url: str, knobs: Knobs, tmp_path: Path
 ) -> None:
     knobs.arm("status", status=status)
-    async with a1111_backend(a1111_url, tmp_path) as backend:
-        with pytest.raises(BackendError) as caught:
-            await generate(backend)
-    assert caught.value.kind == kind
-    assert caught.value.status == status
-    assert caught.value.backend == "local"
+    error = await fails(A1111.backend(a1111_url, tmp_path), generate, BackendError)
+    assert error.kind == kind
+    assert error.status == status
+    assert error.backend == "local"
 
 
 async def test_unknown_sampler_is_rejected_with_the_webui_detail(
     a1111_url: str, tmp_path: Path
 ) -> None:
-    async with a1111_backend(a1111_url, tmp_path) as backend:
-        with pytest.raises(Rejected, match="Sampler not found") as caught:
-            await generate(backend, sampler="No Such Sampler")
-    assert caught.value.status == 400
+    unknown_sampler = partial(generate, sampler="No Such Sampler")
+    opened = A1111.backend(a1111_url, tmp_path)
+    error = await fails(opened, unknown_sampler, Rejected, match="Sampler not found")
+    assert error.status == 400
 
 
-async def test_rate_limited_reads_retry_after_seconds(
-    a1111_url: str, knobs: Knobs, tmp_path: Path
+@retry_after_forms(seconds=7, date_ahead_s=30, date_range=(27.0, 31.0))
+async def test_rate_limited_reads_retry_after(
+    a1111_url: str, knobs: Knobs, tmp_path: Path, retry_after: RetryAfter
 ) -> None:
-    knobs.arm("status", status=429, headers={"Retry-After": "7"})
-    async with a1111_backend(a1111_url, tmp_path) as backend:
-        with pytest.raises(RateLimited) as caught:
-            await generate(backend)
-    assert caught.value.retry_after == 7.0
-
-
-async def test_rate_limited_reads_retry_after_http_date(
-    a1111_url: str, knobs: Knobs, tmp_path: Path
-) -> None:
-    when = email.utils.formatdate(time.time() + 30, usegmt=True)
-    knobs.arm("status", status=429, headers={"Retry-After": when})
-    async with a1111_backend(a1111_url, tmp_path) as backend:
-        with pytest.raises(RateLimited) as caught:
-            await generate(backend)
-    assert caught.value.retry_after is not None
-    assert 27.0 <= caught.value.retry_after <= 31.0
+    knobs.arm("status", status=429, headers=retry_after.headers())
+    retry_after.check(await fails(A1111.backend(a1111_url, tmp_path), generate, RateLimited))
 
 
 # --- network faults --------------------------------------------------------------------------
@@ -216,7 +182,7 @@ async def test_rate_limited_reads_retry_after_http_date(
 async def test_listener_that_never_answers_is_a_handshake_timeout_within_connect_budget(
     blackhole_url: str, tmp_path: Path
 ) -> None:
-    async with a1111_backend(blackhole_url, tmp_path, connect_timeout_s=0.3) as backend:
+    async with A1111.backend(blackhole_url, tmp_path, connect_timeout_s=0.3) as backend:
         start = time.monotonic()
         with pytest.raises(HandshakeTimeout) as caught:
             await generate(backend)
@@ -227,30 +193,24 @@ async def test_listener_that_never_answers_is_a_handshake_timeout_within_connect
 
 
 async def test_closed_port_is_connect_failed_refused(tmp_path: Path) -> None:
-    async with a1111_backend(f"http://127.0.0.1:{closed_port()}", tmp_path) as backend:
-        with pytest.raises(ConnectFailed) as caught:
-            await generate(backend)
-    assert caught.value.refused is True
-    assert "refused" in str(caught.value)
+    error = await fails(A1111.backend(closed_port_url(), tmp_path), generate, ConnectFailed)
+    assert error.refused is True
+    assert "refused" in str(error)
 
 
 async def test_body_that_is_not_an_image_is_bad_response(
     a1111_url: str, knobs: Knobs, tmp_path: Path
 ) -> None:
     knobs.arm("not_image")
-    async with a1111_backend(a1111_url, tmp_path) as backend:
-        with pytest.raises(BadResponse, match="not a PNG"):
-            await generate(backend)
+    await fails(A1111.backend(a1111_url, tmp_path), generate, BadResponse, match="not a PNG")
 
 
 async def test_reset_before_the_response_is_connect_failed(
     a1111_url: str, knobs: Knobs, tmp_path: Path
 ) -> None:
     knobs.arm("reset")
-    async with a1111_backend(a1111_url, tmp_path) as backend:
-        with pytest.raises(ConnectFailed) as caught:
-            await generate(backend)
-    assert caught.value.refused is False
+    error = await fails(A1111.backend(a1111_url, tmp_path), generate, ConnectFailed)
+    assert error.refused is False
 
 
 @pytest.mark.parametrize("fault", ["stall", "stall_body"])
@@ -258,7 +218,7 @@ async def test_stalled_answer_is_a_generation_timeout_within_read_budget(
     fault: str, a1111_url: str, knobs: Knobs, tmp_path: Path
 ) -> None:
     knobs.arm(fault)
-    async with a1111_backend(a1111_url, tmp_path, read_timeout_s=0.3) as backend:
+    async with A1111.backend(a1111_url, tmp_path, read_timeout_s=0.3) as backend:
         start = time.monotonic()
         with pytest.raises(GenerationTimeout):
             await generate(backend)
@@ -270,7 +230,7 @@ async def test_deadline_shorter_than_the_generation_is_a_generation_timeout_at_t
     a1111_url: str, knobs: Knobs, tmp_path: Path
 ) -> None:
     knobs.latency_s = 5.0
-    async with a1111_backend(a1111_url, tmp_path) as backend:
+    async with A1111.backend(a1111_url, tmp_path) as backend:
         start = time.monotonic()
         with pytest.raises(GenerationTimeout):
             await generate(backend, deadline_s=0.3)
@@ -295,7 +255,7 @@ async def test_basic_auth_with_right_credentials_generates(
     auth_url: str, knobs: Knobs, tmp_path: Path
 ) -> None:
     environ = {"A1111_USER": USER, "A1111_PASSWORD": PASSWORD}
-    async with a1111_backend(auth_url, tmp_path, environ=environ, **AUTH_KEYS) as backend:
+    async with A1111.backend(auth_url, tmp_path, environ=environ, **AUTH_KEYS) as backend:
         (image,) = await generate(backend, seed=1)
         health = await backend.probe(timeout=2.0)
     assert image.seed == 1
@@ -309,21 +269,16 @@ async def test_wrong_password_is_auth_failed_and_never_logged(
 ) -> None:
     wrong = "wrong-pw-Kx3-also-secret"
     environ = {"A1111_USER": USER, "A1111_PASSWORD": wrong}
-    table = {"name": "local", "kind": "a1111", "base_url": auth_url, **AUTH_KEYS}
-    settings = make_settings([table], environ=environ, tmp_path=tmp_path)
-    with capture_logs() as logs:
-        async with ImageService(settings) as service:
-            with pytest.raises(AllBackendsFailed) as caught:
-                await service.generate(ImageRequest(prompt="x", width=64, height=64))
-    attempts = caught.value.attempts
+    settings = A1111.settings(auth_url, tmp_path, environ=environ, **AUTH_KEYS)
+    request = ImageRequest(prompt="x", width=64, height=64)
+    error, text = await shown_after_refused_secret(settings, request)  # and it was logged
+    attempts = error.attempts
     assert attempts and {(a.outcome, a.status) for a in attempts} == {("auth_failed", 401)}
-    assert logs, "the failed attempt should have been logged"
-    text = json.dumps(logs, default=str) + str(caught.value) + repr(settings)
     assert wrong not in text and PASSWORD not in text
 
 
 async def test_missing_credentials_are_auth_failed(auth_url: str, tmp_path: Path) -> None:
-    async with a1111_backend(auth_url, tmp_path) as backend:
+    async with A1111.backend(auth_url, tmp_path) as backend:
         with pytest.raises(AuthFailed) as caught:
             await generate(backend)
     assert caught.value.status == 401
@@ -333,7 +288,7 @@ async def test_missing_credentials_are_auth_failed(auth_url: str, tmp_path: Path
 
 
 async def test_probe_reports_ok_with_timings(a1111_url: str, knobs: Knobs, tmp_path: Path) -> None:
-    async with a1111_backend(a1111_url, tmp_path) as backend:
+    async with A1111.backend(a1111_url, tmp_path) as backend:
         health = await backend.probe(timeout=2.0)
     assert (health.name, health.kind, health.ok) == ("local", "a1111", True)
     assert health.detail and "progress" in health.detail
@@ -344,7 +299,7 @@ async def test_probe_reports_ok_with_timings(a1111_url: str, knobs: Knobs, tmp_p
 
 
 async def test_probe_of_a_closed_port_reports_connect_failed(tmp_path: Path) -> None:
-    async with a1111_backend(f"http://127.0.0.1:{closed_port()}", tmp_path) as backend:
+    async with A1111.backend(closed_port_url(), tmp_path) as backend:
         health = await backend.probe(timeout=2.0)
     assert health.ok is False
     assert health.last_error_kind == "connect_failed"
@@ -354,7 +309,7 @@ async def test_probe_of_a_failing_server_reports_server_error(
     a1111_url: str, knobs: Knobs, tmp_path: Path
 ) -> None:
     knobs.arm("status", status=500, path=PROGRESS)
-    async with a1111_backend(a1111_url, tmp_path) as backend:
+    async with A1111.backend(a1111_url, tmp_path) as backend:
         health = await backend.probe(timeout=2.0)
     assert health.ok is False
     assert health.last_error_kind == "server_error"
@@ -398,7 +353,7 @@ async def test_probe_of_a_garbled_answer_reports_bad_response(
     body: Any, a1111_url: str, knobs: Knobs, tmp_path: Path
 ) -> None:
     knobs.arm("status", status=200, body=body, path=PROGRESS)
-    async with a1111_backend(a1111_url, tmp_path) as backend:
+    async with A1111.backend(a1111_url, tmp_path) as backend:
         health = await backend.probe(timeout=2.0)
     assert health.ok is False
     assert health.last_error_kind == "bad_response"
@@ -407,6 +362,6 @@ async def test_probe_of_a_garbled_answer_reports_bad_response(
 async def test_answer_larger_than_max_image_bytes_is_bad_response(
     a1111_url: str, tmp_path: Path
 ) -> None:
-    async with a1111_backend(a1111_url, tmp_path, max_image_bytes=1024) as backend:
-        with pytest.raises(BadResponse, match="max_image_bytes"):
-            await generate(backend, width=512, height=512)
+    opened = A1111.backend(a1111_url, tmp_path, max_image_bytes=1024)
+    too_big = partial(generate, width=512, height=512)
+    await fails(opened, too_big, BadResponse, match="max_image_bytes")

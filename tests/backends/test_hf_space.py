@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -21,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from imagegate.backends.base import Deadline
 from imagegate.backends.hf_space import HFSpaceBackend
 from imagegate.errors import (
     AuthFailed,
@@ -34,14 +31,15 @@ from imagegate.errors import (
     ServerError,
     Unavailable,
 )
-from imagegate.models import ImageFormat, ImageRequest
-from imagegate.router import ImageService
+from imagegate.models import ImageFormat
 from imagegate.testing import hub as hub_emulator
 from imagegate.testing import serve_app
 from imagegate.testing.gradio_space import RunningSpace, launch_space
 from structlog.testing import capture_logs
 
-from tests.conftest import make_settings
+from tests.backends.support import BackendCase, cli_generate
+from tests.conftest import write_config
+from tests.serverkit import closed_port_url
 
 MAPPING = {
     "prompt": "text",
@@ -74,26 +72,34 @@ async def hub() -> AsyncIterator[tuple[str, hub_emulator.HubState]]:
         yield url, state
 
 
-@contextlib.asynccontextmanager
-async def space_backend(
+SPACE = BackendCase(
+    name="standin", kind="hf_space", cls=HFSpaceBackend, deadline_s=20.0,
+    request={"prompt": "a red fox", "width": 64, "height": 64},
+)
+generate = SPACE.generate
+
+
+def space_backend(
     tmp_path: Path, *, environ: dict[str, str] | None = None, **keys: Any
-) -> AsyncIterator[HFSpaceBackend]:
+) -> contextlib.AbstractAsyncContextManager[HFSpaceBackend]:
     """The backend "standin", built from a real config file, inside a running service."""
-    table: dict[str, Any] = {"name": "standin", "kind": "hf_space", **keys}
-    settings = make_settings([table], environ=environ, tmp_path=tmp_path)
-    async with ImageService(settings) as service:
-        backend = service.backend("standin")
-        assert isinstance(backend, HFSpaceBackend)
-        yield backend
+    return SPACE.backend(None, tmp_path, environ=environ, **keys)
 
 
 def generate_table(app: RunningSpace, **keys: Any) -> dict[str, Any]:
     return {"src": app.url, "api_name": "/generate", "inputs": MAPPING, **keys}
 
 
-async def generate(backend: HFSpaceBackend, deadline_s: float = 20.0, **fields: Any) -> Any:
-    request = ImageRequest(**{"prompt": "a red fox", "width": 64, "height": 64, **fields})
-    return await backend.generate(request, deadline=Deadline.after(deadline_s))
+def prompt_table(src: str, api_name: str, **keys: Any) -> dict[str, Any]:
+    """Endpoint ``api_name`` of the app at ``src``, sent the prompt only."""
+    return {"src": src, "api_name": api_name, "inputs": {"prompt": "text"}, **keys}
+
+
+def seed_table(app: RunningSpace, **keys: Any) -> dict[str, Any]:
+    """/generate_seed, sent the prompt and the seed, told not to pick its own seed."""
+    inputs = {"prompt": "text", "seed": "seed"}
+    return {"src": app.url, "api_name": "/generate_seed", "inputs": inputs,
+            "fixed": {"randomize_seed": False}, **keys}
 
 
 def busy_prediction_threads() -> list[str]:
@@ -161,12 +167,8 @@ async def test_unset_request_fields_leave_the_spaces_defaults(
 
 
 async def test_seed_returned_by_the_space_is_reported(space: RunningSpace, tmp_path: Path) -> None:
-    table: dict[str, Any] = {
-        "src": space.url,
-        "api_name": "/generate_seed",
-        "inputs": {"prompt": "text", "seed": "seed", "width": "w", "height": "h"},
-        "fixed": {"randomize_seed": False},
-    }
+    inputs = {"prompt": "text", "seed": "seed", "width": "w", "height": "h"}
+    table = seed_table(space, inputs=inputs)
     async with space_backend(tmp_path, **table) as backend:
         (image,) = await generate(backend, seed=4242)
         assert image.seed == 4242 and space.calls.last("/generate_seed")["seed"] == 4242
@@ -179,13 +181,7 @@ async def test_seed_returned_by_the_space_is_reported(space: RunningSpace, tmp_p
 async def test_no_seed_given_sends_a_drawn_seed_and_reports_it(
     space: RunningSpace, tmp_path: Path
 ) -> None:
-    table: dict[str, Any] = {
-        "src": space.url,
-        "api_name": "/generate_seed",
-        "inputs": {"prompt": "text", "seed": "seed"},
-        "fixed": {"randomize_seed": False},
-    }
-    async with space_backend(tmp_path, **table) as backend:
+    async with space_backend(tmp_path, **seed_table(space)) as backend:
         (image,) = await generate(backend)
     assert image.seed == space.calls.last("/generate_seed")["seed"]
 
@@ -193,13 +189,7 @@ async def test_no_seed_given_sends_a_drawn_seed_and_reports_it(
 async def test_n_images_are_n_calls_with_consecutive_seeds(
     space: RunningSpace, tmp_path: Path
 ) -> None:
-    table: dict[str, Any] = {
-        "src": space.url,
-        "api_name": "/generate_seed",
-        "inputs": {"prompt": "text", "seed": "seed"},
-        "fixed": {"randomize_seed": False},
-    }
-    async with space_backend(tmp_path, **table) as backend:
+    async with space_backend(tmp_path, **seed_table(space)) as backend:
         images = await generate(backend, seed=10, n=3)
     assert [i.seed for i in images] == [10, 11, 12]
 
@@ -241,12 +231,7 @@ async def test_mapping_to_a_parameter_the_space_lacks_is_rejected_before_sending
 async def test_app_error_is_server_error_with_the_apps_message(
     space: RunningSpace, tmp_path: Path
 ) -> None:
-    table: dict[str, Any] = {
-        "src": space.url,
-        "api_name": "/fail",
-        "inputs": {"prompt": "text"},
-        "fixed": {"message": "CUDA out of memory"},
-    }
+    table = prompt_table(space.url, "/fail", fixed={"message": "CUDA out of memory"})
     async with space_backend(tmp_path, **table) as backend:
         with pytest.raises(ServerError, match="CUDA out of memory"):
             await generate(backend)
@@ -259,12 +244,7 @@ async def test_zero_gpu_quota_text_is_quota_exhausted_with_retry_after(
         "You have exceeded your free GPU quota (60s requested vs. 12s left). "
         "<a href='https://huggingface.co/join'>Create a free account</a> Try again in 0:12:30"
     )
-    table: dict[str, Any] = {
-        "src": space.url,
-        "api_name": "/fail",
-        "inputs": {"prompt": "text"},
-        "fixed": {"message": message},
-    }
+    table = prompt_table(space.url, "/fail", fixed={"message": message})
     async with space_backend(tmp_path, **table) as backend:
         with pytest.raises(QuotaExhausted) as info:
             await generate(backend)
@@ -277,13 +257,7 @@ async def test_zero_gpu_quota_text_is_quota_exhausted_with_retry_after(
 async def test_answer_slower_than_read_timeout_is_generation_timeout(
     space: RunningSpace, tmp_path: Path
 ) -> None:
-    table: dict[str, Any] = {
-        "src": space.url,
-        "api_name": "/slow",
-        "inputs": {"prompt": "text"},
-        "fixed": {"delay": 3.0},
-        "read_timeout_s": 0.5,
-    }
+    table = prompt_table(space.url, "/slow", fixed={"delay": 3.0}, read_timeout_s=0.5)
     async with space_backend(tmp_path, **table) as backend:
         start = time.monotonic()
         with pytest.raises(GenerationTimeout):
@@ -292,13 +266,7 @@ async def test_answer_slower_than_read_timeout_is_generation_timeout(
 
 
 async def test_full_queue_is_rate_limited(space: RunningSpace, tmp_path: Path) -> None:
-    table: dict[str, Any] = {
-        "src": space.busy_url,
-        "api_name": "/busy",
-        "inputs": {"prompt": "text"},
-        "fixed": {"delay": 0.6},
-        "max_concurrency": 3,
-    }
+    table = prompt_table(space.busy_url, "/busy", fixed={"delay": 0.6}, max_concurrency=3)
     async with space_backend(tmp_path, **table) as backend:
         first = asyncio.create_task(generate(backend, prompt="first"))  # runs (concurrency limit 1)
         await wait_for(lambda: space.calls.count("/busy") >= 1)
@@ -332,21 +300,10 @@ async def test_tls_black_hole_is_handshake_timeout_without_blocking_the_loop(
 
 
 async def test_closed_port_is_connect_failed_refused(tmp_path: Path) -> None:
-    with socket_closed_port() as port:
-        async with space_backend(tmp_path, src=f"http://127.0.0.1:{port}") as backend:
-            with pytest.raises(ConnectFailed) as info:
-                await generate(backend)
+    async with space_backend(tmp_path, src=closed_port_url()) as backend:
+        with pytest.raises(ConnectFailed) as info:
+            await generate(backend)
     assert info.value.refused
-
-
-@contextlib.contextmanager
-def socket_closed_port() -> Iterator[int]:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    yield port
 
 
 # --- the Hub runtime stage --------------------------------------------------------------------
@@ -439,12 +396,11 @@ async def test_private_space_needs_the_token_and_a_missing_space_is_auth_failed(
 async def test_unreachable_hub_does_not_stop_generation_but_fails_the_probe(
     space: RunningSpace, tmp_path: Path
 ) -> None:
-    with socket_closed_port() as port:
-        table = generate_table(space, space=SPACE_ID, hub_url=f"http://127.0.0.1:{port}")
-        async with space_backend(tmp_path, **table) as backend:
-            with capture_logs() as logs:
-                assert len(await generate(backend)) == 1
-            health = await backend.probe()
+    table = generate_table(space, space=SPACE_ID, hub_url=closed_port_url())
+    async with space_backend(tmp_path, **table) as backend:
+        with capture_logs() as logs:
+            assert len(await generate(backend)) == 1
+        health = await backend.probe()
     assert any(e["event"] == "space_runtime_unknown" for e in logs)
     assert health.ok is False and health.last_error_kind == "connect_failed"
 
@@ -463,12 +419,7 @@ async def test_probe_of_a_bare_url_reads_the_gradio_config(
 async def test_cancelled_caller_leaves_no_thread_running_and_no_pending_task(
     space: RunningSpace, tmp_path: Path
 ) -> None:
-    table: dict[str, Any] = {
-        "src": space.url,
-        "api_name": "/slow",
-        "inputs": {"prompt": "text"},
-        "fixed": {"delay": 0.05},
-    }
+    table = prompt_table(space.url, "/slow", fixed={"delay": 0.05})
     async with space_backend(tmp_path, **table) as backend:
         await generate(backend)  # warm: the client and its thread pools exist
         await asyncio.sleep(0.2)
@@ -492,13 +443,7 @@ async def test_cancelled_caller_leaves_no_thread_running_and_no_pending_task(
 async def test_concurrent_calls_are_bounded_by_max_concurrency(
     space: RunningSpace, tmp_path: Path
 ) -> None:
-    table: dict[str, Any] = {
-        "src": space.url,
-        "api_name": "/slow",
-        "inputs": {"prompt": "text"},
-        "fixed": {"delay": 0.2},
-        "max_concurrency": 2,
-    }
+    table = prompt_table(space.url, "/slow", fixed={"delay": 0.2}, max_concurrency=2)
     space.calls.peak_in_flight = 0
     async with space_backend(tmp_path, **table) as backend:
         results = await asyncio.gather(*(generate(backend, prompt=f"p{i}") for i in range(6)))
@@ -508,13 +453,7 @@ async def test_concurrent_calls_are_bounded_by_max_concurrency(
 async def test_caller_waiting_for_a_slot_past_its_deadline_times_out_without_sending(
     space: RunningSpace, tmp_path: Path
 ) -> None:
-    table: dict[str, Any] = {
-        "src": space.url,
-        "api_name": "/slow",
-        "inputs": {"prompt": "text"},
-        "fixed": {"delay": 1.0},
-        "max_concurrency": 1,
-    }
+    table = prompt_table(space.url, "/slow", fixed={"delay": 1.0}, max_concurrency=1)
     async with space_backend(tmp_path, **table) as backend:
         holder = asyncio.create_task(generate(backend, prompt="holder"))
         assert await wait_for(lambda: space.calls.count("/slow") > 0 and backend._slots.locked())
@@ -596,14 +535,9 @@ async def tcp_switch(target: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
 async def test_connection_lost_mid_generation_is_connect_failed(
     space: RunningSpace, tmp_path: Path
 ) -> None:
-    table: dict[str, Any] = {
-        "api_name": "/slow",
-        "inputs": {"prompt": "text"},
-        "fixed": {"delay": 5.0},
-    }
     async with (
         tcp_switch(space.url) as (url, switch),
-        space_backend(tmp_path, src=url, **table) as backend,
+        space_backend(tmp_path, **prompt_table(url, "/slow", fixed={"delay": 5.0})) as backend,
     ):
         before = space.calls.count("/slow")
         task = asyncio.create_task(generate(backend))
@@ -620,41 +554,17 @@ async def test_connection_lost_mid_generation_is_connect_failed(
 # --- the CLI ----------------------------------------------------------------------------------
 
 
-def test_cli_generate_through_a_space_backend(space: RunningSpace, tmp_path: Path) -> None:
-    config = tmp_path / "imagegate.toml"
-    config.write_text(
+async def test_cli_generate_through_a_space_backend(space: RunningSpace, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
         f'[[backend]]\nname = "standin"\nkind = "hf_space"\nsrc = "{space.url}"\n'
         'api_name = "/generate"\n'
-        '[backend.inputs]\nprompt = "text"\nwidth = "w"\nheight = "h"\n'
+        '[backend.inputs]\nprompt = "text"\nwidth = "w"\nheight = "h"\n',
     )
-    env = {**os.environ, "IMAGEGATE_CONFIG": str(config), "NO_PROXY": "127.0.0.1,localhost"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "imagegate",
-            "generate",
-            "a lighthouse",
-            "--backend",
-            "standin",
-            "--width",
-            "128",
-            "--height",
-            "64",
-            "--out",
-            str(tmp_path / "out"),
-            "--json",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        check=False,
+    doc = await cli_generate(
+        "a lighthouse", "--backend", "standin", "--width", "128", "--height", "64",
+        config=config, env={"NO_PROXY": "127.0.0.1,localhost"}, cwd=tmp_path, timeout=60,
     )
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
-    (image,) = doc["images"]
+    (image,) = doc["images"]  # its file opens at 128x64
     assert doc["backend"] == "standin" and (image["width"], image["height"]) == (128, 64)
-    assert Path(image["path"]).is_file()
     assert space.calls.last("/generate")["text"] == "a lighthouse"

@@ -7,19 +7,14 @@ never ends. Timeouts are fractions of a second, set through the same config keys
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import email.utils
-import json
-import os
-import sys
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 from imagegate.backends import novita as novita_module
-from imagegate.backends.base import Deadline
 from imagegate.backends.novita import NovitaBackend, build_request, failed_task_error, parse_task
 from imagegate.config import load_settings
 from imagegate.errors import (
@@ -40,12 +35,18 @@ from imagegate.errors import (
 )
 from imagegate.models import ImageFormat, ImageRequest
 from imagegate.router import ImageService
-from imagegate.testing import Knobs, LocalCA, serve_app
+from imagegate.testing import Knobs, LocalCA
 from imagegate.testing import novita as novita_emulator
-from PIL import Image
-from structlog.testing import capture_logs
 
-from tests.conftest import make_settings
+from tests.backends.support import (
+    BackendCase,
+    RetryAfter,
+    cli_generate,
+    fails,
+    retry_after_forms,
+    shown_after_refused_secret,
+)
+from tests.conftest import make_settings, write_config
 
 KEY = "sk_novita-test-key-5f1c0b7e9a"
 TXT2IMG = "/v3/async/txt2img"
@@ -55,33 +56,19 @@ REQUEST_FIELDS = {
     "guidance_scale", "sampler_name",
 }
 
+NOVITA = BackendCase(
+    name="novita", kind="novita", cls=NovitaBackend, create_app=novita_emulator.create_app,
+    env_var="NOVITA_API_KEY", secret=KEY,
+    table={"poll_interval_s": 0.02, "connect_timeout_s": 0.3, "read_timeout_s": 5.0},
+    request={"prompt": "a red fox in snow", "width": 256, "height": 192},
+)
+generate = NOVITA.generate
+
 
 @pytest.fixture
 async def novita_url(knobs: Knobs, local_ca: LocalCA) -> AsyncIterator[str]:
-    async with serve_app(novita_emulator.create_app(knobs=knobs, api_key=KEY), tls=local_ca) as url:
+    async with NOVITA.serve(knobs, local_ca) as url:
         yield url
-
-
-@contextlib.asynccontextmanager
-async def novita_backend(
-    base_url: str, tmp_path: Path, local_ca: LocalCA, *, key: str = KEY, **keys: Any
-) -> AsyncIterator[NovitaBackend]:
-    """The backend named "novita", built from a real config file, inside a running service."""
-    table = {
-        "name": "novita", "kind": "novita", "base_url": base_url,
-        "ca_bundle": str(local_ca.ca_file), "poll_interval_s": 0.02,
-        "connect_timeout_s": 0.3, "read_timeout_s": 5.0, **keys,
-    }
-    settings = make_settings([table], environ={"NOVITA_API_KEY": key}, tmp_path=tmp_path)
-    async with ImageService(settings) as service:
-        backend = service.backend("novita")
-        assert isinstance(backend, NovitaBackend)
-        yield backend
-
-
-async def generate(backend: NovitaBackend, deadline_s: float = 10.0, **fields: Any) -> Any:
-    request = ImageRequest(**{"prompt": "a red fox in snow", "width": 256, "height": 192, **fields})
-    return await backend.generate(request, deadline=Deadline.after(deadline_s))
 
 
 def polls(knobs: Knobs) -> int:
@@ -138,7 +125,7 @@ def test_failed_task_kind_is_read_from_its_reason(reason: str, kind: type[Backen
 async def test_generate_returns_images_of_requested_size_with_the_real_seed(
     novita_url: str, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    async with novita_backend(novita_url, tmp_path, local_ca) as backend:
+    async with NOVITA.backend(novita_url, tmp_path, local_ca) as backend:
         images = await generate(backend, width=512, height=384, seed=1234, n=2)
     assert [(i.width, i.height, i.format) for i in images] == [(512, 384, ImageFormat.PNG)] * 2
     assert images[0].seed == 1234
@@ -149,7 +136,8 @@ async def test_generate_returns_images_of_requested_size_with_the_real_seed(
 async def test_wire_fields_match_novitas_documented_names(
     novita_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    async with novita_backend(novita_url, tmp_path, local_ca, model="dreamshaper_8_93211.safetensors") as backend:
+    model = "dreamshaper_8_93211.safetensors"
+    async with NOVITA.backend(novita_url, tmp_path, local_ca, model=model) as backend:
         await generate(backend, negative_prompt="blurry", steps=12, guidance_scale=6.0,
                        sampler="DPM++ 2M Karras", output_format="jpeg")
     submit, poll, download = knobs.requests
@@ -171,7 +159,7 @@ async def test_task_going_queued_processing_succeed_over_several_polls_yields_th
     novita_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("task_slow", polls=4)
-    async with novita_backend(novita_url, tmp_path, local_ca) as backend:
+    async with NOVITA.backend(novita_url, tmp_path, local_ca) as backend:
         (image,) = await generate(backend)
     assert (image.width, image.height) == (256, 192)
     assert polls(knobs) == 4
@@ -181,7 +169,7 @@ async def test_unknown_task_status_is_not_terminal(
     novita_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("task_plan", statuses=["TASK_STATUS_QUEUED", "TASK_STATUS_PAUSED", "TASK_STATUS_SUCCEED"])
-    async with novita_backend(novita_url, tmp_path, local_ca) as backend:
+    async with NOVITA.backend(novita_url, tmp_path, local_ca) as backend:
         (image,) = await generate(backend)
     assert image.width == 256
     assert polls(knobs) == 3
@@ -196,10 +184,7 @@ async def test_failed_task_reason_reaches_the_attempt_trail(
     kind: type[BackendError],
 ) -> None:
     knobs.arm("task_failed", reason=reason)
-    table = {"name": "novita", "kind": "novita", "base_url": novita_url,
-             "ca_bundle": str(local_ca.ca_file), "poll_interval_s": 0.02}
-    settings = make_settings([table], environ={"NOVITA_API_KEY": KEY}, tmp_path=tmp_path)
-    async with ImageService(settings) as service:
+    async with ImageService(NOVITA.settings(novita_url, tmp_path, local_ca)) as service:
         with pytest.raises(AllBackendsFailed) as caught:
             await service.generate(ImageRequest(prompt="fox", width=256, height=256))
     (attempt,) = caught.value.attempts
@@ -215,7 +200,7 @@ async def test_never_ending_task_stops_at_the_deadline_and_leaves_nothing_pollin
     novita_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("task_stuck")
-    async with novita_backend(novita_url, tmp_path, local_ca) as backend:
+    async with NOVITA.backend(novita_url, tmp_path, local_ca) as backend:
         started = time.monotonic()
         with pytest.raises(GenerationTimeout, match="TASK_STATUS_QUEUED"):
             await generate(backend, deadline_s=0.4)
@@ -233,18 +218,16 @@ async def test_task_longer_than_read_timeout_is_generation_timeout(
     novita_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("task_stuck")
-    async with novita_backend(novita_url, tmp_path, local_ca, read_timeout_s=0.3) as backend:
-        started = time.monotonic()
-        with pytest.raises(GenerationTimeout):
-            await generate(backend, deadline_s=30)
-    assert time.monotonic() - started < 0.3 + 0.5
+    opened = NOVITA.backend(novita_url, tmp_path, local_ca, read_timeout_s=0.3)
+    long_deadline = partial(generate, deadline_s=30)
+    await fails(opened, long_deadline, GenerationTimeout, within_s=0.3 + 0.5)
 
 
 async def test_transient_poll_errors_are_polled_through(
     novita_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("status", status=503, count=2, path=RESULT)
-    async with novita_backend(novita_url, tmp_path, local_ca) as backend:
+    async with NOVITA.backend(novita_url, tmp_path, local_ca) as backend:
         (image,) = await generate(backend)
     assert image.width == 256
     assert polls(knobs) == 3
@@ -254,7 +237,7 @@ async def test_auth_error_while_polling_ends_the_attempt(
     novita_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("status", status=401, path=RESULT)
-    async with novita_backend(novita_url, tmp_path, local_ca) as backend:
+    async with NOVITA.backend(novita_url, tmp_path, local_ca) as backend:
         with pytest.raises(AuthFailed):
             await generate(backend)
     assert polls(knobs) == 1
@@ -287,40 +270,26 @@ async def test_submit_status_maps_to_the_right_kind(
 ) -> None:
     body = novita_emulator.error_body(status, "told to fail", reason)
     knobs.arm("status", status=status, body=body, path=TXT2IMG)
-    async with novita_backend(novita_url, tmp_path, local_ca) as backend:
-        with pytest.raises(BackendError) as caught:
-            await generate(backend)
-    assert type(caught.value) is kind
-    assert caught.value.status == status
-    assert body["reason"] in str(caught.value)
+    opened = NOVITA.backend(novita_url, tmp_path, local_ca)
+    error = await fails(opened, generate, BackendError)
+    assert type(error) is kind
+    assert error.status == status
+    assert body["reason"] in str(error)
 
 
-async def test_retry_after_in_seconds_is_parsed(
-    novita_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
+@retry_after_forms(seconds=7, date_ahead_s=30, date_range=(25, 31))
+async def test_rate_limited_reads_retry_after(
+    novita_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA, retry_after: RetryAfter
 ) -> None:
-    knobs.arm("status", status=429, headers={"Retry-After": "7"})
-    async with novita_backend(novita_url, tmp_path, local_ca) as backend:
-        with pytest.raises(RateLimited) as caught:
-            await generate(backend)
-    assert caught.value.retry_after == 7.0
-
-
-async def test_retry_after_as_http_date_is_parsed(
-    novita_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
-) -> None:
-    when = email.utils.formatdate(time.time() + 30, usegmt=True)
-    knobs.arm("status", status=429, headers={"Retry-After": when})
-    async with novita_backend(novita_url, tmp_path, local_ca) as backend:
-        with pytest.raises(RateLimited) as caught:
-            await generate(backend)
-    assert caught.value.retry_after is not None
-    assert 25 <= caught.value.retry_after <= 31
+    knobs.arm("status", status=429, headers=retry_after.headers())
+    opened = NOVITA.backend(novita_url, tmp_path, local_ca)
+    retry_after.check(await fails(opened, generate, RateLimited))
 
 
 async def test_parameters_novita_refuses_are_rejected_naming_the_field(
     novita_url: str, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    async with novita_backend(novita_url, tmp_path, local_ca) as backend:
+    async with NOVITA.backend(novita_url, tmp_path, local_ca) as backend:
         with pytest.raises(Rejected, match="request.width"):
             await generate(backend, width=64)
         with pytest.raises(Rejected, match="sampler_name"):
@@ -331,28 +300,25 @@ async def test_expired_image_url_is_bad_response(
     novita_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("url_expired")
-    async with novita_backend(novita_url, tmp_path, local_ca) as backend:
-        with pytest.raises(BadResponse, match="expired") as caught:
-            await generate(backend)
-    assert caught.value.status == 403
+    opened = NOVITA.backend(novita_url, tmp_path, local_ca)
+    error = await fails(opened, generate, BadResponse, match="expired")
+    assert error.status == 403
 
 
 async def test_image_that_is_no_image_is_bad_response(
     novita_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("not_image")
-    async with novita_backend(novita_url, tmp_path, local_ca) as backend:
-        with pytest.raises(BadResponse, match="not a PNG"):
-            await generate(backend)
+    opened = NOVITA.backend(novita_url, tmp_path, local_ca)
+    await fails(opened, generate, BadResponse, match="not a PNG")
 
 
 async def test_50_mb_image_body_is_cut_off_at_max_image_bytes(
     novita_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("not_image", size=50 * 1024 * 1024)
-    async with novita_backend(novita_url, tmp_path, local_ca, max_image_bytes=2 * 1024 * 1024) as backend:
-        with pytest.raises(BadResponse, match="max_image_bytes"):
-            await generate(backend)
+    opened = NOVITA.backend(novita_url, tmp_path, local_ca, max_image_bytes=2 * 1024 * 1024)
+    await fails(opened, generate, BadResponse, match="max_image_bytes")
 
 
 # --- network faults --------------------------------------------------------------------------
@@ -362,30 +328,22 @@ async def test_stalled_submit_is_generation_timeout_within_read_timeout(
     novita_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("stall", path=TXT2IMG)
-    async with novita_backend(novita_url, tmp_path, local_ca, read_timeout_s=0.3) as backend:
-        started = time.monotonic()
-        with pytest.raises(GenerationTimeout):
-            await generate(backend)
-    assert time.monotonic() - started < 0.3 + 0.5
+    opened = NOVITA.backend(novita_url, tmp_path, local_ca, read_timeout_s=0.3)
+    await fails(opened, generate, GenerationTimeout, within_s=0.3 + 0.5)
 
 
 async def test_reset_before_the_answer_is_connect_failed(
     novita_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("reset", path=TXT2IMG)
-    async with novita_backend(novita_url, tmp_path, local_ca) as backend:
-        with pytest.raises(ConnectFailed):
-            await generate(backend)
+    await fails(NOVITA.backend(novita_url, tmp_path, local_ca), generate, ConnectFailed)
 
 
 async def test_tls_black_hole_is_handshake_timeout_within_connect_timeout(
     blackhole_url: str, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    async with novita_backend(blackhole_url, tmp_path, local_ca, connect_timeout_s=0.3) as backend:
-        started = time.monotonic()
-        with pytest.raises(HandshakeTimeout):
-            await generate(backend)
-    assert time.monotonic() - started < 0.3 + 0.2
+    opened = NOVITA.backend(blackhole_url, tmp_path, local_ca, connect_timeout_s=0.3)
+    await fails(opened, generate, HandshakeTimeout, within_s=0.3 + 0.2)
 
 
 # --- probe, config, secrets ------------------------------------------------------------------
@@ -394,7 +352,7 @@ async def test_tls_black_hole_is_handshake_timeout_within_connect_timeout(
 async def test_probe_reports_the_credit_balance(
     novita_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    async with novita_backend(novita_url, tmp_path, local_ca) as backend:
+    async with NOVITA.backend(novita_url, tmp_path, local_ca) as backend:
         health = await backend.probe(timeout=2)
     assert health.ok, health.last_error
     assert "credit balance $12.35" in (health.detail or "")
@@ -404,7 +362,7 @@ async def test_probe_reports_the_credit_balance(
 async def test_probe_with_a_refused_key_is_auth_failed(
     novita_url: str, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    async with novita_backend(novita_url, tmp_path, local_ca, key="sk_wrong") as backend:
+    async with NOVITA.backend(novita_url, tmp_path, local_ca, secret="sk_wrong") as backend:
         health = await backend.probe(timeout=2)
     assert (health.ok, health.last_error_kind) == (False, "auth_failed")
 
@@ -423,43 +381,24 @@ def test_novita_api_key_alone_enables_the_backend() -> None:
 async def test_api_key_never_appears_in_logs_or_errors(
     knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    app = novita_emulator.create_app(knobs=knobs, api_key="sk_the-emulators-own-key")
-    async with serve_app(app, tls=local_ca) as url:
-        table = {"name": "novita", "kind": "novita", "base_url": url,
-                 "ca_bundle": str(local_ca.ca_file), "poll_interval_s": 0.02}
-        settings = make_settings([table], environ={"NOVITA_API_KEY": KEY}, tmp_path=tmp_path)
-        with capture_logs() as logs:
-            async with ImageService(settings) as service:
-                with pytest.raises(AllBackendsFailed) as caught:
-                    await service.generate(ImageRequest(prompt="fox", width=256, height=256))
-                health = await service.backend("novita").probe(timeout=2)
-                shown = repr(service.backend("novita"))
-    assert caught.value.attempts[0].outcome == "auth_failed"
-    everything = json.dumps(logs, default=str) + str(caught.value) + repr(caught.value.attempts)
-    everything += health.model_dump_json() + shown
-    assert logs  # the failure was logged...
-    assert KEY not in everything  # ...without the key
+    async with NOVITA.serve(knobs, local_ca, api_key="sk_the-emulators-own-key") as url:
+        settings = NOVITA.settings(url, tmp_path, local_ca)
+        request = ImageRequest(prompt="fox", width=256, height=256)
+        _, shown = await shown_after_refused_secret(settings, request)
+    assert KEY not in shown  # the failure was logged, without the key
 
 
 async def test_cli_generate_through_the_novita_emulator(
     novita_url: str, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    config = tmp_path / "imagegate.toml"
-    config.write_text(
-        "[[backend]]\nname = \"novita\"\nkind = \"novita\"\n"
-        f"base_url = \"{novita_url}\"\nca_bundle = \"{local_ca.ca_file}\"\npoll_interval_s = 0.05\n"
+    config = write_config(
+        tmp_path,
+        f'[[backend]]\nname = "novita"\nkind = "novita"\nbase_url = "{novita_url}"\n'
+        f'ca_bundle = "{local_ca.ca_file}"\npoll_interval_s = 0.05\n',
     )
-    env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_TOKEN"))}
-    env.update(IMAGEGATE_CONFIG=str(config), NOVITA_API_KEY=KEY)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "imagegate", "generate", "a red fox in snow", "--backend", "novita",
-        "--width", "320", "--height", "256", "--seed", "9", "--json", "--out", str(tmp_path / "out"),
-        env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    doc = await cli_generate(
+        "a red fox in snow", "--backend", "novita", "--width", "320", "--height", "256",
+        "--seed", "9", config=config, env={"NOVITA_API_KEY": KEY}, cwd=tmp_path, secret=KEY,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, err.decode()
-    (image,) = json.loads(out)["images"]
-    assert (image["width"], image["height"], image["seed"]) == (320, 256, 9)
-    with Image.open(image["path"]) as img:
-        assert img.size == (320, 256)
-    assert KEY not in out.decode() + err.decode()
+    (image,) = doc["images"]
+    assert (image["width"], image["height"], image["seed"]) == (320, 256, 9)  # file checked too

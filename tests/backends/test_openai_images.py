@@ -8,16 +8,11 @@ emulator and backend read the same shape as the SDK (``ImagesResponse``).
 from __future__ import annotations
 
 import base64
-import contextlib
-import email.utils
-import json
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from imagegate.backends.base import Deadline
 from imagegate.backends.openai_images import (
     OpenAIImagesBackend,
     build_request,
@@ -26,7 +21,6 @@ from imagegate.backends.openai_images import (
     parse_response,
 )
 from imagegate.errors import (
-    AllBackendsFailed,
     AuthFailed,
     BackendError,
     BadResponse,
@@ -44,37 +38,32 @@ from imagegate.models import ImageFormat, ImageRequest
 from imagegate.router import ImageService
 from imagegate.testing import Knobs, LocalCA, make_image, serve_app
 from imagegate.testing import openai_images as openai_emulator
-from structlog.testing import capture_logs
 
-from tests.backends.clirun import run_imagegate
+from tests.backends.support import (
+    BackendCase,
+    RetryAfter,
+    cli_generate,
+    fails,
+    retry_after_forms,
+    shown_after_refused_secret,
+)
 from tests.conftest import make_settings, write_config
 
 KEY = "sk-emulator-SECRET-key-0123456789"
 GEN_PATH = "/v1/images/generations"
 
+OPENAI = BackendCase(
+    name="oai", kind="openai", cls=OpenAIImagesBackend, create_app=openai_emulator.create_app,
+    env_var="OPENAI_API_KEY", secret=KEY,
+    request={"prompt": "a lighthouse at dusk", "width": 64, "height": 64},
+)
+generate = OPENAI.generate
+
 
 @pytest.fixture
 async def openai_url(knobs: Knobs, local_ca: LocalCA) -> AsyncIterator[str]:
-    async with serve_app(openai_emulator.create_app(knobs=knobs, api_key=KEY), tls=local_ca) as url:
+    async with OPENAI.serve(knobs, local_ca) as url:
         yield url
-
-
-@contextlib.asynccontextmanager
-async def openai_backend(
-    base_url: str, tmp_path: Path, local_ca: LocalCA, *, environ: dict[str, str] | None = None, **keys: Any
-) -> AsyncIterator[OpenAIImagesBackend]:
-    table = {"name": "oai", "kind": "openai", "base_url": base_url, "ca_bundle": local_ca.ca_file, **keys}
-    env = {"OPENAI_API_KEY": KEY} if environ is None else environ
-    settings = make_settings([table], environ=env, tmp_path=tmp_path)
-    async with ImageService(settings) as service:
-        backend = service.backend("oai")
-        assert isinstance(backend, OpenAIImagesBackend)
-        yield backend
-
-
-async def generate(backend: OpenAIImagesBackend, deadline_s: float = 10.0, **fields: Any) -> Any:
-    request = ImageRequest(**{"prompt": "a lighthouse at dusk", "width": 64, "height": 64, **fields})
-    return await backend.generate(request, deadline=Deadline.after(deadline_s))
 
 
 def bodies(knobs: Knobs) -> list[Any]:
@@ -87,7 +76,7 @@ def bodies(knobs: Knobs) -> list[Any]:
 async def test_generate_returns_png_of_requested_size_and_seed(
     openai_url: str, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    async with openai_backend(openai_url, tmp_path, local_ca) as backend:
+    async with OPENAI.backend(openai_url, tmp_path, local_ca) as backend:
         (image,) = await generate(backend, width=512, height=384, seed=9)
     assert (image.format, image.width, image.height, image.seed) == (ImageFormat.PNG, 512, 384, 9)
     assert image.to_pil().size == (512, 384)
@@ -96,7 +85,7 @@ async def test_generate_returns_png_of_requested_size_and_seed(
 async def test_wire_fields_match_the_openai_images_api(
     openai_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    async with openai_backend(openai_url, tmp_path, local_ca, model="dall-e-2") as backend:
+    async with OPENAI.backend(openai_url, tmp_path, local_ca, model="dall-e-2") as backend:
         images = await generate(backend, n=2, width=256, height=128, seed=3, steps=4, negative_prompt="fog")
     (req,) = [r for r in knobs.requests if r.path == GEN_PATH]
     assert req.method == "POST"
@@ -136,7 +125,7 @@ def test_base_url_ending_in_v1_gets_no_second_v1() -> None:
 
 async def test_base_url_with_v1_reaches_the_server(openai_url: str, knobs: Knobs, tmp_path: Path,
                                                    local_ca: LocalCA) -> None:
-    async with openai_backend(openai_url + "/v1", tmp_path, local_ca) as backend:
+    async with OPENAI.backend(openai_url + "/v1", tmp_path, local_ca) as backend:
         (image,) = await generate(backend)
     assert image.width == 64 and [r.path for r in knobs.requests] == [GEN_PATH]
 
@@ -145,7 +134,7 @@ async def test_url_answers_are_downloaded_with_the_key_on_the_same_origin(
     openai_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("url_answer")
-    async with openai_backend(openai_url, tmp_path, local_ca) as backend:
+    async with OPENAI.backend(openai_url, tmp_path, local_ca) as backend:
         images = await generate(backend, n=2, width=96, height=64)
     assert [(i.width, i.height) for i in images] == [(96, 64), (96, 64)]
     downloads = [r for r in knobs.requests if r.path.startswith("/files/")]
@@ -156,7 +145,7 @@ async def test_url_on_another_host_is_downloaded_without_the_key(
     openai_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("url_answer", host="localhost")  # same server, another origin: like a presigned URL
-    async with openai_backend(openai_url, tmp_path, local_ca) as backend:
+    async with OPENAI.backend(openai_url, tmp_path, local_ca) as backend:
         (image,) = await generate(backend)
     assert image.width == 64
     (download,) = [r for r in knobs.requests if r.path.startswith("/files/")]
@@ -248,55 +237,45 @@ async def test_http_status_maps_to_error_kind_and_keeps_the_message(
     status: int, body: Any, expected: type[BackendError],
 ) -> None:
     knobs.arm("status", status=status, body=body)
-    async with openai_backend(openai_url, tmp_path, local_ca) as backend:
-        with pytest.raises(expected) as info:
-            await generate(backend)
-    assert type(info.value) is expected and info.value.status == status
+    error = await fails(OPENAI.backend(openai_url, tmp_path, local_ca), generate, expected)
+    assert type(error) is expected and error.status == status
     if isinstance(body, dict):
-        assert body["error"]["message"] in str(info.value)
+        assert body["error"]["message"] in str(error)
 
 
 async def test_content_policy_rejection_from_the_emulator_is_content_filtered(
     openai_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("content_filter")
-    async with openai_backend(openai_url, tmp_path, local_ca) as backend:
-        with pytest.raises(ContentFiltered, match="safety system"):
-            await generate(backend)
+    opened = OPENAI.backend(openai_url, tmp_path, local_ca)
+    await fails(opened, generate, ContentFiltered, match="safety system")
 
 
 async def test_insufficient_quota_429_is_quota_exhausted_not_rate_limited(
     openai_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("insufficient_quota")
-    async with openai_backend(openai_url, tmp_path, local_ca) as backend:
-        with pytest.raises(QuotaExhausted, match="quota"):
-            await generate(backend)
+    opened = OPENAI.backend(openai_url, tmp_path, local_ca)
+    await fails(opened, generate, QuotaExhausted, match="quota")
 
 
 async def test_emulator_refuses_invalid_fields_as_rejected_naming_the_field(
     openai_url: str, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    async with openai_backend(openai_url, tmp_path, local_ca, model="gpt-image-1", send_extensions=False) as backend:
+    async with OPENAI.backend(openai_url, tmp_path, local_ca, model="gpt-image-1", send_extensions=False) as backend:
         (image,) = await generate(backend)  # no response_format for gpt-image: accepted
         assert image.width == 64
-    async with openai_backend(openai_url, tmp_path, local_ca, model="no-such-model") as backend:
-        with pytest.raises(Rejected, match="model"):
-            await generate(backend)
+    opened = OPENAI.backend(openai_url, tmp_path, local_ca, model="no-such-model")
+    await fails(opened, generate, Rejected, match="model")
 
 
-async def test_rate_limited_reads_retry_after_seconds_and_http_date(
-    openai_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
+@retry_after_forms(seconds=7, date_ahead_s=30, date_range=(27, 31))
+async def test_rate_limited_reads_retry_after(
+    openai_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA, retry_after: RetryAfter
 ) -> None:
-    knobs.arm("status", status=429, headers={"Retry-After": "7"})
-    knobs.arm("status", status=429, headers={"Retry-After": email.utils.formatdate(time.time() + 30, usegmt=True)})
-    async with openai_backend(openai_url, tmp_path, local_ca) as backend:
-        with pytest.raises(RateLimited) as seconds:
-            await generate(backend)
-        with pytest.raises(RateLimited) as date:
-            await generate(backend)
-    assert seconds.value.retry_after == 7.0
-    assert date.value.retry_after is not None and 27 <= date.value.retry_after <= 31
+    knobs.arm("status", status=429, headers=retry_after.headers())
+    opened = OPENAI.backend(openai_url, tmp_path, local_ca)
+    retry_after.check(await fails(opened, generate, RateLimited))
 
 
 def test_retry_after_ms_wins_over_retry_after() -> None:
@@ -305,39 +284,30 @@ def test_retry_after_ms_wins_over_retry_after() -> None:
 
 
 async def test_wrong_key_is_auth_failed(openai_url: str, tmp_path: Path, local_ca: LocalCA) -> None:
-    async with openai_backend(openai_url, tmp_path, local_ca, environ={"OPENAI_API_KEY": "sk-wrong-key-0000"}) as b:
-        with pytest.raises(AuthFailed, match="Incorrect API key"):
-            await generate(b)
+    opened = OPENAI.backend(openai_url, tmp_path, local_ca, secret="sk-wrong-key-0000")
+    await fails(opened, generate, AuthFailed, match="Incorrect API key")
 
 
 async def test_b64_that_is_not_an_image_is_bad_response(
     openai_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("not_image")
-    async with openai_backend(openai_url, tmp_path, local_ca) as backend:
-        with pytest.raises(BadResponse):
-            await generate(backend)
+    await fails(OPENAI.backend(openai_url, tmp_path, local_ca), generate, BadResponse)
 
 
 async def test_tls_black_hole_is_handshake_timeout_within_connect_budget(
     blackhole_url: str, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    async with openai_backend(blackhole_url, tmp_path, local_ca, connect_timeout_s=0.3) as backend:
-        start = time.monotonic()
-        with pytest.raises(HandshakeTimeout):
-            await generate(backend)
-    assert time.monotonic() - start < 0.3 + 0.2
+    opened = OPENAI.backend(blackhole_url, tmp_path, local_ca, connect_timeout_s=0.3)
+    await fails(opened, generate, HandshakeTimeout, within_s=0.3 + 0.2)
 
 
 async def test_stalled_body_is_generation_timeout_within_read_budget(
     openai_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("stall_body")
-    async with openai_backend(openai_url, tmp_path, local_ca, read_timeout_s=0.3) as backend:
-        start = time.monotonic()
-        with pytest.raises(GenerationTimeout):
-            await generate(backend)
-    assert time.monotonic() - start < 0.3 + 0.5
+    opened = OPENAI.backend(openai_url, tmp_path, local_ca, read_timeout_s=0.3)
+    await fails(opened, generate, GenerationTimeout, within_s=0.3 + 0.5)
 
 
 # --- probe -------------------------------------------------------------------------------------
@@ -345,7 +315,7 @@ async def test_stalled_body_is_generation_timeout_within_read_budget(
 
 async def test_probe_lists_models_with_the_key(openai_url: str, knobs: Knobs, tmp_path: Path,
                                                local_ca: LocalCA) -> None:
-    async with openai_backend(openai_url, tmp_path, local_ca) as backend:
+    async with OPENAI.backend(openai_url, tmp_path, local_ca) as backend:
         health = await backend.probe(timeout=5)
     assert health.ok and health.detail is not None and health.detail.startswith("4 models: gpt-image-1")
     (req,) = knobs.requests
@@ -353,7 +323,7 @@ async def test_probe_lists_models_with_the_key(openai_url: str, knobs: Knobs, tm
 
 
 async def test_probe_with_wrong_key_reports_auth_failed(openai_url: str, tmp_path: Path, local_ca: LocalCA) -> None:
-    async with openai_backend(openai_url, tmp_path, local_ca, environ={"OPENAI_API_KEY": "sk-nope-nope"}) as b:
+    async with OPENAI.backend(openai_url, tmp_path, local_ca, secret="sk-nope-nope") as b:
         health = await b.probe(timeout=5)
     assert (health.ok, health.last_error_kind) == (False, "auth_failed")
 
@@ -362,7 +332,7 @@ async def test_probe_of_a_server_without_a_model_list_is_still_reachable(
     openai_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("status", status=404, path="/v1/models")
-    async with openai_backend(openai_url, tmp_path, local_ca) as backend:
+    async with OPENAI.backend(openai_url, tmp_path, local_ca) as backend:
         health = await backend.probe(timeout=5)
     assert health.ok and "no model list" in (health.detail or "")
 
@@ -381,7 +351,7 @@ async def test_optional_key_unset_sends_no_authorization_header(knobs: Knobs, lo
     app = openai_emulator.create_app(knobs=knobs, api_key=None)
     async with (
         serve_app(app, tls=local_ca) as url,
-        openai_backend(url, tmp_path, local_ca, environ={}, api_key_required=False) as backend,
+        OPENAI.backend(url, tmp_path, local_ca, environ={}, api_key_required=False) as backend,
     ):
         (image,) = await generate(backend)
     assert image.width == 64
@@ -393,15 +363,10 @@ async def test_key_never_reaches_logs_or_error_messages_even_when_echoed(
 ) -> None:
     knobs.arm("status", status=401, body={"error": {"message": f"Incorrect API key provided: {KEY}",
                                                     "type": "invalid_request_error", "code": "invalid_api_key"}})
-    table = {"name": "oai", "kind": "openai", "base_url": openai_url, "ca_bundle": local_ca.ca_file}
-    settings = make_settings([table], environ={"OPENAI_API_KEY": KEY}, tmp_path=tmp_path)
-    with capture_logs() as logs:
-        async with ImageService(settings) as service:
-            with pytest.raises(AllBackendsFailed) as info:
-                await service.generate(ImageRequest(prompt="p", width=64, height=64))
-            await service.probe_all()
-    assert info.value.attempts[0].outcome == "auth_failed"
-    assert logs and KEY not in repr(logs) and KEY not in str(info.value)
+    settings = OPENAI.settings(openai_url, tmp_path, local_ca)
+    request = ImageRequest(prompt="p", width=64, height=64)
+    _, shown = await shown_after_refused_secret(settings, request)
+    assert KEY not in shown
 
 
 # --- the CLI -----------------------------------------------------------------------------------
@@ -415,14 +380,9 @@ async def test_cli_generate_with_backend_writes_the_image(
         f'[[backend]]\nname = "oai-emu"\nkind = "openai"\nbase_url = "{openai_url}"\n'
         f'api_key_env = "EMU_OPENAI_KEY"\nca_bundle = "{local_ca.ca_file}"\n',
     )
-    result = await run_imagegate(
-        "generate", "a lighthouse", "--backend", "oai-emu", "--width", "128", "--height", "96",
-        "-n", "2", "--out", str(tmp_path / "out"), "--json",
-        config=config, env={"EMU_OPENAI_KEY": KEY}, cwd=tmp_path,
+    doc = await cli_generate(
+        "a lighthouse", "--backend", "oai-emu", "--width", "128", "--height", "96", "-n", "2",
+        config=config, env={"EMU_OPENAI_KEY": KEY}, cwd=tmp_path, secret=KEY,
     )
-    assert result.returncode == 0, result.stderr
-    doc = json.loads(result.stdout)
     assert doc["backend"] == "oai-emu"
-    assert [(i["width"], i["height"]) for i in doc["images"]] == [(128, 96), (128, 96)]
-    assert all(Path(i["path"]).is_file() for i in doc["images"])
-    assert KEY not in result.stdout + result.stderr
+    assert [(i["width"], i["height"]) for i in doc["images"]] == [(128, 96), (128, 96)]  # files too

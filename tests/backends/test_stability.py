@@ -6,20 +6,11 @@ Timeouts are fractions of a second, set through the same config keys users set.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import email.utils
-import json
-import os
-import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from imagegate.backends.base import Deadline
 from imagegate.backends.stability import (
     StabilityBackend,
     build_form,
@@ -29,7 +20,6 @@ from imagegate.backends.stability import (
 )
 from imagegate.config import load_settings
 from imagegate.errors import (
-    AllBackendsFailed,
     AuthFailed,
     BackendError,
     BadResponse,
@@ -45,45 +35,35 @@ from imagegate.errors import (
     Unavailable,
 )
 from imagegate.models import ImageFormat, ImageRequest
-from imagegate.router import ImageService
-from imagegate.testing import Knobs, LocalCA, serve_app
+from imagegate.testing import Knobs, LocalCA
 from imagegate.testing import stability as stability_emulator
-from PIL import Image
-from structlog.testing import capture_logs
 
-from tests.conftest import make_settings
+from tests.backends.support import (
+    BackendCase,
+    RetryAfter,
+    cli_generate,
+    fails,
+    retry_after_forms,
+    shown_after_refused_secret,
+)
+from tests.conftest import make_settings, write_config
 
 KEY = "sk-stability-test-key-8d2e4a61"
 GENERATE = "/v2beta/stable-image/generate/"
 
+STABILITY = BackendCase(
+    name="stability", kind="stability", cls=StabilityBackend,
+    create_app=stability_emulator.create_app, env_var="STABILITY_API_KEY", secret=KEY,
+    table={"connect_timeout_s": 0.3, "read_timeout_s": 5.0},
+    request={"prompt": "a lighthouse on a cliff"},
+)
+generate = STABILITY.generate
+
 
 @pytest.fixture
 async def stability_url(knobs: Knobs, local_ca: LocalCA) -> AsyncIterator[str]:
-    app = stability_emulator.create_app(knobs=knobs, api_key=KEY)
-    async with serve_app(app, tls=local_ca) as url:
+    async with STABILITY.serve(knobs, local_ca) as url:
         yield url
-
-
-@contextlib.asynccontextmanager
-async def stability_backend(
-    base_url: str, tmp_path: Path, local_ca: LocalCA, *, key: str = KEY, **keys: Any
-) -> AsyncIterator[StabilityBackend]:
-    """The backend named "stability", built from a real config file, inside a running service."""
-    table = {
-        "name": "stability", "kind": "stability", "base_url": base_url,
-        "ca_bundle": str(local_ca.ca_file), "connect_timeout_s": 0.3, "read_timeout_s": 5.0,
-        **keys,
-    }
-    settings = make_settings([table], environ={"STABILITY_API_KEY": key}, tmp_path=tmp_path)
-    async with ImageService(settings) as service:
-        backend = service.backend("stability")
-        assert isinstance(backend, StabilityBackend)
-        yield backend
-
-
-async def generate(backend: StabilityBackend, deadline_s: float = 10.0, **fields: Any) -> Any:
-    request = ImageRequest(**{"prompt": "a lighthouse on a cliff", **fields})
-    return await backend.generate(request, deadline=Deadline.after(deadline_s))
 
 
 # --- pure translation ------------------------------------------------------------------------
@@ -140,7 +120,7 @@ def test_error_json_is_kept_in_the_message() -> None:
 async def test_generate_returns_the_aspect_ratio_substitute_and_says_which(
     stability_url: str, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    async with stability_backend(stability_url, tmp_path, local_ca) as backend:
+    async with STABILITY.backend(stability_url, tmp_path, local_ca) as backend:
         (image,) = await generate(backend, width=1920, height=1080, seed=77)
     assert (image.width, image.height, image.format, image.seed) == (1344, 768, ImageFormat.PNG, 77)
     assert image.info["aspect_ratio"] == "16:9"
@@ -151,7 +131,7 @@ async def test_generate_returns_the_aspect_ratio_substitute_and_says_which(
 async def test_square_request_yields_a_1024_square(
     stability_url: str, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    async with stability_backend(stability_url, tmp_path, local_ca) as backend:
+    async with STABILITY.backend(stability_url, tmp_path, local_ca) as backend:
         (image,) = await generate(backend, width=1024, height=1024, output_format="webp")
     assert (image.width, image.height, image.format) == (1024, 1024, ImageFormat.WEBP)
     assert image.seed is not None and image.seed > 0  # seed 0 asked for a random one
@@ -160,7 +140,7 @@ async def test_square_request_yields_a_1024_square(
 async def test_wire_fields_match_stabilitys_documented_names(
     stability_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    async with stability_backend(stability_url, tmp_path, local_ca) as backend:
+    async with STABILITY.backend(stability_url, tmp_path, local_ca) as backend:
         await generate(backend, negative_prompt="fog", width=832, height=1216, seed=5,
                        output_format="jpeg", steps=30)
     (sent,) = knobs.requests
@@ -177,7 +157,7 @@ async def test_wire_fields_match_stabilitys_documented_names(
 async def test_sd3_engine_sends_the_configured_model(
     stability_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    async with stability_backend(stability_url, tmp_path, local_ca, engine="sd3",
+    async with STABILITY.backend(stability_url, tmp_path, local_ca, engine="sd3",
                                  model="sd3.5-large-turbo") as backend:
         (image,) = await generate(backend, output_format="webp")
     (sent,) = knobs.requests
@@ -189,9 +169,9 @@ async def test_sd3_engine_sends_the_configured_model(
 async def test_n_images_are_n_calls_with_consecutive_seeds(
     stability_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    async with stability_backend(stability_url, tmp_path, local_ca) as backend:
+    async with STABILITY.backend(stability_url, tmp_path, local_ca) as backend:
         images = await generate(backend, n=3, seed=10)
-    assert sorted(i.seed for i in images) == [10, 11, 12]
+    assert sorted(i.seed for i in images if i.seed is not None) == [10, 11, 12]
     assert sorted(r.body["seed"] for r in knobs.requests) == ["10", "11", "12"]
 
 
@@ -202,19 +182,17 @@ async def test_content_filtered_result_is_content_filtered(
     stability_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("content_filtered")
-    async with stability_backend(stability_url, tmp_path, local_ca) as backend:
-        with pytest.raises(ContentFiltered, match="CONTENT_FILTERED"):
-            await generate(backend)
+    opened = STABILITY.backend(stability_url, tmp_path, local_ca)
+    await fails(opened, generate, ContentFiltered, match="CONTENT_FILTERED")
 
 
 async def test_flagged_prompt_is_content_filtered(
     stability_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("moderation")
-    async with stability_backend(stability_url, tmp_path, local_ca) as backend:
-        with pytest.raises(ContentFiltered, match="content_moderation") as caught:
-            await generate(backend)
-    assert caught.value.status == 403
+    opened = STABILITY.backend(stability_url, tmp_path, local_ca)
+    error = await fails(opened, generate, ContentFiltered, match="content_moderation")
+    assert error.status == 403
 
 
 @pytest.mark.parametrize(
@@ -231,34 +209,20 @@ async def test_status_maps_to_the_right_kind_keeping_the_error_json(
 ) -> None:
     body = stability_emulator.error_body(status, "told to fail")
     knobs.arm("status", status=status, body=body)
-    async with stability_backend(stability_url, tmp_path, local_ca) as backend:
-        with pytest.raises(BackendError) as caught:
-            await generate(backend)
-    assert type(caught.value) is kind
-    assert caught.value.status == status
-    assert f"{body['name']}: told to fail (id {body['id']})" in str(caught.value)
+    opened = STABILITY.backend(stability_url, tmp_path, local_ca)
+    error = await fails(opened, generate, BackendError)
+    assert type(error) is kind
+    assert error.status == status
+    assert f"{body['name']}: told to fail (id {body['id']})" in str(error)
 
 
-async def test_retry_after_in_seconds_is_parsed(
-    stability_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
+@retry_after_forms(seconds=12, date_ahead_s=60, date_range=(55, 61))
+async def test_rate_limited_reads_retry_after(
+    stability_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA, retry_after: RetryAfter
 ) -> None:
-    knobs.arm("status", status=429, headers={"Retry-After": "12"})
-    async with stability_backend(stability_url, tmp_path, local_ca) as backend:
-        with pytest.raises(RateLimited) as caught:
-            await generate(backend)
-    assert caught.value.retry_after == 12.0
-
-
-async def test_retry_after_as_http_date_is_parsed(
-    stability_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
-) -> None:
-    when = email.utils.formatdate(time.time() + 60, usegmt=True)
-    knobs.arm("status", status=429, headers={"Retry-After": when})
-    async with stability_backend(stability_url, tmp_path, local_ca) as backend:
-        with pytest.raises(RateLimited) as caught:
-            await generate(backend)
-    assert caught.value.retry_after is not None
-    assert 55 <= caught.value.retry_after <= 61
+    knobs.arm("status", status=429, headers=retry_after.headers())
+    opened = STABILITY.backend(stability_url, tmp_path, local_ca)
+    retry_after.check(await fails(opened, generate, RateLimited))
 
 
 async def test_emulator_refuses_a_body_that_is_not_multipart(
@@ -294,19 +258,16 @@ async def test_image_that_is_no_image_is_bad_response(
     stability_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("not_image")
-    async with stability_backend(stability_url, tmp_path, local_ca) as backend:
-        with pytest.raises(BadResponse, match="not a PNG"):
-            await generate(backend)
+    opened = STABILITY.backend(stability_url, tmp_path, local_ca)
+    await fails(opened, generate, BadResponse, match="not a PNG")
 
 
 async def test_50_mb_body_is_cut_off_at_max_image_bytes(
     stability_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("not_image", size=50 * 1024 * 1024)
-    async with stability_backend(stability_url, tmp_path, local_ca,
-                                 max_image_bytes=2 * 1024 * 1024) as backend:
-        with pytest.raises(BadResponse, match="max_image_bytes"):
-            await generate(backend)
+    opened = STABILITY.backend(stability_url, tmp_path, local_ca, max_image_bytes=2 * 1024 * 1024)
+    await fails(opened, generate, BadResponse, match="max_image_bytes")
 
 
 # --- network faults --------------------------------------------------------------------------
@@ -316,30 +277,22 @@ async def test_stalled_answer_is_generation_timeout_within_read_timeout(
     stability_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("stall")
-    async with stability_backend(stability_url, tmp_path, local_ca, read_timeout_s=0.3) as backend:
-        started = time.monotonic()
-        with pytest.raises(GenerationTimeout):
-            await generate(backend)
-    assert time.monotonic() - started < 0.3 + 0.5
+    opened = STABILITY.backend(stability_url, tmp_path, local_ca, read_timeout_s=0.3)
+    await fails(opened, generate, GenerationTimeout, within_s=0.3 + 0.5)
 
 
 async def test_reset_before_the_answer_is_connect_failed(
     stability_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("reset")
-    async with stability_backend(stability_url, tmp_path, local_ca) as backend:
-        with pytest.raises(ConnectFailed):
-            await generate(backend)
+    await fails(STABILITY.backend(stability_url, tmp_path, local_ca), generate, ConnectFailed)
 
 
 async def test_tls_black_hole_is_handshake_timeout_within_connect_timeout(
     blackhole_url: str, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    async with stability_backend(blackhole_url, tmp_path, local_ca, connect_timeout_s=0.3) as backend:
-        started = time.monotonic()
-        with pytest.raises(HandshakeTimeout):
-            await generate(backend)
-    assert time.monotonic() - started < 0.3 + 0.2
+    opened = STABILITY.backend(blackhole_url, tmp_path, local_ca, connect_timeout_s=0.3)
+    await fails(opened, generate, HandshakeTimeout, within_s=0.3 + 0.2)
 
 
 # --- probe, config, secrets ------------------------------------------------------------------
@@ -348,7 +301,7 @@ async def test_tls_black_hole_is_handshake_timeout_within_connect_timeout(
 async def test_probe_reports_the_credit_balance(
     stability_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    async with stability_backend(stability_url, tmp_path, local_ca) as backend:
+    async with STABILITY.backend(stability_url, tmp_path, local_ca) as backend:
         health = await backend.probe(timeout=2)
     assert health.ok, health.last_error
     assert health.detail == "42.5 credits"
@@ -358,7 +311,7 @@ async def test_probe_reports_the_credit_balance(
 async def test_probe_with_a_refused_key_is_auth_failed(
     stability_url: str, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    async with stability_backend(stability_url, tmp_path, local_ca, key="sk-wrong") as backend:
+    async with STABILITY.backend(stability_url, tmp_path, local_ca, secret="sk-wrong") as backend:
         health = await backend.probe(timeout=2)
     assert (health.ok, health.last_error_kind) == (False, "auth_failed")
     assert "unauthorized" in (health.last_error or "")
@@ -377,44 +330,24 @@ def test_stability_api_key_alone_enables_the_backend() -> None:
 async def test_api_key_never_appears_in_logs_or_errors(
     knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    app = stability_emulator.create_app(knobs=knobs, api_key="sk-the-emulators-own-key")
-    async with serve_app(app, tls=local_ca) as url:
-        table = {"name": "stability", "kind": "stability", "base_url": url,
-                 "ca_bundle": str(local_ca.ca_file)}
-        settings = make_settings([table], environ={"STABILITY_API_KEY": KEY}, tmp_path=tmp_path)
-        with capture_logs() as logs:
-            async with ImageService(settings) as service:
-                with pytest.raises(AllBackendsFailed) as caught:
-                    await service.generate(ImageRequest(prompt="p", width=512, height=512))
-                health = await service.backend("stability").probe(timeout=2)
-                shown = repr(service.backend("stability"))
-    assert caught.value.attempts[0].outcome == "auth_failed"
-    everything = json.dumps(logs, default=str) + str(caught.value) + repr(caught.value.attempts)
-    everything += health.model_dump_json() + shown
-    assert logs
-    assert KEY not in everything
+    async with STABILITY.serve(knobs, local_ca, api_key="sk-the-emulators-own-key") as url:
+        settings = STABILITY.settings(url, tmp_path, local_ca)
+        request = ImageRequest(prompt="p", width=512, height=512)
+        _, shown = await shown_after_refused_secret(settings, request)
+    assert KEY not in shown
 
 
 async def test_cli_generate_through_the_stability_emulator(
     stability_url: str, tmp_path: Path, local_ca: LocalCA
 ) -> None:
-    config = tmp_path / "imagegate.toml"
-    config.write_text(
-        "[[backend]]\nname = \"stability\"\nkind = \"stability\"\n"
-        f"base_url = \"{stability_url}\"\n"
+    config = write_config(
+        tmp_path,
+        f'[[backend]]\nname = "stability"\nkind = "stability"\nbase_url = "{stability_url}"\n',
     )
-    env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_TOKEN"))}
-    env.update(IMAGEGATE_CONFIG=str(config), STABILITY_API_KEY=KEY, SSL_CERT_FILE=str(local_ca.ca_file))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "imagegate", "generate", "a lighthouse on a cliff",
-        "--backend", "stability", "--width", "1344", "--height", "768", "--seed", "3",
-        "--json", "--out", str(tmp_path / "out"),
-        env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    doc = await cli_generate(
+        "a lighthouse on a cliff", "--backend", "stability", "--width", "1344", "--height", "768",
+        "--seed", "3", config=config, cwd=tmp_path, secret=KEY,
+        env={"STABILITY_API_KEY": KEY, "SSL_CERT_FILE": str(local_ca.ca_file)},
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, err.decode()
-    (image,) = json.loads(out)["images"]
-    assert (image["width"], image["height"], image["seed"]) == (1344, 768, 3)
-    with Image.open(image["path"]) as img:
-        assert img.size == (1344, 768)
-    assert KEY not in out.decode() + err.decode()
+    (image,) = doc["images"]
+    assert (image["width"], image["height"], image["seed"]) == (1344, 768, 3)  # file checked too

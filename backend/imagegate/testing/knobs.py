@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-__all__ = ["Knobs", "RecordedRequest", "misbehaviour_middleware"]
+__all__ = ["Knobs", "RecordedRequest", "misbehaviour_middleware", "send_junk"]
 
 ErrorBody = Callable[[int], Any]
 
@@ -91,6 +91,28 @@ def abort_with_reset(request: web.Request) -> None:
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
+
+
+async def send_junk(
+    request: web.Request, size: int, *, headers: Mapping[str, str], short_body: bytes
+) -> web.StreamResponse:
+    """A 200 whose bytes are no image: ``short_body`` when ``size`` <= 0, else ``size`` zero
+    bytes, chunked (an emulator's answer to ``arm("not_image", size=...)``)."""
+    if size <= 0:
+        return web.Response(body=short_body, headers=headers)
+    resp = web.StreamResponse(status=200, headers=headers)
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    chunk = b"\0" * (1024 * 1024)
+    sent = 0
+    try:
+        while sent < size:
+            await resp.write(chunk[: min(len(chunk), size - sent)])
+            sent += len(chunk)
+        await resp.write_eof()
+    except (ConnectionError, RuntimeError):  # the client gave up reading: that is the point
+        pass
+    return resp
 
 
 def misbehaviour_middleware(

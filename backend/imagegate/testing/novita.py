@@ -32,7 +32,7 @@ from typing import Any
 from aiohttp import web
 
 from imagegate.testing.images import make_image
-from imagegate.testing.knobs import Knobs, misbehaviour_middleware
+from imagegate.testing.knobs import Knobs, misbehaviour_middleware, send_junk
 
 __all__ = ["KNOBS_KEY", "STATE_KEY", "create_app", "error_body", "validate"]
 
@@ -245,7 +245,9 @@ async def _download(request: web.Request) -> web.StreamResponse:
         return _s3_error(403, "AccessDenied", "Request has expired")
     junk = state.knobs.take("not_image", request.path)
     if junk is not None:
-        return await _send_junk(request, int(junk.get("size", 0)))
+        html = b"<html><body>Service error</body></html>"
+        headers = {"Content-Type": "image/png"}
+        return await send_junk(request, int(junk.get("size", 0)), headers=headers, short_body=html)
     return web.Response(body=stored.data, content_type=stored.content_type)
 
 
@@ -301,25 +303,6 @@ def _task_json(task: _Task, status: str) -> dict[str, Any]:
 def _s3_error(status: int, code: str, message: str) -> web.Response:
     xml = f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>'
     return web.Response(status=status, text=xml, content_type="application/xml")
-
-
-async def _send_junk(request: web.Request, size: int) -> web.StreamResponse:
-    """An image response whose bytes are no image: a short HTML page, or ``size`` bytes chunked."""
-    if size <= 0:
-        return web.Response(body=b"<html><body>Service error</body></html>", content_type="image/png")
-    resp = web.StreamResponse(status=200, headers={"Content-Type": "image/png"})
-    resp.enable_chunked_encoding()
-    await resp.prepare(request)
-    chunk = b"\0" * (1024 * 1024)
-    sent = 0
-    try:
-        while sent < size:
-            await resp.write(chunk[: min(len(chunk), size - sent)])
-            sent += len(chunk)
-        await resp.write_eof()
-    except (ConnectionError, RuntimeError):  # the client gave up reading: that is the point
-        pass
-    return resp
 
 
 if __name__ == "__main__":  # python -m imagegate.testing.novita --port 8081 --tls

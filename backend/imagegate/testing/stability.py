@@ -30,7 +30,7 @@ from aiohttp import web
 from PIL import Image, ImageFilter
 
 from imagegate.testing.images import make_image
-from imagegate.testing.knobs import Knobs, misbehaviour_middleware
+from imagegate.testing.knobs import Knobs, misbehaviour_middleware, send_junk
 
 __all__ = ["API_KEY", "KNOBS_KEY", "SIZES", "create_app", "error_body", "validate"]
 
@@ -170,7 +170,9 @@ async def _generate(request: web.Request) -> web.StreamResponse:
         return web.json_response(body, status=403)
     junk = knobs.take("not_image", request.path)
     if junk is not None:
-        return await _send_junk(request, int(junk.get("size", 0)))
+        html = b"<html><body>upstream error</body></html>"
+        headers = {"finish-reason": "SUCCESS", "seed": "1", "Content-Type": "image/png"}
+        return await send_junk(request, int(junk.get("size", 0)), headers=headers, short_body=html)
     filtered = knobs.take("content_filtered", request.path) is not None
     return _image_response(form, request.headers.get("Accept", "image/*"), filtered=filtered)
 
@@ -204,26 +206,6 @@ def _blurred(data: bytes, fmt: str) -> bytes:
         out = io.BytesIO()
         small.save(out, format={"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}[fmt])
         return out.getvalue()
-
-
-async def _send_junk(request: web.Request, size: int) -> web.StreamResponse:
-    """A 200 whose bytes are no image: a short HTML page, or ``size`` bytes, chunked."""
-    headers = {"finish-reason": "SUCCESS", "seed": "1", "Content-Type": "image/png"}
-    if size <= 0:
-        return web.Response(body=b"<html><body>upstream error</body></html>", headers=headers)
-    resp = web.StreamResponse(status=200, headers=headers)
-    resp.enable_chunked_encoding()
-    await resp.prepare(request)
-    chunk = b"\0" * (1024 * 1024)
-    sent = 0
-    try:
-        while sent < size:
-            await resp.write(chunk[: min(len(chunk), size - sent)])
-            sent += len(chunk)
-        await resp.write_eof()
-    except (ConnectionError, RuntimeError):  # the client gave up reading: that is the point
-        pass
-    return resp
 
 
 if __name__ == "__main__":  # python -m imagegate.testing.stability --port 8082 --tls
