@@ -339,7 +339,11 @@ def _environment(environ: dict[str, str] | None, dotenv: bool) -> dict[str, str]
     if dotenv:
         from dotenv import dotenv_values
 
-        for key, value in dotenv_values(".env").items():
+        try:
+            values = dotenv_values(".env")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f".env: {_not_utf8(exc)}") from None
+        for key, value in values.items():
             if value is not None:
                 env.setdefault(key, value)
     return env
@@ -355,6 +359,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {_not_utf8(exc)}") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts (4300)
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _not_utf8(exc: UnicodeDecodeError) -> str:
+    return f"the file is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
 
 
 def _errors_text(exc: ValidationError) -> str:

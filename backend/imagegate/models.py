@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import reprlib
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -85,7 +86,7 @@ def validation_message(exc: ValidationError) -> tuple[str | None, str]:
 def _describe(err: Any) -> str:
     ctx = err.get("ctx") or {}
     got = err.get("input")
-    shown = repr(got) if not isinstance(got, str) or len(got) < 60 else f"<{len(got)} chars>"
+    shown = _shown(got)
     kind = err["type"]
     if kind == "extra_forbidden":
         return "unknown field"
@@ -99,6 +100,22 @@ def _describe(err: Any) -> str:
     if kind == "missing":
         return "field required"
     return f"{str(err['msg']).removeprefix('Value error, ')} (got {shown})"
+
+
+def _shown(value: Any) -> str:
+    """The offending value for a message, at most about 60 characters, whatever it is."""
+    if isinstance(value, str):
+        return repr(value) if len(value) < 60 else f"<{len(value)} chars>"
+    try:
+        text = _REPR.repr(value)
+    except ValueError:  # an int of more digits than Python converts (sys.get_int_max_str_digits)
+        return f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 2, 6, 6, 4, 6
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 40, 40, 40
 
 
 def _length_range(err: Any) -> str:
