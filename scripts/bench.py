@@ -3,6 +3,8 @@
     python scripts/bench.py failover [--connect-timeout 0.3] [--runs 200]
     python scripts/bench.py hedge [--requests 500] [--concurrency 10]
     python scripts/bench.py http [...]                      (scripts/bench_http.py)
+    python scripts/bench.py overhead|memory|compare|soak     (scripts/benchlib/)
+    python scripts/bench.py all [--skip NAME]                every scenario, defaults
 
 Every scenario starts its own emulators on 127.0.0.1, warms up, measures, prints a table,
 writes ``outputs/bench/<scenario>.json`` and compares with a baseline measured in the same run.
@@ -309,6 +311,21 @@ SCENARIOS: dict[str, Scenario] = {
                      lambda args: _http_module().run_http(args),
                      lambda report: _http_module()._print(report), http_arguments),
 }
+
+
+def _benchlib_scenarios() -> dict[str, Scenario]:
+    """overhead, memory, compare, soak (scripts/benchlib/), then ``all`` of them."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from benchlib import scenarios
+    from benchlib.run_all import all_arguments, print_all, run_all
+
+    found = {name: Scenario(*spec) for name, spec in scenarios().items()}
+    found["all"] = Scenario("every scenario in turn, with its defaults", lambda args: run_all(
+        SCENARIOS, OUT_DIR, args.skip), print_all, all_arguments)
+    return found
+
+
+SCENARIOS.update(_benchlib_scenarios())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,172 @@
+"""``overhead``: what ImageService.generate adds to one provider call.
+
+1,000 sequential generations of a 512x512 PNG from the OpenAI-compatible emulator (its own
+process, answering at once), each paired with a raw aiohttp POST of the same JSON body to the
+same emulator from the same process, interleaved so that both see the same machine. The
+added cost is p50(service) - p50(raw) (and the same for p99), plus the median of the paired
+differences, which shrugs off slow moments that hit one pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from imagegate import ImageRequest, ImageService
+from imagegate.backends.openai_images import build_request
+from imagegate.routing import percentile
+
+from benchlib.common import (
+    API_KEY,
+    machine,
+    ms,
+    openai_backend,
+    openai_emulator,
+    print_table,
+    service_settings,
+    stats_ms,
+)
+
+TARGET_ADDED_P50_MS = 0.5
+Client = Callable[[], Awaitable[Any]]
+
+
+def bench_request(size: int) -> ImageRequest:
+    """A fixed seed, so that the emulator serves its cached image (an instant provider)."""
+    return ImageRequest(prompt="a lighthouse at dusk", width=size, height=size, seed=1)
+
+
+def raw_client(session: aiohttp.ClientSession, base_url: str, request: ImageRequest) -> Client:
+    """A bare aiohttp POST of the body imagegate's backend sends; reads the whole answer."""
+    url = base_url + "/v1/images/generations"
+    body = json.dumps(build_request(request, model="dall-e-2")).encode()
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+
+    async def call() -> bytes:
+        async with session.post(url, data=body, headers=headers) as resp:
+            data = await resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"raw POST: HTTP {resp.status}: {data[:200]!r}")
+            return data
+
+    return call
+
+
+def service_client(service: ImageService, request: ImageRequest) -> Client:
+    async def call() -> Any:
+        return await service.generate(request)
+
+    return call
+
+
+async def interleaved(
+    clients: dict[str, Client], runs: int, warmup: int, seed: int = 1
+) -> dict[str, list[float]]:
+    """Call every client once per round, in a shuffled order (so that no client always follows
+    the same one); seconds per call, after ``warmup`` rounds."""
+    rng = random.Random(seed)
+    names = list(clients)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(warmup + runs):
+        rng.shuffle(names)
+        for name in names:
+            start = time.perf_counter()
+            await clients[name]()
+            if i >= warmup:
+                out[name].append(time.perf_counter() - start)
+    return out
+
+
+def added(samples: dict[str, list[float]], name: str, base: str) -> dict[str, float]:
+    """``name`` minus ``base``: at p50, at p99, and the median of the paired differences."""
+    a, b = samples[name], samples[base]
+    paired = [x - y for x, y in zip(a, b, strict=True)]
+    return {
+        "p50": ms(percentile(a, 0.5) - percentile(b, 0.5)),
+        "p99": ms(percentile(a, 0.99) - percentile(b, 0.99)),
+        "paired_median": ms(percentile(paired, 0.5)),
+        "ratio_p50": round(percentile(a, 0.5) / percentile(b, 0.5), 3),
+    }
+
+
+def run_overhead(args: argparse.Namespace) -> dict[str, Any]:
+    with openai_emulator() as url:
+        samples, identical = asyncio.run(_measure(url, args))
+    return overhead_report(args, samples, identical)
+
+
+async def _measure(url: str, args: argparse.Namespace) -> tuple[dict[str, list[float]], bool]:
+    request = bench_request(args.size)
+    settings = service_settings(openai_backend("emulator", url))
+    async with aiohttp.ClientSession() as session, ImageService(settings) as service:
+        clients = {
+            "raw_aiohttp": raw_client(session, url, request),
+            "imagegate": service_client(service, request),
+        }
+        samples = await interleaved(clients, args.runs, args.warmup)
+        identical = await same_bytes(clients["raw_aiohttp"], service, request)
+    return samples, identical
+
+
+async def same_bytes(raw: Client, service: ImageService, request: ImageRequest) -> bool:
+    """Are the image bytes imagegate returns exactly the provider's (no decode and re-encode)?"""
+    body = json.loads(await raw())
+    result = await service.generate(request)
+    return bool(result.images[0].data == base64.b64decode(body["data"][0]["b64_json"]))
+
+
+def overhead_report(
+    args: argparse.Namespace, samples: dict[str, list[float]], identical: bool
+) -> dict[str, Any]:
+    add = added(samples, "imagegate", "raw_aiohttp")
+    return {
+        "scenario": "overhead",
+        "machine": machine(),
+        "config": {
+            "runs": args.runs,
+            "warmup": args.warmup,
+            "image": f"{args.size}x{args.size} png",
+        },
+        "latency_ms": {name: stats_ms(values) for name, values in samples.items()},
+        "added_ms": {"imagegate": add},
+        "bytes_identical_to_provider": identical,
+        "target": f"added p50 < {TARGET_ADDED_P50_MS} ms",
+        "target_met": add["p50"] < TARGET_ADDED_P50_MS and identical,
+    }
+
+
+def print_overhead(report: dict[str, Any]) -> None:
+    cfg = report["config"]
+    print(
+        f"overhead: {cfg['runs']} sequential {cfg['image']} generations, instant OpenAI-compatible "
+        f"emulator in its own process; load {report['machine']['loadavg_1m']}"
+    )
+    print_table(report["latency_ms"])
+    print_added(report["added_ms"])
+    print(
+        f"  image bytes identical to the provider's (not re-encoded): {report['bytes_identical_to_provider']}"
+    )
+    print(f"target ({report['target']}): {'met' if report['target_met'] else 'MISSED'}")
+
+
+def print_added(rows: dict[str, dict[str, float]], base: str = "raw aiohttp POST") -> None:
+    print(f"  added over a {base}:")
+    print(f"  {'':<26}{'p50':>10}{'p99':>10}{'paired p50':>12}{'ratio p50':>11}")
+    for name, row in rows.items():
+        print(
+            f"  {name:<26}{row['p50']:>10.3f}{row['p99']:>10.3f}{row['paired_median']:>12.3f}"
+            f"{row['ratio_p50']:>10.2f}x"
+        )
+
+
+def overhead_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--size", type=int, default=512, help="image side in pixels")

@@ -1,0 +1,119 @@
+"""scripts/bench.py's overhead, memory, compare and all scenarios, run small so that
+``python scripts/bench.py all`` cannot rot (the soak has its own tests)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from benchlib import litellm_side
+from benchlib.compare import SKIP, print_compare, run_compare
+from benchlib.memory import memory_arguments, run_memory
+from benchlib.overhead import overhead_arguments, print_overhead, run_overhead
+from benchlib.run_all import print_all, run_all
+
+
+def args_for(add_arguments: Any, *argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts/bench.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_py_offers_every_scenario_and_all() -> None:
+    names = set(load_bench().SCENARIOS)
+    assert names >= {"failover", "hedge", "http", "overhead", "memory", "compare", "soak", "all"}
+
+
+def test_overhead_reports_added_latency_and_untouched_image_bytes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    report = run_overhead(
+        args_for(overhead_arguments, "--runs", "30", "--warmup", "5", "--size", "64")
+    )
+    assert report["bytes_identical_to_provider"] is True
+    assert set(report["latency_ms"]) == {"raw_aiohttp", "imagegate"}
+    assert report["added_ms"]["imagegate"]["p50"] < 50  # a sanity bound, not the benchmark's target
+    print_overhead(report)
+    assert "added over a raw aiohttp POST" in capsys.readouterr().out
+
+
+def test_memory_reports_rounds_peak_and_growth() -> None:
+    argv = ("--concurrency", "8", "--rounds", "2", "--size", "128", "--latency", "0.05")
+    report = run_memory(args_for(memory_arguments, *argv))
+    assert len(report["rounds"]) == 2
+    assert all(r["peak_mb"] >= r["start_mb"] for r in report["rounds"])
+    assert report["config"]["image"].startswith("128x128 png")
+
+
+def test_compare_without_litellm_says_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(litellm_side, "load_litellm", lambda: None)
+    report = run_compare(argparse.Namespace())
+    assert report == {"scenario": "compare", "skipped": SKIP}
+    print_compare(report)
+    assert capsys.readouterr().out.strip() == SKIP
+
+
+class _Fake:
+    def __init__(self, report: dict[str, Any] | None) -> None:
+        self.report = report
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--n", type=int, default=1)
+
+    def run(self, args: argparse.Namespace) -> dict[str, Any]:
+        if self.report is None:
+            raise RuntimeError("emulator did not start")
+        return self.report
+
+    def print(self, report: dict[str, Any]) -> None:
+        print(report)
+
+
+def test_all_runs_each_scenario_writes_its_json_and_survives_a_broken_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fakes = {
+        "good": _Fake({"target_met": True}),
+        "bad": _Fake({"target_met": False}),
+        "soakish": _Fake({"passed": True}),
+        "skipped": _Fake({"skipped": "no litellm"}),
+        "broken": _Fake(None),
+        "left_out": _Fake({"target_met": True}),
+    }
+    summary = run_all(fakes, tmp_path, skip=["left_out"])["scenarios"]
+    assert {k: v.get("verdict") for k, v in summary.items()} == {
+        "good": "met",
+        "bad": "MISSED",
+        "soakish": "met",
+        "skipped": "skipped",
+        "broken": None,
+    }
+    assert "emulator did not start" in summary["broken"]["error"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bad.json",
+        "good.json",
+        "skipped.json",
+        "soakish.json",
+    ]
+    print_all({"machine": {}, "scenarios": summary})
+    assert "MISSED" in capsys.readouterr().out
