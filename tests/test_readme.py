@@ -45,7 +45,6 @@ ROOT = Path(__file__).resolve().parents[1]
 README_TEXT = (ROOT / "README.md").read_text()
 RUNNABLE = runnable_blocks(README_TEXT)
 SETUP = ["python3 -m pip install -e '.[test]'", "python3 -m pytest"]
-PENDING_LINKS = {"BENCHMARKS.md"}  # written by another change; checked once it exists
 
 
 def _block_id(block: Block) -> str:
@@ -219,7 +218,7 @@ def test_relative_links_in_readme_exist() -> None:
     links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README_TEXT)
     local = [link for link in links if "://" not in link]
     assert local
-    missing = [link for link in local if not (ROOT / link).exists() and link not in PENDING_LINKS]
+    missing = [link for link in local if not (ROOT / link).exists()]
     assert not missing
 
 
