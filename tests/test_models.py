@@ -178,3 +178,14 @@ def test_result_attempts_and_health_are_json_serialisable() -> None:
     health = BackendHealth(name="local", kind="a1111", ok=True, timings={"total_s": 0.01})
     assert json.loads(health.model_dump_json())["state"] == "closed"
     assert not math.isnan(doc["elapsed_s"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [("seed", True, "0..4294967295"), ("width", "512", "64..2048"), ("n", 2.0, "1..8"), ("guidance_scale", False, "0..30")],
+)
+def test_numbers_are_strict_and_the_message_names_the_range(field: str, value: object, allowed: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        ImageRequest.parse({"prompt": "a cat", field: value})
+    assert info.value.field == field
+    assert allowed in str(info.value)

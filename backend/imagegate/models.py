@@ -36,18 +36,21 @@ class ImageFormat(StrEnum):
 
 
 class ImageRequest(BaseModel):
-    """What the caller wants; validated before anything is sent anywhere."""
+    """What the caller wants; validated before anything is sent anywhere.
+
+    Numbers are strict: ``true`` is not a seed and ``"512"`` is not a width.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prompt: str = Field(min_length=1, max_length=4000)
     negative_prompt: str = Field(default="", max_length=4000)
-    width: int = Field(default=1024, ge=64, le=2048, multiple_of=8)
-    height: int = Field(default=1024, ge=64, le=2048, multiple_of=8)
-    steps: int | None = Field(default=None, ge=1, le=150)
-    guidance_scale: float | None = Field(default=None, ge=0, le=30)
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    n: int = Field(default=1, ge=1, le=8)
+    width: int = Field(strict=True, default=1024, ge=64, le=2048, multiple_of=8)
+    height: int = Field(strict=True, default=1024, ge=64, le=2048, multiple_of=8)
+    steps: int | None = Field(strict=True, default=None, ge=1, le=150)
+    guidance_scale: float | None = Field(strict=True, default=None, ge=0, le=30)
+    seed: int | None = Field(strict=True, default=None, ge=0, le=MAX_SEED)
+    n: int = Field(strict=True, default=1, ge=1, le=8)
     sampler: str | None = Field(default=None, max_length=100)
     model: str | None = Field(default=None, max_length=300)
     output_format: ImageFormat = ImageFormat.PNG
@@ -99,6 +102,11 @@ def _describe(err: Any) -> str:
         return f"length must be {_length_range(err)} characters (got {n})"
     if kind == "missing":
         return "field required"
+    if kind in ("int_type", "int_parsing", "float_type", "float_parsing", "int_from_float"):
+        what = "a number" if kind.startswith("float") else "an integer"
+        field = str(err["loc"][-1]) if err["loc"] else ""
+        allowed = f" in {_RANGES[field]}" if field in _RANGES else ""
+        return f"must be {what}{allowed} (got {shown})"
     return f"{str(err['msg']).removeprefix('Value error, ')} (got {shown})"
 
 
