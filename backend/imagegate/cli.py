@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from imagegate.errors import AllBackendsFailed, ConfigError, ImageGateError, InvalidRequest
+from imagegate.errors import AllBackendsFailed, ConfigError, InvalidRequest
 from imagegate.logging import configure_logging
 from imagegate.models import ImageRequest, ImageResult
 
@@ -123,9 +123,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def request_from_args(args: argparse.Namespace) -> ImageRequest:
-    fields = (
-        "prompt negative_prompt width height steps guidance_scale seed n sampler model output_format"
-    ).split()
+    fields = ["prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "n", "sampler", "model", "output_format"]
     data = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
     return ImageRequest.parse(data)
 
