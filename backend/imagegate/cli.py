@@ -123,7 +123,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def request_from_args(args: argparse.Namespace) -> ImageRequest:
-    fields = ["prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "n", "sampler", "model", "output_format"]
+    fields = [
+        "prompt", "negative_prompt", "width", "height", "steps", "guidance_scale",
+        "seed", "n", "sampler", "model", "output_format",
+    ]
     data = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
     return ImageRequest.parse(data)
 
