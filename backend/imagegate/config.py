@@ -270,6 +270,9 @@ class ServiceSettings(_Base):
     breaker_max_cooldown_s: float = Field(default=300.0, gt=0)
     retry_backoff_s: float = Field(default=0.05, ge=0)
     max_retry_after_s: float = Field(default=2.0, ge=0)
+    # How long one request may wait, in all, for a skipped backend whose breaker reopens
+    # before its deadline (0: never wait; fail over to what is open, then give up).
+    max_wait_s: float = Field(default=10.0, ge=0)
     # HTTP API: OpenAI ``model`` names -> a backend name, or "*" for any backend
     aliases: dict[str, str] = Field(default_factory=dict)
 

@@ -236,14 +236,17 @@ async def _run_requests(
 def _summary(number: int, result: ImageResult) -> str:
     """One sentence on how a request was served, from its attempt trail."""
     text = f"request {number} served by {result.backend} in {result.elapsed_s * 1000:.0f} ms"
-    failed = [a for a in result.attempts if a.outcome not in ("ok", "skipped", "cancelled")]
+    failed = [a for a in result.attempts if a.outcome not in ("ok", "skipped", "cancelled", "waited")]
+    waited = [a for a in result.attempts if a.outcome == "waited"]
     skipped = [a.backend for a in result.attempts if a.outcome == "skipped"]
     if failed:
         spent = ", ".join(
             f"{a.elapsed_s * 1000:.0f} ms on {a.backend}'s {a.outcome.replace('_', ' ')}" for a in failed
         )
         text += f", {spent}"
-    if skipped:
+    if waited:
+        text += ", " + ", ".join(f"{a.elapsed_s * 1000:.0f} ms waiting for {a.backend} to reopen" for a in waited)
+    elif skipped:
         text += f", with no wait for {', '.join(skipped)}: its breaker is open"
     if any(a.hedge and a.outcome == "ok" for a in result.attempts):
         text += ": the hedge answered first"

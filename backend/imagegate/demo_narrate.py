@@ -154,6 +154,13 @@ class Narrator:
             "->",
         )
 
+    def _on_waiting_for_backend(self, e: dict[str, Any]) -> None:
+        self.say(
+            f"every other backend is out: waiting {_ms(e.get('wait_s'))} for {e.get('backend')}"
+            f" to reopen ({e.get('reason')})",
+            "..",
+        )
+
     def _on_backend_retry(self, e: dict[str, Any]) -> None:
         self.say(f"{e.get('backend')}: retrying in {_ms(e.get('after_s'))} ({e.get('kind')})", "->")
 

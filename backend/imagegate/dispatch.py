@@ -8,6 +8,11 @@ changes a backend's breaker, slot or latency happens here, once per lane:
 - failure: ``breaker.on_failure`` with the error's class attribute ``health``;
 - cancelled (lost the race, or the caller gave up): ``breaker.release`` (no verdict);
 - and the concurrency slot is always given back by the task's done callback.
+
+A skipped backend that comes back: once every candidate is tried or skipped, attempts remain
+and a skipped backend's breaker lets a call through before the deadline, the request waits for
+it (``waiting.py``) and calls it as the half-open trial. When every candidate is blocked at the
+start, the forced call still goes at once; waiting applies only after it, to the rest.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from imagegate.errors import (
 from imagegate.health import Permit
 from imagegate.models import Attempt, GeneratedImage, ImageRequest, ImageResult
 from imagegate.routing import Admission, Admitted, BackendState, HedgeBudget, Skip, full_jitter
+from imagegate.waiting import wait_for
 
 __all__ = ["RequestRun", "Runtime"]
 
@@ -79,6 +85,7 @@ class RequestRun:
         self.deadline = deadline
         self.attempts: list[Attempt] = []
         self.used = 0
+        self._waited_s = 0.0
         self.admission = Admission(candidates, self._skipped)
         self._lanes: dict[asyncio.Task[list[GeneratedImage]], _Lane] = {}
         self._hedged = False
@@ -90,7 +97,7 @@ class RequestRun:
     async def run(self) -> ImageResult:
         try:
             self._launch()
-            while self._lanes:
+            while self._lanes or await self._wait_for_reopening():
                 done = await self._wait()
                 winners = [t for t in done if not t.cancelled() and t.exception() is None]
                 if winners:
@@ -138,6 +145,24 @@ class RequestRun:
             self._unskip(admitted.state)
         self._start_lane(admitted, hedge=hedge)
         return True
+
+    async def _wait_for_reopening(self) -> bool:
+        """Nothing is in flight and no candidate is left: wait for a skipped backend whose
+        breaker reopens before the deadline and start its attempt (True), or give up (False)."""
+        while self.used < self.rt.settings.max_attempts:
+            wait_budget = self.rt.settings.max_wait_s - self._waited_s
+            plan = self.admission.reopening(min(self.deadline.remaining(), wait_budget))
+            if plan is None:
+                return False
+            if plan.wait_s > 0:
+                waited = await wait_for(plan, self.rt.sleep)
+                self._waited_s += waited.elapsed_s
+                self.attempts.append(waited)
+            admitted = self.admission.readmit(plan)
+            if admitted is not None:
+                self._start_lane(admitted, hedge=False)
+                return True
+        return False
 
     def _unskip(self, st: BackendState) -> None:
         """Every candidate was blocked: the one let through is an attempt, not a skip."""
@@ -187,7 +212,7 @@ class RequestRun:
 
     def _after_failure(self, lane: _Lane, exc: BaseException | None) -> None:
         if isinstance(exc, BackendError) and not exc.failover:
-            self.admission.pending.clear()
+            self.admission.close()
         elif exc is not None and not isinstance(exc, BackendError):
             log.error("attempt_crashed", backend=lane.state.name, kind=type(exc).__name__, error=str(exc))
         if not self._lanes:
@@ -303,9 +328,10 @@ class RequestRun:
     def _retry_delay(self, exc: BackendError, retry: int) -> float | None:
         """Backoff before retrying the same backend, or None: only refused connections and
         429 with a short Retry-After, inside max_attempts (keeping one for failover when
-        other candidates remain) and inside the deadline."""
+        other candidates remain or a skipped one reopens in time) and inside the deadline."""
         s = self.rt.settings
-        reserve = 1 if self.admission.pending else 0
+        later = self.admission.pending or self.admission.reopening(self.deadline.remaining())
+        reserve = 1 if later else 0
         if self.used + reserve >= s.max_attempts:
             return None
         if isinstance(exc, ConnectFailed) and exc.refused:

@@ -129,6 +129,8 @@ class ImageService:
             )
             if t.new != "closed" and self._prober is not None:
                 self._prober.nudge(name)
+            if name in self._states:  # requests waiting for this backend re-check it
+                self._states[name].breaker_changed()
 
         return BackendState(
             name=name,

@@ -3,7 +3,9 @@
 ``BackendState`` is what the service remembers of one backend (breaker, in-flight count,
 latency); ``order()`` sorts candidates by the ``[service] order`` policy; ``Admission`` walks
 the candidates for one request, skipping open breakers and saturated backends, and never
-skips them all; ``HedgeBudget`` caps hedges at a share of requests.
+skips them all; once every candidate is tried or skipped, ``Admission.reopening()`` says
+whether a skipped backend's breaker lets a call through before the deadline (and so is worth
+waiting for); ``HedgeBudget`` caps hedges at a share of requests.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = [
     "Admitted",
     "BackendState",
     "HedgeBudget",
+    "Reopening",
     "Skip",
     "full_jitter",
     "order",
@@ -34,6 +37,7 @@ __all__ = [
 EWMA_ALPHA = 0.2
 LATENCY_WINDOW = 200
 MIN_P95_SAMPLES = 20
+WAIT_MARGIN_S = 0.1  # a reopening backend is waited for only if this much deadline is left after
 
 
 @dataclass(eq=False)
@@ -54,6 +58,7 @@ class BackendState:
     last_error_kind: str | None = None
     last_error: str | None = None
     _waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    _watchers: list[asyncio.Future[None]] = field(default_factory=list)
 
     # -- concurrency slots --------------------------------------------------------------
 
@@ -85,6 +90,25 @@ class BackendState:
         for waiter in waiters:  # each re-checks; a cancelled one cannot swallow the wake-up
             if not waiter.done():
                 waiter.set_result(None)
+
+    # -- breaker changes ----------------------------------------------------------------
+
+    def watch(self) -> asyncio.Future[None]:
+        """A future resolved at this backend's next breaker transition (``unwatch`` it after)."""
+        watcher: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._watchers.append(watcher)
+        return watcher
+
+    def unwatch(self, watcher: asyncio.Future[None]) -> None:
+        if watcher in self._watchers:
+            self._watchers.remove(watcher)
+
+    def breaker_changed(self) -> None:
+        """Called on every breaker transition: wake the requests waiting for this backend."""
+        watchers, self._watchers = self._watchers, []
+        for watcher in watchers:
+            if not watcher.done():
+                watcher.set_result(None)
 
     # -- observations -------------------------------------------------------------------
 
@@ -192,6 +216,17 @@ class Skip:
 
 
 @dataclass(frozen=True)
+class Reopening:
+    """Skipped backends worth waiting for: ``first``'s breaker lets a call through in
+    ``wait_s`` (or, with ``wait_s`` the whole budget, a trial is in flight and its verdict is
+    awaited); a transition of any breaker in ``watch`` is worth waking up for."""
+
+    first: BackendState
+    wait_s: float
+    watch: tuple[BackendState, ...]
+
+
+@dataclass(frozen=True)
 class Admitted:
     """A candidate that may be called: its breaker permit, and whether it holds a slot
     already (``wait=False``) or must queue for one (``wait=True``)."""
@@ -230,6 +265,54 @@ class Admission:
         if force and self.admitted == 0 and self._blocked:
             return self._forced()
         return None
+
+    def reopening(self, budget_s: float) -> Reopening | None:
+        """The skipped backends whose breaker lets a call through within ``budget_s`` (what is
+        left of the deadline) minus a margin (``WAIT_MARGIN_S``, or the backend's latency EWMA
+        if longer), soonest first; or None. A half-open breaker whose trial is in flight counts
+        (its verdict may close it); disabled and saturated backends are never waited for."""
+        due: list[tuple[float, BackendState]] = []
+        busy: list[tuple[float, BackendState]] = []
+        for skip in self._blocked:
+            st, breaker = skip.state, skip.state.breaker
+            usable = budget_s - max(WAIT_MARGIN_S, st.latency_ewma_s or 0.0)
+            if skip.kind == "saturated" or breaker.state == "disabled" or usable <= 0:
+                continue
+            if breaker.trial_in_flight:
+                busy.append((usable, st))
+            elif breaker.remaining() <= usable:
+                due.append((breaker.remaining(), st))
+        due.sort(key=lambda pair: pair[0])
+        watch = tuple(st for _, st in due + busy)
+        if due:
+            return Reopening(due[0][1], due[0][0], watch)
+        if busy:
+            return Reopening(busy[0][1], busy[0][0], watch)
+        return None
+
+    def readmit(self, plan: Reopening) -> Admitted | None:
+        """After waiting for ``plan``: the first of its backends that may be called now, or
+        None. A backend found saturated is not waited for again; no skip is recorded twice."""
+        for st in plan.watch:
+            permit = st.breaker.acquire()
+            if permit is None:
+                continue
+            entered = st.try_enter()
+            if not entered and not st.queue:
+                st.breaker.release(permit)
+                self._blocked = [
+                    Skip(b.state, b.why, "saturated") if b.state is st else b for b in self._blocked
+                ]
+                continue
+            self._blocked = [b for b in self._blocked if b.state is not st]
+            self.admitted += 1
+            return Admitted(st, permit, wait=not entered)
+        return None
+
+    def close(self) -> None:
+        """A non-failover error: no other candidate is tried or waited for."""
+        self.pending.clear()
+        self._blocked.clear()
 
     def _drop(self, state: BackendState) -> None:
         self.pending.remove(state)
