@@ -35,6 +35,9 @@ from imagegate.routing import percentile
 from imagegate.testing import FaultProxy, Knobs, LocalCA, serve_app
 from imagegate.testing import a1111 as a1111_emulator
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib.common import ms, stats_ms
+
 OUT_DIR = Path("outputs/bench")
 
 
@@ -64,20 +67,6 @@ def settings(*backends: A1111Settings, **service: Any) -> Settings:
 async def emulator(knobs: Knobs, tls: LocalCA | None = None) -> AsyncIterator[str]:
     async with serve_app(a1111_emulator.create_app(knobs=knobs), tls=tls) as url:
         yield url
-
-
-def ms(seconds: float) -> float:
-    return round(seconds * 1000, 3)
-
-
-def stats_ms(values: list[float]) -> dict[str, float]:
-    return {
-        "p50": ms(percentile(values, 0.50)),
-        "p90": ms(percentile(values, 0.90)),
-        "p99": ms(percentile(values, 0.99)),
-        "max": ms(max(values)),
-        "mean": ms(sum(values) / len(values)),
-    }
 
 
 async def timed(coro: Any) -> tuple[float, Any]:
@@ -289,7 +278,6 @@ def hedge_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _http_module() -> Any:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_http
 
     return bench_http
@@ -315,7 +303,6 @@ SCENARIOS: dict[str, Scenario] = {
 
 def _benchlib_scenarios() -> dict[str, Scenario]:
     """overhead, memory, compare, soak (scripts/benchlib/), then ``all`` of them."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from benchlib import scenarios
     from benchlib.run_all import all_arguments, print_all, run_all
 
