@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from imagegate.testing.images import make_image
-from imagegate.testing.knobs import Knobs, misbehaviour_middleware
+from imagegate.testing.knobs import Knobs, misbehaviour_middleware, record_json_body
 
 __all__ = ["KNOBS_KEY", "create_app"]
 
@@ -83,15 +83,6 @@ def create_app(
         if protected and request.headers.get("Authorization") != expected_auth:
             return web.json_response({"detail": "Incorrect username or password"}, status=401)
         return await handler(request)
-
-    async def record(request: web.Request) -> Any:
-        if request.can_read_body:
-            raw = await request.read()
-            try:
-                return json.loads(raw)
-            except ValueError:
-                return raw
-        return None
 
     @routes.post("/sdapi/v1/txt2img")
     async def txt2img(request: web.Request) -> web.Response:
@@ -177,7 +168,7 @@ def create_app(
         middlewares=[
             basic_auth,
             misbehaviour_middleware(
-                knobs, error_body=_error_body, generation_paths=("/sdapi/v1/txt2img",), record_body=record
+                knobs, error_body=_error_body, generation_paths=("/sdapi/v1/txt2img",), record_body=record_json_body
             ),
         ],
         client_max_size=16 * 1024**2,

@@ -23,7 +23,6 @@ with status 200.
 
 from __future__ import annotations
 
-import json
 import random
 import uuid
 from http import HTTPStatus
@@ -32,7 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from imagegate.testing.images import make_image
-from imagegate.testing.knobs import Knobs, misbehaviour_middleware
+from imagegate.testing.knobs import Knobs, misbehaviour_middleware, record_json_body
 
 __all__ = ["KNOBS_KEY", "SERVED_MODELS", "create_app"]
 
@@ -98,13 +97,6 @@ def create_app(*, knobs: Knobs | None = None, api_key: str | None = "test-key") 
     def unauthorized() -> web.Response:
         return web.json_response({"error": "Invalid credentials in Authorization header"}, status=401)
 
-    async def record(request: web.Request) -> Any:
-        raw = await request.read() if request.can_read_body else b""
-        try:
-            return json.loads(raw) if raw else None
-        except ValueError:
-            return raw
-
     @routes.post(_GENERATION_PREFIX + "{model:.+}")
     async def text_to_image(request: web.Request) -> web.StreamResponse:
         if not authorized(request):
@@ -152,7 +144,7 @@ def create_app(*, knobs: Knobs | None = None, api_key: str | None = "test-key") 
     app = web.Application(
         middlewares=[
             misbehaviour_middleware(
-                knobs, error_body=_error_body, generation_paths=(_GENERATION_PREFIX,), record_body=record
+                knobs, error_body=_error_body, generation_paths=(_GENERATION_PREFIX,), record_body=record_json_body
             )
         ],
         client_max_size=4 * 1024**2,

@@ -15,6 +15,7 @@ Faults apply to generation routes only unless ``path`` is given when arming.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Mapping
@@ -23,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["Knobs", "RecordedRequest", "misbehaviour_middleware", "send_junk"]
+__all__ = ["Knobs", "RecordedRequest", "misbehaviour_middleware", "record_json_body", "send_junk"]
 
 ErrorBody = Callable[[int], Any]
 
@@ -80,6 +81,16 @@ class Knobs:
 
     def delay(self) -> float:
         return self.latency() if self.latency is not None else self.latency_s
+
+
+async def record_json_body(request: web.Request) -> Any:
+    """What a JSON emulator records of a request: the parsed body, the raw bytes when they are
+    not JSON, None when there is no body."""
+    raw = await request.read() if request.can_read_body else b""
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return raw
 
 
 def abort_with_reset(request: web.Request) -> None:

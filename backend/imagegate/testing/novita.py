@@ -21,7 +21,6 @@ A task succeeds at its first poll unless told otherwise:
 
 from __future__ import annotations
 
-import json
 import random
 import time
 import uuid
@@ -32,7 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from imagegate.testing.images import make_image
-from imagegate.testing.knobs import Knobs, misbehaviour_middleware, send_junk
+from imagegate.testing.knobs import Knobs, misbehaviour_middleware, record_json_body, send_junk
 
 __all__ = ["KNOBS_KEY", "STATE_KEY", "create_app", "error_body", "validate"]
 
@@ -167,7 +166,7 @@ def create_app(
             _bearer_auth,
             misbehaviour_middleware(
                 state.knobs, error_body=error_body, generation_paths=_GENERATION_PATHS,
-                record_body=_record,
+                record_body=record_json_body,
             ),
         ],
     )
@@ -186,16 +185,6 @@ async def _bearer_auth(request: web.Request, handler: Any) -> web.StreamResponse
     if request.path.startswith("/v3/") and request.headers.get("Authorization") != expected:
         return web.json_response(error_body(401, "API key is missing or invalid"), status=401)
     return await handler(request)
-
-
-async def _record(request: web.Request) -> Any:
-    if not request.can_read_body:
-        return None
-    raw = await request.read()
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw
 
 
 async def _txt2img(request: web.Request) -> web.Response:

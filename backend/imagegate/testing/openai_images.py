@@ -23,7 +23,6 @@ server, e.g. ``localhost``); ``arm("not_image")`` -> base64 of bytes that are no
 from __future__ import annotations
 
 import base64
-import json
 import re
 import secrets
 import time
@@ -33,7 +32,7 @@ from typing import Any
 from aiohttp import web
 
 from imagegate.testing.images import make_image
-from imagegate.testing.knobs import Knobs, misbehaviour_middleware
+from imagegate.testing.knobs import Knobs, misbehaviour_middleware, record_json_body
 
 __all__ = ["KNOBS_KEY", "MODELS", "create_app"]
 
@@ -130,13 +129,6 @@ def create_app(*, knobs: Knobs | None = None, api_key: str | None = "test-key") 
             return _error(401, f"Incorrect API key provided: {_mask(sent[7:])}.", code="invalid_api_key")
         return None
 
-    async def record(request: web.Request) -> Any:
-        raw = await request.read() if request.can_read_body else b""
-        try:
-            return json.loads(raw) if raw else None
-        except ValueError:
-            return raw
-
     @routes.post(_GENERATIONS)
     async def generations(request: web.Request) -> web.Response:
         refused = auth_error(request)
@@ -171,7 +163,7 @@ def create_app(*, knobs: Knobs | None = None, api_key: str | None = "test-key") 
 
     app = web.Application(
         middlewares=[
-            misbehaviour_middleware(knobs, error_body=_error_body, generation_paths=(_GENERATIONS,), record_body=record)
+            misbehaviour_middleware(knobs, error_body=_error_body, generation_paths=(_GENERATIONS,), record_body=record_json_body)
         ],
         client_max_size=4 * 1024**2,
     )
