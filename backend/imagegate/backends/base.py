@@ -149,6 +149,10 @@ class HttpBackend(ImageBackend):
         # Bearer auth for the key-based providers; empty when no key is configured.
         self._headers: dict[str, str] = {"Authorization": f"Bearer {key}"} if key else {}
 
+    def __repr__(self) -> str:
+        # Readable in logs and trails, and never more than name and URL (no secret).
+        return f"{type(self).__name__}(name={self.name!r}, base_url={self.base_url!r})"
+
     def redact(self, body: bytes) -> bytes:
         """``body`` with every copy of a secret masked (a provider may echo what it was sent)."""
         for secret in self._secrets.values():

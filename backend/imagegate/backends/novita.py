@@ -196,9 +196,6 @@ class NovitaBackend(HttpBackend):
 
     kind = "novita"
 
-    def __repr__(self) -> str:
-        return f"NovitaBackend(name={self.name!r}, base_url={self.base_url!r})"
-
     async def generate(self, request: ImageRequest, *, deadline: Deadline) -> list[GeneratedImage]:
         payload = build_request(request, model=self.settings.model, backend=self.name)
         started = time.monotonic()

@@ -179,9 +179,6 @@ class StabilityBackend(HttpBackend):
 
     kind = "stability"
 
-    def __repr__(self) -> str:
-        return f"StabilityBackend(name={self.name!r}, base_url={self.base_url!r})"
-
     async def generate(self, request: ImageRequest, *, deadline: Deadline) -> list[GeneratedImage]:
         engine, model = self.settings.engine, self.settings.model
         forms = [build_form(request, engine=engine, model=model, index=i, backend=self.name)
