@@ -18,7 +18,6 @@ import base64
 import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,16 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from benchlib.common import free_port, stop_process
 
 TARGET_RPS_AT_16 = 300.0
 TARGET_P99_MS = 100.0
 _PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()[:8]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -52,12 +46,7 @@ def _process(
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=15)
 
 
 def _cpu_s(pid: int) -> float | None:
@@ -161,7 +150,7 @@ def run_http(args: Any) -> dict[str, Any]:
     size = int(getattr(args, "size", None) or 512)
     with tempfile.TemporaryDirectory(prefix="imagegate-bench-") as tmp:
         folder = Path(tmp)
-        emu_port, srv_port = _free_port(), _free_port()
+        emu_port, srv_port = free_port(), free_port()
         emulator = [sys.executable, "-m", "imagegate.testing", "a1111", "--port", str(emu_port)]
         config = _write_config(folder, f"http://127.0.0.1:{emu_port}")
         server = [
