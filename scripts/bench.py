@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from imagegate import ImageRequest, ImageService
-from imagegate.backends.base import Deadline
-from imagegate.config import A1111Settings, ServiceSettings, Settings
+from imagegate.models import Deadline
+from imagegate.backends.a1111 import A1111Settings
+from imagegate.config import ServiceSettings, Settings
 from imagegate.logging import configure_logging
-from imagegate.routing import percentile
+from imagegate.routing.policy import percentile
 from imagegate.testing import FaultProxy, Knobs, LocalCA, serve_app
 from imagegate.testing import a1111 as a1111_emulator
 

@@ -20,9 +20,9 @@ import time
 from typing import Any
 
 import aiohttp
-from imagegate.backends.base import Deadline
-from imagegate.backends.hf_space import HFSpaceBackend
-from imagegate.config import HFSpaceSettings
+from imagegate.models import Deadline
+from imagegate.backends.hf_space.backend import HFSpaceBackend
+from imagegate.backends.hf_space import HFSpaceSettings
 from imagegate.models import ImageRequest
 
 TICK_S = 0.005

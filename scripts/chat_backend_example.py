@@ -19,7 +19,8 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 from imagegate import AllBackendsFailed, ImageRequest, ImageService, ImageStore, InvalidRequest
-from imagegate.config import Settings, load_settings
+from imagegate.backends.registry import load_settings
+from imagegate.config import Settings
 
 log = structlog.get_logger()
 

@@ -9,7 +9,7 @@
 For each Space: DNS, TCP and TLS to the Hub, the Hub's runtime record (stage, hardware), the
 Gradio app's endpoints and whether ``api_name``/``inputs`` match them; ``--generate`` adds one
 small real generation. A Space named here uses the mapping of a well-known Space
-(imagegate.spaces.KNOWN_SPACES) or else ``inputs = {prompt = "prompt"}``. ``HF_TOKEN`` is used
+(imagegate.backends.hf_space.spaces.KNOWN_SPACES) or else ``inputs = {prompt = "prompt"}``. ``HF_TOKEN`` is used
 when set (shown as present/absent only). Exit 0 when at least one Space is ok, 1 when none,
 2 for a bad argument or config.
 """
@@ -27,10 +27,12 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "backend"))
 
-from imagegate.config import HFSpaceSettings, Settings, load_settings
-from imagegate.diagnose import config_error, run
+from imagegate.backends.hf_space import HFSpaceSettings
+from imagegate.backends.registry import load_settings
+from imagegate.config import Settings
+from imagegate.diagnose.run import config_error, run
 from imagegate.errors import ConfigError
-from imagegate.spaces import space_backend_tables
+from imagegate.backends.hf_space.spaces import space_backend_tables
 from pydantic import ValidationError
 
 HUB_ENV = "IMAGEGATE_HUB_URL"

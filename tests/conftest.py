@@ -18,7 +18,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
-from imagegate.config import Settings, load_settings
+from imagegate.backends.registry import load_settings
+from imagegate.config import Settings
 from imagegate.testing import Knobs, LocalCA, black_hole, serve_app
 from imagegate.testing import a1111 as a1111_emulator
 

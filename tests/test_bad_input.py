@@ -22,7 +22,8 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from imagegate import ImageRequest, ImageService
-from imagegate.config import KINDS, ServiceSettings, load_settings
+from imagegate.backends.registry import KINDS, load_settings
+from imagegate.config import ServiceSettings
 from imagegate.errors import AllBackendsFailed, ConfigError, InvalidRequest
 from imagegate.testing import Knobs, LocalCA, serve_app
 from imagegate.testing import stability as stability_emulator

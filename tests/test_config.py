@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from imagegate.backends.base import Deadline
-from imagegate.config import A1111Settings, Settings, load_settings
+from imagegate.models import Deadline
+from imagegate.backends.a1111 import A1111Settings
+from imagegate.backends.registry import load_settings
+from imagegate.config import Settings
 from imagegate.errors import ConfigError, ConnectFailed
 from imagegate.models import ImageRequest
-from imagegate.router import ImageService
+from imagegate.routing import ImageService
 from imagegate.testing import Knobs, LocalCA, serve_app
 from imagegate.testing import a1111 as a1111_emulator
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 import structlog
-from imagegate.cli import main
-from imagegate.config import load_settings
-from imagegate.demo import (
+from imagegate.cli.main import main
+from imagegate.backends.registry import load_settings
+from imagegate.cli.demo import (
     KEY,
     KEY_ENV,
     SCENARIOS,
@@ -33,8 +33,8 @@ from imagegate.demo import (
     SPACE_CONNECT_TIMEOUT_S,
     config_toml,
 )
-from imagegate.demo import StandIns as DemoStandIns
-from imagegate.demo_narrate import Narrator
+from imagegate.cli.demo import StandIns as DemoStandIns
+from imagegate.cli.narrate import Narrator
 from imagegate.testing import Knobs
 from PIL import Image
 

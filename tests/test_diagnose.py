@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from imagegate.advice import ADVICE, SYMPTOMS, troubleshooting_markdown
-from imagegate.config import Settings, load_settings
-from imagegate.diagnose import diagnose
-from imagegate.diagnose_render import ASCII, UNICODE, pick_marks, write_report
-from imagegate.diagnose_report import STEP_DATA_KEYS, STEP_NAMES, Report
+from imagegate.diagnose.advice import ADVICE, SYMPTOMS, troubleshooting_markdown
+from imagegate.backends.registry import load_settings
+from imagegate.config import Settings
+from imagegate.diagnose.run import diagnose
+from imagegate.diagnose.render import ASCII, UNICODE, pick_marks, write_report
+from imagegate.diagnose.report import STEP_DATA_KEYS, STEP_NAMES, Report
 from imagegate.testing import LocalCA, black_hole, serve_app
 from imagegate.testing import hf_inference as hf_emulator
 from imagegate.testing import novita as novita_emulator
@@ -186,7 +187,7 @@ async def test_backends_are_diagnosed_concurrently(a1111_url: str, tmp_path: Pat
 
 
 def test_json_document_keys_are_stable(tmp_path: Path) -> None:
-    from imagegate.diagnose_report import BackendReport, Step
+    from imagegate.diagnose.report import BackendReport, Step
 
     steps = [Step("dns", "ok", 0.001, "1 address", data={"host": "h", "addresses": ["127.0.0.1"]}),
              Step("tcp", "fail", 0.002, "refused", "tcp_refused", {"host": "h", "port": 1})]

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from imagegate.config import load_settings
-from imagegate.diagnose import diagnose
-from imagegate.diagnose_report import Report
-from imagegate.diagnose_space import params_step, runtime_step
+from imagegate.backends.registry import load_settings
+from imagegate.diagnose.run import diagnose
+from imagegate.diagnose.report import Report
+from imagegate.diagnose.space import params_step, runtime_step
 from imagegate.testing import serve_app
 from imagegate.testing.hub import HubState
 from imagegate.testing.hub import create_app as hub_app

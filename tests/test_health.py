@@ -10,8 +10,9 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from imagegate.health import BreakerPolicy, CircuitBreaker, HealthProber, Permit, Transition
-from imagegate.routing import Admission, BackendState, Skip
+from imagegate.routing.breaker import BreakerPolicy, CircuitBreaker, Permit, Transition
+from imagegate.routing.prober import HealthProber
+from imagegate.routing.policy import Admission, BackendState, Skip
 
 
 class FakeClock:

@@ -25,18 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from imagegate.advice import troubleshooting_markdown
-from imagegate.cli import build_parser
-from imagegate.config import (
-    A1111Settings,
-    HFInferenceSettings,
-    HFSpaceSettings,
-    NovitaSettings,
-    OpenAISettings,
-    ServiceSettings,
-    StabilitySettings,
-    load_settings,
-)
+from imagegate.backends.registry import PROVIDERS, load_settings
+from imagegate.cli.main import build_parser
+from imagegate.config import ServiceSettings
+from imagegate.diagnose.advice import troubleshooting_markdown
 
 from tests.isolated import clean_env, isolation_prefix
 from tests.readme_blocks import Block, fenced_blocks, runnable_blocks, to_json
@@ -180,8 +172,7 @@ def test_every_toml_block_in_readme_is_a_config_that_loads(tmp_path: Path) -> No
 
 
 def test_readme_names_every_config_key() -> None:
-    models = (ServiceSettings, A1111Settings, NovitaSettings, StabilitySettings, HFInferenceSettings,
-              OpenAISettings, HFSpaceSettings)
+    models = (ServiceSettings, *(p.settings for p in PROVIDERS))
     keys = {key for model in models for key in model.model_fields}
     missing = sorted(key for key in keys if f"`{key}`" not in README_TEXT)
     assert not missing, f"README's configuration reference does not mention {missing}"
@@ -210,7 +201,7 @@ def test_troubleshooting_section_is_the_advice_diagnose_gives() -> None:
     section = README_TEXT.split("<!-- troubleshooting:begin -->\n", 1)[1].split("<!-- troubleshooting:end -->", 1)[0]
     assert section == troubleshooting_markdown(), (
         "README's Troubleshooting differs from imagegate.advice: paste "
-        "python3 -c 'from imagegate.advice import troubleshooting_markdown as t; print(t(), end=\"\")'"
+        "python3 -c 'from imagegate.diagnose.advice import troubleshooting_markdown as t; print(t(), end=\"\")'"
     )
 
 

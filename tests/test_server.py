@@ -313,7 +313,7 @@ async def test_readyz_is_503_when_no_backend_is_usable(
         tmp_path=tmp_path,
     )
     async with gateway(settings) as (url, app):
-        from imagegate.server import SERVICE
+        from imagegate.server.state import SERVICE
 
         await app[SERVICE].probe_all(timeout=0.5)
         async with http.get(url + "/readyz") as r:

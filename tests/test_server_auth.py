@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from imagegate import server as server_module
+from imagegate.server import middleware as server_module
 from imagegate.errors import ConfigError
 from imagegate.server import ServerOptions
 

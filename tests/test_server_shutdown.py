@@ -12,7 +12,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from imagegate.server import SERVICE, STATE, ServerOptions, create_app, running
+from imagegate.server import ServerOptions, create_app, running
+from imagegate.server.state import SERVICE, STATE
 from imagegate.testing import Knobs
 
 from tests.conftest import write_config

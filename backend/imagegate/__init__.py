@@ -4,6 +4,7 @@
         result = await service.generate(ImageRequest(prompt="a lighthouse at dusk"))
 """
 
+from imagegate.backends.registry import load_settings
 from imagegate.errors import (
     AllBackendsFailed,
     AuthFailed,
@@ -30,10 +31,9 @@ from imagegate.models import (
     ImageRequest,
     ImageResult,
 )
-from imagegate.router import ImageService
+from imagegate.routing import ImageService
 from imagegate.store import ImageStore
-
-__version__ = "0.1.0"
+from imagegate.version import __version__
 
 __all__ = [
     "AllBackendsFailed",
@@ -61,4 +61,5 @@ __all__ = [
     "ServerError",
     "Unavailable",
     "__version__",
+    "load_settings",
 ]

@@ -2,6 +2,6 @@
 
 import sys
 
-from imagegate.cli import main
+from imagegate.cli.main import main
 
 sys.exit(main())

@@ -27,6 +27,12 @@ Every class has a stable snake_case ``kind`` that appears in attempt trails, log
 - ``cooldown``: skip the backend for ``retry_after`` seconds, no breaker count;
 - ``disable``: skip the backend until a probe succeeds;
 - ``none``: the backend is healthy; only this request was refused.
+
+``transient`` says whether the same call may succeed if made again later (the provider did
+not say no: it was slow, busy, down or broken for a while); a polling loop polls through a
+transient error, and nothing retries a non-transient one. ``retry_hint`` is narrower: the
+seconds after which asking the *same* backend again at once is worth it (a refused
+connection: the server is restarting; a 429 that said when), else None.
 """
 
 from __future__ import annotations
@@ -37,6 +43,20 @@ if TYPE_CHECKING:
     from imagegate.models import Attempt
 
 HealthEffect = Literal["trip", "count", "cooldown", "disable", "none"]
+ErrorKind = Literal[
+    "handshake_timeout",
+    "connect_failed",
+    "generation_timeout",
+    "rate_limited",
+    "unavailable",
+    "server_error",
+    "bad_response",
+    "auth_failed",
+    "quota_exhausted",
+    "rejected",
+    "content_filtered",
+]
+"""The ``kind`` of every BackendError subclass, in the order of the tree above."""
 
 __all__ = [
     "AllBackendsFailed",
@@ -46,8 +66,10 @@ __all__ = [
     "ConfigError",
     "ConnectFailed",
     "ContentFiltered",
+    "ErrorKind",
     "GenerationTimeout",
     "HandshakeTimeout",
+    "HealthEffect",
     "ImageGateError",
     "InvalidRequest",
     "QuotaExhausted",
@@ -91,8 +113,10 @@ class ConfigError(ImageGateError):
 class BackendError(ImageGateError):
     """One provider call failed."""
 
+    kind: ClassVar[ErrorKind]
     health: ClassVar[HealthEffect] = "count"
     failover: ClassVar[bool] = True
+    transient: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -113,6 +137,11 @@ class BackendError(ImageGateError):
             text = f"HTTP {self.status}: {text}"
         return text
 
+    @property
+    def retry_hint(self) -> float | None:
+        """Seconds after which the same backend is worth asking again at once, or None."""
+        return None
+
 
 class HandshakeTimeout(BackendError, TimeoutError):
     """The TCP connection opened but the TLS/HTTP handshake never completed in time."""
@@ -131,6 +160,11 @@ class ConnectFailed(BackendError, ConnectionError):
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.refused = refused
 
+    @property
+    def retry_hint(self) -> float | None:
+        """A refused connection (the server is restarting) is worth a prompt retry."""
+        return 0.0 if self.refused else None
+
 
 class GenerationTimeout(BackendError, TimeoutError):
     """The response did not finish within the read budget or the deadline."""
@@ -143,6 +177,11 @@ class RateLimited(BackendError):
 
     kind = "rate_limited"
     health = "cooldown"
+
+    @property
+    def retry_hint(self) -> float | None:
+        """The provider's own Retry-After, when it gave one."""
+        return self.retry_after
 
 
 class Unavailable(BackendError):
@@ -162,6 +201,7 @@ class BadResponse(BackendError):
     """The body could not be parsed, or its bytes are not a valid image."""
 
     kind = "bad_response"
+    transient = False
 
 
 class AuthFailed(BackendError):
@@ -169,6 +209,7 @@ class AuthFailed(BackendError):
 
     kind = "auth_failed"
     health = "disable"
+    transient = False
 
 
 class QuotaExhausted(BackendError):
@@ -176,6 +217,7 @@ class QuotaExhausted(BackendError):
 
     kind = "quota_exhausted"
     health = "disable"
+    transient = False
 
 
 class Rejected(BackendError):
@@ -183,6 +225,7 @@ class Rejected(BackendError):
 
     kind = "rejected"
     health = "none"
+    transient = False
 
 
 class ContentFiltered(BackendError):
@@ -190,6 +233,7 @@ class ContentFiltered(BackendError):
 
     kind = "content_filtered"
     health = "none"
+    transient = False
 
 
 class AllBackendsFailed(ImageGateError):

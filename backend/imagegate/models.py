@@ -1,15 +1,17 @@
-"""The data that flows through imagegate: requests, images, attempts, results, health."""
+"""The data that flows through imagegate: requests, deadlines, images, attempts, results, health."""
 
 from __future__ import annotations
 
 import io
 import reprlib
+import time
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from imagegate.errors import InvalidRequest
+from imagegate.errors import ErrorKind, InvalidRequest
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -17,14 +19,36 @@ if TYPE_CHECKING:
 __all__ = [
     "Attempt",
     "BackendHealth",
+    "BreakerState",
+    "Deadline",
     "GeneratedImage",
     "ImageFormat",
     "ImageRequest",
     "ImageResult",
+    "Outcome",
+    "SkipKind",
     "validation_message",
 ]
 
 MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A point on the monotonic clock by which the whole request must be done."""
+
+    at: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() >= self.at
 
 
 class ImageFormat(StrEnum):
@@ -175,7 +199,17 @@ class GeneratedImage(BaseModel):
         return img
 
 
-Outcome = str  # "ok", "skipped", "cancelled" or an error kind
+Outcome = Literal["ok", "skipped", "waited", "cancelled"] | ErrorKind
+"""What became of one attempt: it answered (``ok``); it was passed over without a call
+(``skipped``, the reason in ``error``); the request waited for its breaker to reopen
+(``waited``); it lost a race or the caller gave up (``cancelled``); or it failed with an
+error of that ``kind``."""
+
+SkipKind = Literal["circuit_open", "half_open_busy", "disabled", "saturated", "not_tried"]
+"""Why a candidate was skipped: its breaker is open, its half-open trial is taken, it is
+disabled (auth/quota), all its slots are busy, or the request ended before reaching it."""
+
+BreakerState = Literal["closed", "open", "half_open", "disabled"]
 
 
 class Attempt(BaseModel):
@@ -197,9 +231,6 @@ class ImageResult(BaseModel):
     backend: str
     attempts: list[Attempt]
     elapsed_s: float
-
-
-BreakerState = Literal["closed", "open", "half_open", "disabled"]
 
 
 class BackendHealth(BaseModel):

@@ -14,8 +14,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from imagegate.config import OpenAISettings, ServiceSettings, Settings
-from imagegate.routing import percentile
+from imagegate.backends.openai_images import OpenAISettings
+from imagegate.config import ServiceSettings, Settings
+from imagegate.routing.policy import percentile
 
 API_KEY = "sk-bench-not-a-secret"
 KEY_ENV = "IMAGEGATE_BENCH_KEY"

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 from imagegate import ImageRequest, ImageService
-from imagegate.routing import percentile
+from imagegate.routing.policy import percentile
 from imagegate.testing import black_hole
 
 from benchlib import litellm_side

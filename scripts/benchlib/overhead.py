@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 from imagegate import ImageRequest, ImageService
 from imagegate.backends.openai_images import build_request
-from imagegate.routing import percentile
+from imagegate.routing.policy import percentile
 
 from benchlib.common import (
     API_KEY,

@@ -22,13 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from imagegate import ImageRequest, ImageService
-from imagegate.config import (
-    A1111Settings,
-    OpenAISettings,
-    ServiceSettings,
-    Settings,
-    StabilitySettings,
-)
+from imagegate.backends.a1111 import A1111Settings
+from imagegate.backends.openai_images import OpenAISettings
+from imagegate.backends.stability import StabilitySettings
+from imagegate.config import ServiceSettings, Settings
 from imagegate.errors import AllBackendsFailed
 from imagegate.store import ImageStore
 from imagegate.testing import FaultProxy, Knobs, LocalCA, a1111, openai_images, serve_app, stability

@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from imagegate.routing import percentile
+from imagegate.routing.policy import percentile
 
 from benchlib.common import machine
 from benchlib.faults import FaultDriver

@@ -24,11 +24,12 @@ from typing import Any, Generic, TypeVar
 
 import pytest
 from aiohttp import web
-from imagegate.backends.base import Deadline, ImageBackend
+from imagegate.backends.base import ImageBackend
+from imagegate.models import Deadline
 from imagegate.config import Settings
 from imagegate.errors import AllBackendsFailed, BackendError
 from imagegate.models import GeneratedImage, ImageRequest
-from imagegate.router import ImageService
+from imagegate.routing import ImageService
 from imagegate.testing import Knobs, LocalCA, serve_app
 from PIL import Image
 from structlog.testing import capture_logs

@@ -20,7 +20,7 @@ from imagegate.backends.hf_inference import (
     error_from_response,
     probe_url,
 )
-from imagegate.config import load_settings
+from imagegate.backends.registry import load_settings
 from imagegate.errors import (
     AuthFailed,
     BackendError,

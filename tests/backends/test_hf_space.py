@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from imagegate.backends.hf_space import HFSpaceBackend
+from imagegate.backends.hf_space.backend import HFSpaceBackend
 from imagegate.errors import (
     AuthFailed,
     ConnectFailed,

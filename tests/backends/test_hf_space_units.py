@@ -8,12 +8,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from imagegate.backends import _gradio
-from imagegate.backends.hf_space import HFSpaceBackend
-from imagegate.config import load_settings
+from imagegate.backends.hf_space import gradio as _gradio
+from imagegate.backends.hf_space.backend import HFSpaceBackend
+from imagegate.backends.registry import load_settings
 from imagegate.errors import ConfigError, QuotaExhausted, Rejected, ServerError, Unavailable
 from imagegate.models import ImageRequest
-from imagegate.spaces import KNOWN_SPACES, space_host
+from imagegate.backends.hf_space.spaces import KNOWN_SPACES, space_host, stage_error
 from PIL import Image
 
 from tests.conftest import make_settings
@@ -134,7 +134,7 @@ def test_file_url_is_built_from_the_path_under_the_clients_root() -> None:
 
 @pytest.mark.parametrize("stage", ["RUNNING", "RUNNING_BUILDING", "RUNNING_APP_STARTING"])
 def test_running_stages_can_serve(stage: str) -> None:
-    assert _gradio.stage_error({"stage": stage}, space="o/a", backend="b") is None
+    assert stage_error({"stage": stage}, space="o/a", backend="b") is None
 
 
 @pytest.mark.parametrize(
@@ -152,7 +152,7 @@ def test_running_stages_can_serve(stage: str) -> None:
     ],
 )
 def test_other_stages_are_unavailable_with_a_cool_down(stage: str, retry_after: float) -> None:
-    error = _gradio.stage_error(
+    error = stage_error(
         {"stage": stage, "errorMessage": "Exit code 1"}, space="o/a", backend="b"
     )
     assert isinstance(error, Unavailable) and error.retry_after == retry_after

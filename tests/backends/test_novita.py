@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from imagegate.backends import novita as novita_module
 from imagegate.backends.novita import NovitaBackend, build_request, failed_task_error, parse_task
-from imagegate.config import load_settings
+from imagegate.backends.registry import load_settings
 from imagegate.errors import (
     AllBackendsFailed,
     AuthFailed,
@@ -34,7 +34,7 @@ from imagegate.errors import (
     Unavailable,
 )
 from imagegate.models import ImageFormat, ImageRequest
-from imagegate.router import ImageService
+from imagegate.routing import ImageService
 from imagegate.testing import Knobs, LocalCA
 from imagegate.testing import novita as novita_emulator
 

@@ -35,7 +35,7 @@ from imagegate.errors import (
     Unavailable,
 )
 from imagegate.models import ImageFormat, ImageRequest
-from imagegate.router import ImageService
+from imagegate.routing import ImageService
 from imagegate.testing import Knobs, LocalCA, make_image, serve_app
 from imagegate.testing import openai_images as openai_emulator
 

@@ -18,7 +18,7 @@ from imagegate.backends.stability import (
     nearest_aspect_ratio,
     parse_response,
 )
-from imagegate.config import load_settings
+from imagegate.backends.registry import load_settings
 from imagegate.errors import (
     AuthFailed,
     BackendError,

@@ -18,24 +18,53 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
+from pydantic import Field
 
-from imagegate.backends.base import (
-    Deadline,
-    HttpBackend,
-    check_image,
-    error_for_status,
-    error_text,
-    parse_retry_after,
-    read_capped,
-)
+from imagegate.backends.http import HttpBackend
+from imagegate.backends.images import check_image
+from imagegate.config import HttpBackendSettings
 from imagegate.errors import BadResponse
-from imagegate.models import GeneratedImage, ImageRequest
+from imagegate.models import Deadline, GeneratedImage, ImageRequest
+
+__all__ = ["A1111Backend", "A1111Settings", "build_request", "from_env", "parse_response"]
 
 _TXT2IMG = "/sdapi/v1/txt2img"
 _PROGRESS = "/sdapi/v1/progress?skip_current_image=true"
+_PROBE_CAP = 1024 * 1024
+
+
+class A1111Settings(HttpBackendSettings):
+    """A local AUTOMATIC1111 webui started with ``--api``."""
+
+    kind: Literal["a1111"] = "a1111"
+    base_url: str = "http://127.0.0.1:7860"
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    read_timeout_s: float = Field(default=300.0, gt=0, le=3600)
+    max_concurrency: int = Field(default=1, ge=1, le=1024)
+    queue: bool = True
+    username_env: str | None = None
+    password_env: str | None = None
+
+    def secret_env_names(self) -> dict[str, str]:
+        names = {}
+        if self.username_env:
+            names["username"] = self.username_env
+        if self.password_env:
+            names["password"] = self.password_env
+        return names
+
+    def required_secrets(self) -> tuple[str, ...]:
+        return tuple(self.secret_env_names())
+
+
+def from_env(env: Mapping[str, str], have_others: bool) -> list[dict[str, Any]]:
+    """``A1111_URL`` alone configures a local webui."""
+    if not env.get("A1111_URL"):
+        return []
+    return [{"name": "a1111", "kind": "a1111", "base_url": env["A1111_URL"]}]
 
 
 def build_request(request: ImageRequest, *, model: str | None) -> dict[str, Any]:
@@ -102,46 +131,32 @@ def _basic_auth_headers(user: str | None, password: str | None) -> dict[str, str
     return {"Authorization": f"Basic {token}"}
 
 
-class A1111Backend(HttpBackend):
+class A1111Backend(HttpBackend[A1111Settings]):
     """A local AUTOMATIC1111 webui."""
 
     kind = "a1111"
 
     def __init__(
-        self, settings: Any, *, secrets: Mapping[str, str], session: aiohttp.ClientSession
+        self, settings: A1111Settings, *, secrets: Mapping[str, str], session: aiohttp.ClientSession
     ) -> None:
         super().__init__(settings, secrets=secrets, session=session)
         self._headers = _basic_auth_headers(secrets.get("username"), secrets.get("password"))
 
     async def generate(self, request: ImageRequest, *, deadline: Deadline) -> list[GeneratedImage]:
         payload = build_request(request, model=self.settings.model)
-        with self.map_errors(deadline):
-            async with self._session.post(
-                self.base_url + _TXT2IMG, json=payload, headers=self._headers, **self.request_kwargs(deadline)
-            ) as resp:
-                if resp.status != 200:
-                    raise error_for_status(
-                        resp.status,
-                        error_text(await resp.read()),
-                        backend=self.name,
-                        retry_after=parse_retry_after(resp.headers.get("Retry-After")),
-                    )
-                # base64 in JSON: 4/3 of the image bytes, plus the info text
-                cap = self.settings.max_image_bytes * request.n * 2
-                body = json.loads(await read_capped(resp, cap, backend=self.name))
+        # base64 in JSON: 4/3 of the image bytes, plus the info text
+        cap = self.settings.max_image_bytes * request.n * 2
+        answer = await self.send("POST", self.base_url + _TXT2IMG, json=payload, deadline=deadline, cap=cap)
         return [
             check_image(data, backend=self.name, seed=seed)
-            for data, seed in parse_response(body, backend=self.name)
+            for data, seed in parse_response(answer.json(backend=self.name), backend=self.name)
         ]
 
     async def _probe(self, deadline: Deadline, timings: dict[str, float]) -> str:
-        with self.map_errors(deadline):
-            async with self._session.get(
-                self.base_url + _PROGRESS, headers=self._headers, **self.request_kwargs(deadline, timings)
-            ) as resp:
-                if resp.status != 200:
-                    raise error_for_status(resp.status, error_text(await resp.read()), backend=self.name)
-                body = await resp.json(content_type=None)
+        answer = await self.send(
+            "GET", self.base_url + _PROGRESS, deadline=deadline, cap=_PROBE_CAP, timings=timings
+        )
+        body = answer.json(backend=self.name)
         if not isinstance(body, dict):
             raise BadResponse("progress answer is not a JSON object", backend=self.name)
         job = (body.get("state") or {}).get("job") or "idle"

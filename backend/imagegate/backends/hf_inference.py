@@ -38,31 +38,76 @@ Decided:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
-from imagegate.backends.base import (
-    Deadline,
+from pydantic import field_validator
+
+from imagegate.backends.http import (
+    Answer,
     HttpBackend,
-    check_image,
     error_for_status,
     error_text,
+    gather_all,
     parse_retry_after,
-    read_capped,
 )
+from imagegate.backends.images import check_image
+from imagegate.config import HttpBackendSettings, check_url
 from imagegate.errors import BackendError, QuotaExhausted, Rejected, Unavailable
-from imagegate.models import MAX_SEED, GeneratedImage, ImageRequest
+from imagegate.models import MAX_SEED, Deadline, GeneratedImage, ImageRequest
 
-__all__ = ["HFInferenceBackend", "build_request", "error_from_response", "probe_url"]
+__all__ = [
+    "HFInferenceBackend",
+    "HFInferenceSettings",
+    "build_request",
+    "error_from_response",
+    "from_env",
+    "probe_url",
+]
 
 _PUBLIC_ROUTER_HOST = "router.huggingface.co"
 _PUBLIC_HUB = "https://huggingface.co"
 _DEFAULT_MODEL = "black-forest-labs/FLUX.1-schnell"
 _PROVIDER = "hf-inference"
+_PROBE_CAP = 1024 * 1024
+
+
+class HFInferenceSettings(HttpBackendSettings):
+    """Hugging Face Inference through the router (hf-inference provider)."""
+
+    kind: Literal["hf_inference"] = "hf_inference"
+    base_url: str = "https://router.huggingface.co"
+    model: str | None = _DEFAULT_MODEL
+    api_key_env: str = "HF_TOKEN"
+    whoami_url: str | None = None
+
+    _whoami = field_validator("whoami_url")(classmethod(lambda cls, v: check_url(v)))
+
+    @field_validator("base_url")
+    @classmethod
+    def _not_retired_host(cls, value: str) -> str:
+        if urlsplit(value).hostname == "api-inference.huggingface.co":
+            raise ValueError(
+                "api-inference.huggingface.co is retired (it answers 410 Gone); "
+                "use https://router.huggingface.co"
+            )
+        return value
+
+    def secret_env_names(self) -> dict[str, str]:
+        return {"api_key": self.api_key_env}
+
+    def required_secrets(self) -> tuple[str, ...]:
+        return ("api_key",)
+
+
+def from_env(env: Mapping[str, str], have_others: bool) -> list[dict[str, Any]]:
+    """``HF_TOKEN`` configures HF Inference (priority 30)."""
+    if not env.get("HF_TOKEN"):
+        return []
+    return [{"name": "hf-inference", "kind": "hf_inference", "priority": 30}]
 
 
 def build_request(request: ImageRequest, *, seed: int) -> dict[str, Any]:
@@ -152,7 +197,7 @@ def probe_detail(body: Any, *, backend: str, model: str, whoami: bool) -> str:
 
 
 
-class HFInferenceBackend(HttpBackend):
+class HFInferenceBackend(HttpBackend[HFInferenceSettings]):
     """Hugging Face Inference (router, hf-inference provider)."""
 
     kind = "hf_inference"
@@ -164,52 +209,29 @@ class HFInferenceBackend(HttpBackend):
         model = self._model(request)
         base_seed = request.seed if request.seed is not None else random.randrange(MAX_SEED - 8)
         seeds = [(base_seed + i) % (MAX_SEED + 1) for i in range(request.n)]
-        if len(seeds) == 1:
-            return [await self._one(request, model, seeds[0], deadline)]
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._one(request, model, s, deadline)) for s in seeds]
-        except BaseExceptionGroup as group_error:
-            raise _first_backend_error(group_error) from None
-        return [task.result() for task in tasks]
+        return await gather_all(self._one(request, model, s, deadline) for s in seeds)
 
     async def _one(self, request: ImageRequest, model: str, seed: int, deadline: Deadline) -> GeneratedImage:
-        payload = build_request(request, seed=seed)
-        headers = {**self._headers, "Accept": "image/png"}
-        with self.map_errors(deadline):
-            async with self._session.post(
-                generation_url(self.base_url, model), json=payload, headers=headers,
-                **self.request_kwargs(deadline),
-            ) as resp:
-                if resp.status != 200:
-                    body = self.redact(await read_capped(resp, 64 * 1024, backend=self.name))
-                    raise error_from_response(resp.status, body, resp.headers, backend=self.name, model=model)
-                data = await read_capped(resp, self.settings.max_image_bytes, backend=self.name)
-        return check_image(data, backend=self.name, seed=seed, info={"model": model, "provider": _PROVIDER})
+        answer = await self.send(
+            "POST", generation_url(self.base_url, model), json=build_request(request, seed=seed),
+            headers={"Accept": "image/png"}, deadline=deadline, cap=self.settings.max_image_bytes,
+            errors=lambda a: error_from_response(a.status, a.body, a.headers, backend=self.name, model=model),
+        )
+        return check_image(answer.body, backend=self.name, seed=seed, info={"model": model, "provider": _PROVIDER})
 
     async def _probe(self, deadline: Deadline, timings: dict[str, float]) -> str:
         model = self.settings.model or _DEFAULT_MODEL
         url = probe_url(self.base_url, model, self.settings.whoami_url)
-        with self.map_errors(deadline):
-            async with self._session.get(
-                url, headers=self._headers, **self.request_kwargs(deadline, timings)
-            ) as resp:
-                body = self.redact(await read_capped(resp, 1024 * 1024, backend=self.name))
-                if resp.status != 200:
-                    message, _ = _error_message(body, resp.headers)
-                    if resp.status == 404 or resp.headers.get("X-Error-Code") == "RepoNotFound":
-                        raise Rejected(f"model {model!r} not found on the Hub: {message}",
-                                       backend=self.name, status=resp.status)
-                    raise error_for_status(resp.status, message, backend=self.name)
-                doc = json.loads(body)
+
+        def hub_error(answer: Answer) -> BackendError:
+            message, _ = _error_message(answer.body, answer.headers)
+            if answer.status == 404 or answer.headers.get("X-Error-Code") == "RepoNotFound":
+                return Rejected(f"model {model!r} not found on the Hub: {message}",
+                                backend=self.name, status=answer.status)
+            return error_for_status(answer.status, message, backend=self.name)
+
+        answer = await self.send(
+            "GET", url, deadline=deadline, cap=_PROBE_CAP, timings=timings, errors=hub_error
+        )
+        doc = answer.json(backend=self.name)
         return probe_detail(doc, backend=self.name, model=model, whoami=bool(self.settings.whoami_url))
-
-
-def _first_backend_error(group: BaseExceptionGroup) -> BaseException:
-    """The first BackendError in a (nested) exception group, else the group itself."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            exc = _first_backend_error(exc)
-        if isinstance(exc, BackendError):
-            return exc
-    return group

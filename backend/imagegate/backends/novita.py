@@ -19,14 +19,14 @@ Decided:
 - Every ``request`` field is always sent (the v3 docs mark steps, guidance_scale and
   sampler_name required): unset ones take the SDK's defaults (20 steps, 7.5, "Euler a");
   ``seed`` None becomes -1 (random). ``model_name`` is the request's model, else the config's.
-- Polling: ``asyncio.sleep(min(poll_interval_s, time left))`` inline in ``generate`` (no
-  background task, so a cancelled or timed-out request leaves nothing polling). The task must
-  finish within ``read_timeout_s`` of its submission and within the caller's deadline, whichever
-  is first; a task still QUEUED/PROCESSING then is ``generation_timeout``. Statuses other than
+- Polling: the shared ``HttpBackend.poll`` (inline sleeps, no background task, so a cancelled
+  or timed-out request leaves nothing polling). The task must finish within ``read_timeout_s``
+  of its submission and within the caller's deadline, whichever is first; a task still
+  QUEUED/PROCESSING then is ``generation_timeout``. Statuses other than
   TASK_STATUS_SUCCEED/FAILED (including unknown ones) are not terminal. A poll that fails with
-  a transient error (5xx, 429, connection trouble) is retried at the next interval (never sooner
-  than its Retry-After) because the paid task is still running; auth/rejected poll errors end
-  the attempt.
+  a transient error (the taxonomy's ``transient``: 5xx, 429, connection trouble) is retried at
+  the next interval (never sooner than its Retry-After) because the paid task is still running;
+  auth/rejected poll errors end the attempt.
 - TASK_STATUS_FAILED: ``task.reason`` goes into the message. Kind by the reason's text: an
   inappropriate-content reason (ILLEGAL_*, NSFW) -> content_filtered; one about the parameters
   (invalid, not found/exist, unsupported, out of range) -> rejected; anything else ->
@@ -45,39 +45,47 @@ Decided:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
-import aiohttp
 import structlog
+from pydantic import Field
 
-from imagegate.backends.base import (
-    Deadline,
+from imagegate.backends.http import (
+    Answer,
+    Failed,
     HttpBackend,
-    check_image,
+    Pending,
     error_for_status,
     error_text,
+    gather_all,
     parse_retry_after,
-    read_capped,
 )
+from imagegate.backends.images import check_image
+from imagegate.config import HttpBackendSettings
 from imagegate.errors import (
     AuthFailed,
     BackendError,
     BadResponse,
-    ConnectFailed,
     ContentFiltered,
-    GenerationTimeout,
     QuotaExhausted,
     RateLimited,
     Rejected,
     ServerError,
-    Unavailable,
 )
-from imagegate.models import GeneratedImage, ImageRequest
+from imagegate.models import Deadline, GeneratedImage, ImageRequest
 
-__all__ = ["NovitaBackend", "build_request", "error_for_response", "failed_task_error", "parse_task"]
+__all__ = [
+    "NovitaBackend",
+    "NovitaSettings",
+    "build_request",
+    "error_for_response",
+    "failed_task_error",
+    "from_env",
+    "parse_task",
+]
 
 log = structlog.get_logger()
 
@@ -88,6 +96,7 @@ _DEFAULT_STEPS = 20
 _DEFAULT_GUIDANCE = 7.5
 _DEFAULT_SAMPLER = "Euler a"
 _POLL_READ_S = 30.0  # one task-result GET is small: it never needs the whole read budget
+_JSON_CAP = 1024 * 1024  # submit, task-result and user answers are small JSON
 SUCCEED = "TASK_STATUS_SUCCEED"
 FAILED = "TASK_STATUS_FAILED"
 
@@ -105,8 +114,30 @@ _REASON_KINDS: dict[str, type[BackendError]] = {
 }
 _FILTERED_WORDS = ("illegal", "nsfw", "inappropriate", "sensitive")
 _REJECTED_WORDS = ("invalid", "not found", "not exist", "unsupported", "out of range", "param")
-# poll failures worth another poll: the task itself is still running on Novita's side
-_TRANSIENT = (ServerError, Unavailable, RateLimited, ConnectFailed, GenerationTimeout)
+
+
+class NovitaSettings(HttpBackendSettings):
+    """Novita AI's async txt2img API."""
+
+    kind: Literal["novita"] = "novita"
+    base_url: str = "https://api.novita.ai"
+    model: str | None = "sd_xl_base_1.0.safetensors"
+    api_key_env: str = "NOVITA_API_KEY"
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    read_timeout_s: float = Field(default=180.0, gt=0, le=3600)
+
+    def secret_env_names(self) -> dict[str, str]:
+        return {"api_key": self.api_key_env}
+
+    def required_secrets(self) -> tuple[str, ...]:
+        return ("api_key",)
+
+
+def from_env(env: Mapping[str, str], have_others: bool) -> list[dict[str, Any]]:
+    """``NOVITA_API_KEY`` configures Novita (priority 10)."""
+    if not env.get("NOVITA_API_KEY"):
+        return []
+    return [{"name": "novita", "kind": "novita", "priority": 10}]
 
 
 def build_request(
@@ -191,7 +222,7 @@ def error_for_response(
     return cls(message, backend=backend, status=status, retry_after=retry_after)
 
 
-class NovitaBackend(HttpBackend):
+class NovitaBackend(HttpBackend[NovitaSettings]):
     """Novita AI's async txt2img API."""
 
     kind = "novita"
@@ -201,113 +232,71 @@ class NovitaBackend(HttpBackend):
         started = time.monotonic()
         task_id = await self._submit(payload, deadline)
         task_deadline = Deadline(min(deadline.at, started + self.timeouts.read))
-        urls, seed = await self._wait(task_id, task_deadline)
-        blobs = await self._download_all(urls, deadline)
+        urls, seed = await self.poll(
+            lambda: self._poll(task_id, task_deadline),
+            deadline=task_deadline,
+            interval=self.settings.poll_interval_s,
+            what=f"task {task_id}",
+        )
+        blobs = await gather_all(self._download(url, deadline) for url in urls)  # all at once
         return [
             check_image(data, backend=self.name, seed=seed if i == 0 else None, info={"task_id": task_id})
             for i, data in enumerate(blobs)
         ]
 
+    def error_for(self, answer: Answer) -> BackendError:
+        return error_for_response(
+            answer.status, answer.body, backend=self.name,
+            retry_after=parse_retry_after(answer.headers.get("Retry-After")),
+        )
+
     async def _submit(self, payload: dict[str, Any], deadline: Deadline) -> str:
-        with self.map_errors(deadline):
-            async with self._session.post(
-                self.base_url + _TXT2IMG, json=payload, headers=self._headers,
-                **self.request_kwargs(deadline),
-            ) as resp:
-                await self._raise_for_status(resp)
-                body = await resp.json(content_type=None)
+        answer = await self.send(
+            "POST", self.base_url + _TXT2IMG, json=payload, deadline=deadline, cap=_JSON_CAP
+        )
+        body = answer.json(backend=self.name)
         task_id = body.get("task_id") if isinstance(body, dict) else None
         if not isinstance(task_id, str) or not task_id:
             raise BadResponse("txt2img answer has no 'task_id'", backend=self.name)
         log.debug("novita_task_submitted", backend=self.name, task_id=task_id)
         return task_id
 
-    async def _wait(self, task_id: str, deadline: Deadline) -> tuple[list[str], int | None]:
-        """Poll until the task ends; GenerationTimeout when the deadline comes first."""
-        interval = self.settings.poll_interval_s
-        status, last_error = "not polled yet", None
-        while True:
-            pause = interval
-            try:
-                status, reason, urls, seed = await self._poll(task_id, deadline)
-                last_error = None
-            except _TRANSIENT as exc:
-                if deadline.expired:
-                    break
-                last_error, pause = exc, max(interval, exc.retry_after or 0.0)
-                log.info("novita_poll_failed", backend=self.name, task_id=task_id, error_kind=exc.kind)
-            else:
-                if status == SUCCEED:
-                    return urls, seed
-                if status == FAILED:
-                    raise failed_task_error(task_id, reason, backend=self.name)
-            left = deadline.remaining()
-            if left <= 0:
-                break
-            await asyncio.sleep(min(pause, left))
-            if deadline.expired:
-                break
-        after = f" (last poll: {last_error.kind}: {last_error})" if last_error else ""
-        raise GenerationTimeout(
-            f"task {task_id} still {status} when the time budget ran out{after}", backend=self.name
+    async def _poll(
+        self, task_id: str, deadline: Deadline
+    ) -> tuple[list[str], int | None] | Pending | Failed:
+        """One task-result GET: the image URLs and seed once it succeeded, the task's own
+        error once it failed, else Pending."""
+        answer = await self.send(
+            "GET", self.base_url + _TASK_RESULT, params={"task_id": task_id}, deadline=deadline,
+            cap=_JSON_CAP, read=min(self.timeouts.read, _POLL_READ_S),
         )
-
-    async def _poll(self, task_id: str, deadline: Deadline) -> tuple[str, str, list[str], int | None]:
-        with self.map_errors(deadline):
-            async with self._session.get(
-                self.base_url + _TASK_RESULT, params={"task_id": task_id}, headers=self._headers,
-                **self.request_kwargs(deadline, read=min(self.timeouts.read, _POLL_READ_S)),
-            ) as resp:
-                await self._raise_for_status(resp)
-                body = await resp.json(content_type=None)
-        return parse_task(body, backend=self.name)
-
-    async def _download_all(self, urls: list[str], deadline: Deadline) -> list[bytes]:
-        """Every image at once; if one fails the others are cancelled (no task outlives us)."""
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._download(url, deadline)) for url in urls]
-        except BaseExceptionGroup as errors:
-            first = next((e for e in errors.exceptions if isinstance(e, BackendError)), None)
-            if first is None:
-                raise
-            raise first from None
-        return [task.result() for task in tasks]
+        status, reason, urls, seed = parse_task(answer.json(backend=self.name), backend=self.name)
+        if status == SUCCEED:
+            return urls, seed
+        if status == FAILED:
+            return Failed(failed_task_error(task_id, reason, backend=self.name))
+        return Pending(status)
 
     async def _download(self, url: str, deadline: Deadline) -> bytes:
-        kwargs = self.request_kwargs(deadline)
-        if url.startswith("https:"):
-            kwargs["ssl"] = self._ssl
-        with self.map_errors(deadline):
-            async with self._session.get(url, **kwargs) as resp:  # no Authorization: presigned URL
-                if resp.status in (403, 404, 410):
-                    raise BadResponse(
-                        f"image_url refused with HTTP {resp.status} (expired or gone): "
-                        f"{error_text(await resp.read(), 120)}",
-                        backend=self.name,
-                        status=resp.status,
-                    )
-                if resp.status != 200:
-                    raise error_for_status(
-                        resp.status, error_text(await resp.read()), backend=self.name,
-                        retry_after=parse_retry_after(resp.headers.get("Retry-After")),
-                    )
-                return await read_capped(resp, self.settings.max_image_bytes, backend=self.name)
-
-    async def _raise_for_status(self, resp: aiohttp.ClientResponse) -> None:
-        if resp.status != 200:
-            raise error_for_response(
-                resp.status, await resp.read(), backend=self.name,
-                retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+        try:  # no Authorization: a presigned URL on a storage host
+            answer = await self.send(
+                "GET", url, deadline=deadline, cap=self.settings.max_image_bytes, auth=False
             )
+        except BackendError as exc:
+            if exc.status in (403, 404, 410):
+                raise BadResponse(
+                    f"image_url refused with HTTP {exc.status} (expired or gone): {exc.message}",
+                    backend=self.name,
+                    status=exc.status,
+                ) from None
+            raise
+        return answer.body
 
     async def _probe(self, deadline: Deadline, timings: dict[str, float]) -> str:
-        with self.map_errors(deadline):
-            async with self._session.get(
-                self.base_url + _USER, headers=self._headers, **self.request_kwargs(deadline, timings)
-            ) as resp:
-                await self._raise_for_status(resp)
-                body = await resp.json(content_type=None)
+        answer = await self.send(
+            "GET", self.base_url + _USER, deadline=deadline, cap=_JSON_CAP, timings=timings
+        )
+        body = answer.json(backend=self.name)
         balance = body.get("credit_balance") if isinstance(body, dict) else None
         if not isinstance(balance, int | float):
             raise BadResponse("/v3/user answer has no numeric 'credit_balance'", backend=self.name)

@@ -43,27 +43,68 @@ import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit
 
-from imagegate.backends.base import (
-    Deadline,
+from imagegate.backends.http import (
+    Answer,
     HttpBackend,
-    check_image,
     error_for_status,
     error_text,
     parse_retry_after,
-    read_capped,
 )
+from imagegate.backends.images import check_image
+from imagegate.config import HttpBackendSettings
 from imagegate.errors import BackendError, BadResponse, ContentFiltered, QuotaExhausted
-from imagegate.models import GeneratedImage, ImageFormat, ImageRequest
+from imagegate.models import Deadline, GeneratedImage, ImageFormat, ImageRequest
 
-__all__ = ["ImageItem", "OpenAIImagesBackend", "build_request", "error_from_response", "parse_response"]
+__all__ = [
+    "ImageItem",
+    "OpenAIImagesBackend",
+    "OpenAISettings",
+    "build_request",
+    "error_from_response",
+    "from_env",
+    "parse_response",
+]
 
 _GENERATIONS = "/v1/images/generations"
 _MODELS = "/v1/models"
 _FILTERED_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
 _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
+_MODELS_CAP = 4 * 1024 * 1024
+
+
+class OpenAISettings(HttpBackendSettings):
+    """Any server that speaks the OpenAI images API (aggregators, another imagegate)."""
+
+    kind: Literal["openai"] = "openai"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    api_key_required: bool = True
+    # send seed/negative_prompt/steps/guidance_scale/output_format when set (imagegate's own
+    # server reads them); strict api.openai.com rejects unknown fields: set false there
+    send_extensions: bool = True
+
+    def secret_env_names(self) -> dict[str, str]:
+        return {"api_key": self.api_key_env} if self.api_key_env else {}
+
+    def required_secrets(self) -> tuple[str, ...]:
+        return ("api_key",) if self.api_key_env and self.api_key_required else ()
+
+
+def from_env(env: Mapping[str, str], have_others: bool) -> list[dict[str, Any]]:
+    """``OPENAI_BASE_URL`` (+ ``OPENAI_API_KEY`` when the server wants one), priority 40."""
+    if not env.get("OPENAI_BASE_URL"):
+        return []
+    return [
+        {
+            "name": "openai",
+            "kind": "openai",
+            "base_url": env["OPENAI_BASE_URL"],
+            "priority": 40,
+            "api_key_required": False,
+        }
+    ]
 
 
 @dataclass(frozen=True)
@@ -176,7 +217,7 @@ def _same_origin(a: str, b: str) -> bool:
     return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
 
 
-class OpenAIImagesBackend(HttpBackend):
+class OpenAIImagesBackend(HttpBackend[OpenAISettings]):
     """An OpenAI-compatible ``/v1/images/generations`` server."""
 
     kind = "openai"
@@ -184,45 +225,39 @@ class OpenAIImagesBackend(HttpBackend):
     async def generate(self, request: ImageRequest, *, deadline: Deadline) -> list[GeneratedImage]:
         payload = build_request(request, model=self.settings.model, extensions=self.settings.send_extensions)
         url = endpoint(self.base_url, _GENERATIONS)
-        with self.map_errors(deadline):
-            async with self._session.post(
-                url, json=payload, headers=self._headers, **self.request_kwargs(deadline)
-            ) as resp:
-                cap = (self.settings.max_image_bytes * 4 // 3 + 4096) * request.n  # base64 inflates 4/3
-                body = await read_capped(resp, cap, backend=self.name)
-                if resp.status != 200:
-                    raise error_from_response(resp.status, self.redact(body), resp.headers, backend=self.name)
-                doc = json.loads(body)
-            items = parse_response(doc, backend=self.name, sent_seed=payload.get("seed"))
-            images = []
-            for item in items:
-                data = item.data if item.data is not None else await self._download(url, item.url, deadline)
-                images.append(check_image(data, backend=self.name, seed=item.seed, info=item.info))
+        cap = (self.settings.max_image_bytes * 4 // 3 + 4096) * request.n  # base64 inflates 4/3
+        answer = await self.send("POST", url, json=payload, deadline=deadline, cap=cap)
+        items = parse_response(answer.json(backend=self.name), backend=self.name, sent_seed=payload.get("seed"))
+        images = []
+        for item in items:
+            data = item.data if item.data is not None else await self._download(url, item.url, deadline)
+            images.append(check_image(data, backend=self.name, seed=item.seed, info=item.info))
         return images
+
+    def error_for(self, answer: Answer) -> BackendError:
+        return error_from_response(answer.status, answer.body, answer.headers, backend=self.name)
 
     async def _download(self, base: str, url: str | None, deadline: Deadline) -> bytes:
         target = urljoin(base, url or "")
-        headers = self._headers if _same_origin(target, self.base_url) else {}
-        kwargs = self.request_kwargs(deadline)
-        if not target.startswith("https:"):
-            kwargs.pop("ssl", None)
-        async with self._session.get(target, headers=headers, **kwargs) as resp:
-            if resp.status != 200:
-                raise BadResponse(f"downloading the image URL failed: HTTP {resp.status}",
-                                  backend=self.name, status=resp.status)
-            return await read_capped(resp, self.settings.max_image_bytes, backend=self.name)
+        answer = await self.send(
+            "GET", target, deadline=deadline, cap=self.settings.max_image_bytes,
+            auth=_same_origin(target, self.base_url), errors=self._download_error,
+        )
+        return answer.body
+
+    def _download_error(self, answer: Answer) -> BackendError:
+        return BadResponse(
+            f"downloading the image URL failed: HTTP {answer.status}", backend=self.name, status=answer.status
+        )
 
     async def _probe(self, deadline: Deadline, timings: dict[str, float]) -> str:
-        with self.map_errors(deadline):
-            async with self._session.get(
-                endpoint(self.base_url, _MODELS), headers=self._headers, **self.request_kwargs(deadline, timings)
-            ) as resp:
-                body = await read_capped(resp, 4 * 1024 * 1024, backend=self.name)
-                if resp.status in (404, 405):
-                    return f"reachable (no model list: HTTP {resp.status})"
-                if resp.status != 200:
-                    raise error_from_response(resp.status, self.redact(body), resp.headers, backend=self.name)
-                doc = json.loads(body)
+        answer = await self.send(
+            "GET", endpoint(self.base_url, _MODELS), deadline=deadline, cap=_MODELS_CAP,
+            ok=(200, 404, 405), timings=timings,
+        )
+        if answer.status in (404, 405):
+            return f"reachable (no model list: HTTP {answer.status})"
+        doc = answer.json(backend=self.name)
         models = doc.get("data") if isinstance(doc, dict) else None
         if not isinstance(models, list):
             return "reachable (model list not understood)"

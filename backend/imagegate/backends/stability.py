@@ -41,24 +41,25 @@ Decided:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
 import math
 from collections.abc import Mapping
+from typing import Any, Literal
 
 import aiohttp
 
-from imagegate.backends.base import (
-    Deadline,
+from imagegate.backends.http import (
+    Answer,
     HttpBackend,
-    check_image,
     error_for_status,
     error_text,
+    gather_all,
     parse_retry_after,
-    read_capped,
 )
+from imagegate.backends.images import check_image
+from imagegate.config import HttpBackendSettings
 from imagegate.errors import (
     AuthFailed,
     BackendError,
@@ -68,13 +69,15 @@ from imagegate.errors import (
     Rejected,
     ServerError,
 )
-from imagegate.models import GeneratedImage, ImageRequest
+from imagegate.models import Deadline, GeneratedImage, ImageRequest
 
 __all__ = [
     "ASPECT_RATIOS",
     "StabilityBackend",
+    "StabilitySettings",
     "build_form",
     "error_for_response",
+    "from_env",
     "nearest_aspect_ratio",
     "parse_response",
 ]
@@ -87,6 +90,29 @@ ASPECT_RATIOS: dict[str, tuple[int, int]] = {
     "4:5": (4, 5), "2:3": (2, 3), "9:16": (9, 16), "9:21": (9, 21),
 }
 _NO_NEGATIVE_PROMPT = {"sd3-large-turbo"}
+_JSON_CAP = 1024 * 1024
+
+
+class StabilitySettings(HttpBackendSettings):
+    """Stability AI's v2beta Stable Image API."""
+
+    kind: Literal["stability"] = "stability"
+    base_url: str = "https://api.stability.ai"
+    engine: Literal["core", "ultra", "sd3"] = "core"
+    api_key_env: str = "STABILITY_API_KEY"
+
+    def secret_env_names(self) -> dict[str, str]:
+        return {"api_key": self.api_key_env}
+
+    def required_secrets(self) -> tuple[str, ...]:
+        return ("api_key",)
+
+
+def from_env(env: Mapping[str, str], have_others: bool) -> list[dict[str, Any]]:
+    """``STABILITY_API_KEY`` configures Stability (priority 20)."""
+    if not env.get("STABILITY_API_KEY"):
+        return []
+    return [{"name": "stability", "kind": "stability", "priority": 20}]
 
 
 def nearest_aspect_ratio(width: int, height: int) -> str:
@@ -174,7 +200,7 @@ def error_for_response(
     return cls(message, backend=backend, status=status, retry_after=retry_after)
 
 
-class StabilityBackend(HttpBackend):
+class StabilityBackend(HttpBackend[StabilitySettings]):
     """Stability AI's v2beta Stable Image API."""
 
     kind = "stability"
@@ -183,36 +209,24 @@ class StabilityBackend(HttpBackend):
         engine, model = self.settings.engine, self.settings.model
         forms = [build_form(request, engine=engine, model=model, index=i, backend=self.name)
             for i in range(request.n)]
-        if len(forms) == 1:
-            return [await self._one(forms[0], request, deadline)]
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._one(form, request, deadline)) for form in forms]
-        except BaseExceptionGroup as errors:
-            first = next((e for e in errors.exceptions if isinstance(e, BackendError)), None)
-            if first is None:
-                raise
-            raise first from None
-        return [task.result() for task in tasks]
+        return await gather_all(self._one(form, request, deadline) for form in forms)
+
+    def error_for(self, answer: Answer) -> BackendError:
+        return error_for_response(
+            answer.status, answer.body, backend=self.name,
+            retry_after=parse_retry_after(answer.headers.get("Retry-After")),
+        )
 
     async def _one(
         self, fields: list[tuple[str, str]], request: ImageRequest, deadline: Deadline
     ) -> GeneratedImage:
         form = aiohttp.FormData(fields, default_to_multipart=True)
         url = self.base_url + _GENERATE + self.settings.engine
-        with self.map_errors(deadline):
-            async with self._session.post(
-                url, data=form, headers={**self._headers, "accept": "image/*"},
-                **self.request_kwargs(deadline),
-            ) as resp:
-                if resp.status != 200:
-                    raise error_for_response(
-                        resp.status, await resp.read(), backend=self.name,
-                        retry_after=parse_retry_after(resp.headers.get("Retry-After")),
-                    )
-                body = await read_capped(resp, self.settings.max_image_bytes, backend=self.name)
-                headers = resp.headers
-        data, seed = parse_response(body, headers, backend=self.name)
+        answer = await self.send(
+            "POST", url, data=form, headers={"accept": "image/*"}, deadline=deadline,
+            cap=self.settings.max_image_bytes,
+        )
+        data, seed = parse_response(answer.body, answer.headers, backend=self.name)
         sent = dict(fields)
         info = {
             "aspect_ratio": sent["aspect_ratio"],
@@ -224,15 +238,11 @@ class StabilityBackend(HttpBackend):
         return check_image(data, backend=self.name, seed=seed, info=info)
 
     async def _probe(self, deadline: Deadline, timings: dict[str, float]) -> str:
-        with self.map_errors(deadline):
-            async with self._session.get(
-                self.base_url + _BALANCE, headers=self._headers, **self.request_kwargs(deadline, timings)
-            ) as resp:
-                if resp.status != 200:
-                    raise error_for_response(resp.status, await resp.read(), backend=self.name)
-                body = await resp.json(content_type=None)
+        answer = await self.send(
+            "GET", self.base_url + _BALANCE, deadline=deadline, cap=_JSON_CAP, timings=timings
+        )
+        body = answer.json(backend=self.name)
         credits = body.get("credits") if isinstance(body, dict) else None
         if not isinstance(credits, int | float):
             raise BadResponse("/v1/user/balance answer has no numeric 'credits'", backend=self.name)
         return f"{credits:g} credits"
-

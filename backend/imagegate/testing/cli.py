@@ -1,4 +1,9 @@
-"""``python -m imagegate.testing <kind> --port P [--tls]``: run one emulator until Ctrl-C."""
+"""``python -m imagegate.testing <kind> --port P [--tls]``: run one emulator until Ctrl-C.
+
+The kinds are the provider registry's rows that name an emulator, plus ``hub`` (the Hub's
+Space-runtime API, which Space backends check). An aiohttp emulator (``create_app``) is
+served here; the Gradio stand-in (``hf_space``) runs its own ``main``.
+"""
 
 from __future__ import annotations
 
@@ -11,20 +16,27 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from imagegate.backends.registry import REGISTRY
+from imagegate.testing.knobs import Knobs
+from imagegate.testing.server import serve_app
+from imagegate.testing.tls import LocalCA
+
 __all__ = ["EMULATORS", "main"]
 
-# kind -> module with create_app(**options) -> aiohttp.web.Application
+# kind -> emulator module
 EMULATORS: dict[str, str] = {
-    "a1111": "imagegate.testing.a1111",
-    "novita": "imagegate.testing.novita",
-    "stability": "imagegate.testing.stability",
-    "hf_inference": "imagegate.testing.hf_inference",
-    "openai": "imagegate.testing.openai_images",
+    **{p.kind: p.emulator for p in REGISTRY if p.emulator},
     "hub": "imagegate.testing.hub",
 }
 
 
 def main(argv: Sequence[str] | None = None, *, kind: str | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = kind or (argv[0] if argv and argv[0] in EMULATORS else None)
+    if chosen is not None:
+        module = importlib.import_module(EMULATORS[chosen])
+        if not hasattr(module, "create_app"):  # a stand-in with its own command line
+            return int(module.main(argv[1:] if kind is None else argv))
     parser = argparse.ArgumentParser(prog="python -m imagegate.testing", description=__doc__)
     if kind is None:
         parser.add_argument("kind", choices=sorted(EMULATORS))
@@ -46,10 +58,6 @@ def main(argv: Sequence[str] | None = None, *, kind: str | None = None) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    from imagegate.testing.knobs import Knobs
-    from imagegate.testing.server import serve_app
-    from imagegate.testing.tls import LocalCA
-
     module = importlib.import_module(EMULATORS[args.kind])
     accepted = inspect.signature(module.create_app).parameters
     options = {"knobs": Knobs(latency_s=args.latency)}

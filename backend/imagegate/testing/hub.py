@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from imagegate.spaces import space_host
+from imagegate.backends.hf_space.spaces import space_host
 from imagegate.testing.knobs import Knobs, misbehaviour_middleware
 
 __all__ = ["HUB_KEY", "STAGES", "HubState", "SpaceRuntime", "create_app"]

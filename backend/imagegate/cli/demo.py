@@ -4,8 +4,8 @@ The demo starts the bundled stand-in providers in-process on free loopback ports
 whose TLS handshake never completes (a listener that accepts and stays silent), the Novita
 emulator over real TLS (a throwaway CA) and the AUTOMATIC1111 emulator -- writes a TOML
 config pointing at them, loads it with the real loader and runs real generations through the
-real :class:`~imagegate.router.ImageService`. Only the providers are stand-ins. The narration is
-the router's own structlog events (:mod:`imagegate.demo_narrate`); the images go through the
+real :class:`~imagegate.routing.ImageService`. Only the providers are stand-ins. The narration is
+the router's own structlog events (:mod:`imagegate.cli.narrate`); the images go through the
 real :class:`~imagegate.store.ImageStore`; the trail is what ``imagegate generate --json`` prints.
 
 Scenarios: ``failover`` (the hung Space costs the first request one handshake timeout, opens
@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from imagegate.cli import EXIT_FAILED, EXIT_OK, failure_json, result_json
-from imagegate.config import load_settings
-from imagegate.demo_narrate import Narrator
+from imagegate.backends.registry import load_settings
+from imagegate.cli.narrate import Narrator
+from imagegate.cli.output import EXIT_FAILED, EXIT_OK, failure_json, result_json
 from imagegate.errors import AllBackendsFailed
 from imagegate.models import ImageRequest, ImageResult
-from imagegate.router import ImageService
+from imagegate.routing import ImageService
 from imagegate.store import ImageStore, write_atomic
 from imagegate.testing import Knobs, LocalCA, black_hole, serve_app
 from imagegate.testing import a1111 as a1111_emulator

@@ -22,24 +22,30 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
-from imagegate.backends.base import Deadline, ImageBackend
+from imagegate.backends.base import ImageBackend
 from imagegate.config import ServiceSettings
 from imagegate.errors import (
     AllBackendsFailed,
     BackendError,
     BadResponse,
-    ConnectFailed,
     GenerationTimeout,
-    RateLimited,
     ServerError,
 )
-from imagegate.health import Permit
-from imagegate.models import Attempt, GeneratedImage, ImageRequest, ImageResult
-from imagegate.routing import Admission, Admitted, BackendState, HedgeBudget, Skip, full_jitter
-from imagegate.waiting import wait_for
+from imagegate.models import Attempt, Deadline, GeneratedImage, ImageRequest, ImageResult, Outcome
+from imagegate.routing.breaker import Permit
+from imagegate.routing.policy import (
+    Admission,
+    Admitted,
+    BackendState,
+    HedgeBudget,
+    Skip,
+    full_jitter,
+)
+from imagegate.routing.waiting import wait_for
 
 __all__ = ["RequestRun", "Runtime"]
 
@@ -54,7 +60,7 @@ class Runtime:
     """What every request of one service shares."""
 
     settings: ServiceSettings
-    backends: dict[str, ImageBackend]
+    backends: dict[str, ImageBackend[Any]]
     budget: HedgeBudget
     rng: random.Random
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -326,22 +332,19 @@ class RequestRun:
         return images
 
     def _retry_delay(self, exc: BackendError, retry: int) -> float | None:
-        """Backoff before retrying the same backend, or None: only refused connections and
-        429 with a short Retry-After, inside max_attempts (keeping one for failover when
+        """Backoff before retrying the same backend, or None: only errors with a retry hint
+        (a refused connection; a 429 whose Retry-After is at most max_retry_after_s), inside
+        max_attempts (keeping one for failover when
         other candidates remain or a skipped one reopens in time) and inside the deadline."""
         s = self.rt.settings
         later = self.admission.pending or self.admission.reopening(self.deadline.remaining())
         reserve = 1 if later else 0
         if self.used + reserve >= s.max_attempts:
             return None
-        if isinstance(exc, ConnectFailed) and exc.refused:
-            delay = self._backoff(retry)
-        elif isinstance(exc, RateLimited) and exc.retry_after is not None:
-            if exc.retry_after > s.max_retry_after_s:
-                return None
-            delay = exc.retry_after + self._backoff(retry)
-        else:
+        hint = exc.retry_hint  # the taxonomy says when the same backend is worth asking again
+        if hint is None or hint > s.max_retry_after_s:
             return None
+        delay = hint + self._backoff(retry)
         return delay if delay < self.deadline.remaining() else None
 
     def _backoff(self, n: int) -> float:
@@ -361,7 +364,7 @@ class RequestRun:
     # -- the trail ----------------------------------------------------------------------
 
     def _record(
-        self, lane: _Lane, outcome: str, *, error: str | None = None, status: int | None = None
+        self, lane: _Lane, outcome: Outcome, *, error: str | None = None, status: int | None = None
     ) -> None:
         elapsed = time.monotonic() - lane.started
         self.attempts.append(

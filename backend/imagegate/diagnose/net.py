@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from imagegate.diagnose_report import Step, StepLog
+from imagegate.diagnose.report import Step, StepLog
 
 __all__ = ["Target", "connection_steps", "dns_step", "is_special_invalid", "tcp_step", "tls_step"]
 

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from imagegate.health import CircuitBreaker, Permit
-from imagegate.models import BackendHealth
+from imagegate.models import BackendHealth, SkipKind
+from imagegate.routing.breaker import CircuitBreaker, Permit
 
 __all__ = [
     "Admission",
@@ -212,7 +212,7 @@ class Skip:
 
     state: BackendState
     why: str
-    kind: str  # circuit_open | half_open_busy | disabled | saturated
+    kind: SkipKind
 
 
 @dataclass(frozen=True)
@@ -330,7 +330,7 @@ class Admission:
         self._skip(state, f"saturated: {state.in_flight}/{state.max_concurrency} in flight", "saturated")
         return None
 
-    def _skip(self, state: BackendState, why: str, kind: str) -> None:
+    def _skip(self, state: BackendState, why: str, kind: SkipKind) -> None:
         # a backend listed twice (a single configured backend) is skipped once
         self.pending = [s for s in self.pending if s is not state]
         skip = Skip(state, why, kind)
@@ -354,7 +354,7 @@ class Admission:
         return seen
 
 
-def _skip_kind(breaker: CircuitBreaker) -> str:
+def _skip_kind(breaker: CircuitBreaker) -> SkipKind:
     state = breaker.state
     if state == "disabled":
         return "disabled"

@@ -1,4 +1,4 @@
-"""The routes of the HTTP API (the app itself, its middlewares and shutdown: ``server.py``)."""
+"""The routes of the HTTP API (the app itself and its shutdown: ``app.py``)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import structlog
 from aiohttp import web
 
 from imagegate.errors import AllBackendsFailed
-from imagegate.metrics import CONTENT_TYPE
 from imagegate.models import ImageResult
-from imagegate.router import ImageService
-from imagegate.server import SERVICE, STATE, ServerState
-from imagegate.server_api import Generation, images_response, parse_generation
-from imagegate.server_errors import API_ERROR, ApiError
+from imagegate.routing import ImageService
+from imagegate.server.errors import API_ERROR, ApiError
+from imagegate.server.metrics import CONTENT_TYPE
+from imagegate.server.state import SERVICE, STATE, ServerState
+from imagegate.server.wire import Generation, images_response, parse_generation
 
 __all__ = ["routes"]
 

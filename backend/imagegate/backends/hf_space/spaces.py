@@ -1,4 +1,5 @@
-"""Well-known public text-to-image Spaces and how our request fields map to their parameters.
+"""Well-known public text-to-image Spaces, how our request fields map to their parameters,
+and what the Hub's runtime stages mean (one table, read by the backend and by diagnose).
 
 Used when no config file is given: ``HF_SPACES="owner/a,owner/b"`` picks Spaces from this
 table (or any Space, with the default mapping ``prompt -> prompt`` and the first endpoint
@@ -20,9 +21,24 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
-__all__ = ["KNOWN_SPACES", "known_space", "space_backend_tables", "space_host"]
+from imagegate.backends.http import error_text
+from imagegate.errors import BackendError, Unavailable
+
+__all__ = [
+    "KNOWN_SPACES",
+    "STAGES",
+    "StageGroup",
+    "known_space",
+    "runtime_detail",
+    "space_backend_tables",
+    "space_host",
+    "stage_error",
+    "stage_group",
+]
 
 _FLUX_INPUTS = {
     "prompt": "prompt",
@@ -108,3 +124,82 @@ def space_backend_tables(spec: str | None, *, have_others: bool) -> list[dict[st
         table.update(copy.deepcopy(known_space(space) or {}))
         tables.append(table)
     return tables
+
+
+# ---------------------------------------------------------------- the Hub's runtime stages
+
+GroupName = Literal["running", "asleep", "starting", "paused", "broken", "unknown"]
+
+
+@dataclass(frozen=True)
+class StageGroup:
+    """What a runtime stage means: whether the Space serves now, and if not, how long
+    before it is worth asking again (a cold start takes minutes; a broken Space needs its
+    owner)."""
+
+    name: GroupName
+    serves: bool
+    retry_after_s: float | None
+
+
+RUNNING = StageGroup("running", True, None)
+ASLEEP = StageGroup("asleep", False, 120.0)
+STARTING = StageGroup("starting", False, 30.0)
+PAUSED = StageGroup("paused", False, 1800.0)
+BROKEN = StageGroup("broken", False, 1800.0)
+UNKNOWN = StageGroup("unknown", False, 60.0)
+
+# huggingface_hub's SpaceStage (hf_api.py, 2.4), plus SLEEPING, which slept free Spaces
+# report although the enum lacks it (providers.md §4, UNCONFIRMED from a primary source).
+STAGES: dict[str, StageGroup] = {
+    "RUNNING": RUNNING,
+    "RUNNING_BUILDING": RUNNING,
+    "RUNNING_APP_STARTING": RUNNING,
+    "SLEEPING": ASLEEP,
+    "STOPPED": ASLEEP,
+    "BUILDING": STARTING,
+    "APP_STARTING": STARTING,
+    "PAUSED": PAUSED,
+    "NO_APP_FILE": BROKEN,
+    "CONFIG_ERROR": BROKEN,
+    "BUILD_ERROR": BROKEN,
+    "RUNTIME_ERROR": BROKEN,
+    "DELETING": BROKEN,
+}
+
+
+def stage_group(stage: str) -> StageGroup:
+    """The group of a runtime stage (case-insensitive); any other ``*_ERROR`` is broken, and
+    a stage imagegate does not know is not trusted to serve."""
+    stage = stage.upper()
+    if stage in STAGES:
+        return STAGES[stage]
+    return BROKEN if stage.endswith("_ERROR") else UNKNOWN
+
+
+def stage_error(
+    runtime: Mapping[str, Any], *, space: str, backend: str, wake_requested: bool = False
+) -> BackendError | None:
+    """None when the Space can serve now, else the Unavailable error saying why (pure)."""
+    stage = str(runtime.get("stage") or "UNKNOWN").upper()
+    group = stage_group(stage)
+    if group.serves:
+        return None
+    hint = runtime.get("errorMessage")
+    detail = f": {error_text(str(hint), 200)}" if hint else ""
+    retry = group.retry_after_s
+    if group is ASLEEP:
+        woke = " (wake-up requested)" if wake_requested else " (set wake_up = true to wake it)"
+        message = f"Space {space} is {stage.lower()}; a cold start takes minutes{woke}"
+    elif group is STARTING:
+        message = f"Space {space} is {stage.lower().replace('_', ' ')}; not ready yet"
+    elif group in (BROKEN, PAUSED):
+        message = f"Space {space} is {stage}{detail}; it needs its owner to fix it"
+    else:
+        message = f"Space {space} is in stage {stage}"
+    return Unavailable(message, backend=backend, retry_after=retry)
+
+
+def runtime_detail(runtime: Mapping[str, Any]) -> str:
+    hardware = (runtime.get("hardware") or {}).get("current") or "unknown hardware"
+    return f"{runtime.get('stage', 'UNKNOWN')} on {hardware}"

@@ -1,8 +1,9 @@
 """ImageService: the one async entry point; orders backends, fails over, hedges, keeps the trail.
 
-The pieces: ``health.py`` (circuit breakers, the background probe loop), ``routing.py``
-(per-backend state, ordering policy, admission, hedge budget; no I/O) and ``dispatch.py``
-(one request's attempts, retries and hedges as tasks). This module owns their lifetimes.
+The pieces: ``breaker.py`` (the circuit breaker), ``prober.py`` (the background probe loop),
+``policy.py`` (per-backend state, ordering policy, admission, hedge budget; no I/O),
+``run.py`` (one request's attempts, retries and hedges as tasks) and ``waiting.py`` (waiting
+for a breaker to reopen). This module owns their lifetimes.
 """
 
 from __future__ import annotations
@@ -13,19 +14,21 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import aiohttp
 import structlog
 
-from imagegate.backends import create_backend
-from imagegate.backends.base import Deadline, ImageBackend, timing_trace_config
-from imagegate.config import Settings, load_settings
-from imagegate.dispatch import RequestRun, Runtime
+from imagegate.backends.base import ImageBackend
+from imagegate.backends.http import timing_trace_config
+from imagegate.backends.registry import create_backend, load_settings
+from imagegate.config import BackendSettings, Settings
 from imagegate.errors import ConfigError, HealthEffect, error_class_for_kind
-from imagegate.health import BreakerPolicy, CircuitBreaker, HealthProber, Transition
-from imagegate.models import BackendHealth, ImageRequest, ImageResult
-from imagegate.routing import BackendState, HedgeBudget, order
+from imagegate.models import BackendHealth, Deadline, ImageRequest, ImageResult
+from imagegate.routing.breaker import BreakerPolicy, CircuitBreaker, Transition
+from imagegate.routing.policy import BackendState, HedgeBudget, order
+from imagegate.routing.prober import HealthProber
+from imagegate.routing.run import RequestRun, Runtime
 
 __all__ = ["ImageService"]
 
@@ -57,7 +60,7 @@ class ImageService:
         self._rng = rng or random.Random()
         self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
-        self._backends: dict[str, ImageBackend] = {}
+        self._backends: dict[str, ImageBackend[Any]] = {}
         self._states: dict[str, BackendState] = {}
         self._prober: HealthProber | None = None
         self._runtime: Runtime | None = None
@@ -116,8 +119,8 @@ class ImageService:
         )
         self._prober.start()
 
-    def _new_state(self, cfg: object, policy: BreakerPolicy) -> BackendState:
-        name: str = getattr(cfg, "name")  # noqa: B009 - settings are a discriminated union
+    def _new_state(self, cfg: BackendSettings, policy: BreakerPolicy) -> BackendState:
+        name = cfg.name
 
         def on_transition(t: Transition) -> None:
             log.info(
@@ -134,12 +137,12 @@ class ImageService:
 
         return BackendState(
             name=name,
-            kind=getattr(cfg, "kind"),  # noqa: B009
+            kind=cfg.kind,
             breaker=CircuitBreaker(policy, clock=self._clock, on_transition=on_transition),
-            priority=getattr(cfg, "priority", 0),
-            max_concurrency=getattr(cfg, "max_concurrency", 8),
-            queue=getattr(cfg, "queue", False),
-            cost=getattr(cfg, "cost", 0.0),
+            priority=cfg.priority,
+            max_concurrency=cfg.max_concurrency,
+            queue=cfg.queue,
+            cost=cfg.cost,
         )
 
     async def aclose(self) -> None:
@@ -161,10 +164,10 @@ class ImageService:
     # -- what is configured -------------------------------------------------------------
 
     @property
-    def backends(self) -> list[ImageBackend]:
+    def backends(self) -> list[ImageBackend[Any]]:
         return list(self._backends.values())
 
-    def backend(self, name: str) -> ImageBackend:
+    def backend(self, name: str) -> ImageBackend[Any]:
         try:
             return self._backends[name]
         except KeyError:

@@ -41,18 +41,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import httpx
 import structlog
+from gradio_client import Client
 
-from imagegate.backends import _gradio
-from imagegate.backends._gradio import ImageRef, map_gradio_errors
-from imagegate.backends._space_http import SpaceHttp
-from imagegate.backends.base import (
-    Deadline,
-    ImageBackend,
-    check_image,
-    error_text,
-    make_ssl_context,
-)
+from imagegate.backends.base import ImageBackend
+from imagegate.backends.hf_space import gradio as _gradio
+from imagegate.backends.hf_space.gradio import ImageRef, map_gradio_errors
+from imagegate.backends.hf_space.http import SpaceHttp
+from imagegate.backends.hf_space.settings import HFSpaceSettings
+from imagegate.backends.hf_space.spaces import known_space
+from imagegate.backends.http import error_text, make_ssl_context
+from imagegate.backends.images import check_image
 from imagegate.errors import (
     BackendError,
     BadResponse,
@@ -61,8 +61,7 @@ from imagegate.errors import (
     HandshakeTimeout,
     Rejected,
 )
-from imagegate.models import GeneratedImage, ImageRequest
-from imagegate.spaces import known_space, space_host
+from imagegate.models import Deadline, GeneratedImage, ImageRequest
 
 __all__ = ["HFSpaceBackend"]
 
@@ -85,19 +84,19 @@ class _Session:
     parameters: list[dict[str, Any]]
 
 
-class HFSpaceBackend(ImageBackend):
+class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
     """One Space, reached through gradio_client."""
 
     kind = "hf_space"
 
     def __init__(
-        self, settings: Any, *, secrets: Mapping[str, str], session: aiohttp.ClientSession
+        self, settings: HFSpaceSettings, *, secrets: Mapping[str, str], session: aiohttp.ClientSession
     ) -> None:
         super().__init__(settings, secrets=secrets)
         self._ssl = make_ssl_context(settings.ca_bundle)
         self._web = SpaceHttp(session, self._ssl, self.timeouts, self.name, secrets.get("token"))
         self.space: str | None = settings.space
-        self.src: str = settings.src or space_host(settings.space)
+        self.src: str = settings.app_url
         self.base_url = self.src
         known = known_space(settings.space) or {}
         given = settings.model_fields_set
@@ -251,9 +250,6 @@ class HFSpaceBackend(ImageBackend):
 
     def _build_session(self) -> _Session:
         """Runs in a worker thread: construct the client (network I/O) and read its API."""
-        import httpx
-        from gradio_client import Client
-
         client = Client(
             self.src,
             self._secrets.get("token"),  # positional: `token` in 2.x, `hf_token` in 1.x

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TextIO
 
-from imagegate.diagnose_report import STEP_NAMES, BackendReport, Report, Step
+from imagegate.diagnose.report import STEP_NAMES, BackendReport, Report, Step, scrub
 
 __all__ = ["ASCII", "UNICODE", "Marks", "pick_marks", "render_plain", "render_table", "write_report"]
 
@@ -135,7 +135,6 @@ def write_report(
     secrets: Iterable[str] = (),
 ) -> None:
     """Print ``report``: JSON, a table (default on a terminal), or plain text."""
-    from imagegate.diagnose_report import scrub
 
     if as_json:
         stream.write(json.dumps(report.to_json(secrets=secrets), indent=2) + "\n")

@@ -17,8 +17,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from imagegate.backends.base import Deadline, ImageBackend
-from imagegate.diagnose_report import Step
+from imagegate.backends.base import ImageBackend
+from imagegate.backends.registry import REGISTRY
+from imagegate.config import BackendSettings
+from imagegate.diagnose.report import Step
 from imagegate.errors import (
     AuthFailed,
     BackendError,
@@ -29,7 +31,7 @@ from imagegate.errors import (
     Rejected,
     Unavailable,
 )
-from imagegate.models import ImageRequest
+from imagegate.models import Deadline, ImageRequest
 
 __all__ = [
     "FirstResponse",
@@ -41,17 +43,6 @@ __all__ = [
     "public_url",
 ]
 
-# The smallest image each kind is asked for with --generate (one image, provider defaults
-# otherwise). OpenAI-shaped servers: 1024x1024 is the one size every model accepts;
-# Stability has no sizes (1:1 is asked for); Novita v3 starts at 128.
-SMALLEST_SIDE: dict[str, int] = {
-    "a1111": 64,
-    "novita": 128,
-    "stability": 1024,
-    "hf_inference": 256,
-    "openai": 1024,
-    "hf_space": 256,
-}
 DIAGNOSE_PROMPT = "a red circle on a white background"
 _SHOW_LAST4_FROM = 12  # keys shorter than this show no characters at all
 
@@ -96,7 +87,7 @@ class FirstResponse:
         return trace
 
 
-def credentials(cfg: Any, secrets: Mapping[str, str]) -> list[dict[str, Any]]:
+def credentials(cfg: BackendSettings, secrets: Mapping[str, str]) -> list[dict[str, Any]]:
     """Which secret variables this backend reads, whether each is set, and at most the last
     4 characters of a key or token (never of a password or user name)."""
     out = []
@@ -145,7 +136,7 @@ def http_step(elapsed: float, first: dict[str, Any] | None, error: BackendError 
     return Step("http", "fail", elapsed, text, "server_error", data)
 
 
-def auth_step(cfg: Any, creds: list[dict[str, Any]], *, answered: bool, error: BackendError | None) -> Step:
+def auth_step(cfg: BackendSettings, creds: list[dict[str, Any]], *, answered: bool, error: BackendError | None) -> Step:
     """Credentials: accepted, rejected, absent (or not checked when nothing answered)."""
     envs = env_names(creds)
     present = [c for c in creds if c["present"]]
@@ -170,7 +161,7 @@ def auth_step(cfg: Any, creds: list[dict[str, Any]], *, answered: bool, error: B
     return Step("auth", "ok", None, f"accepted: {shown}", data=data)
 
 
-async def probe_step(backend: ImageBackend, first: FirstResponse, timeout: float) -> tuple[Step, BackendError | None]:
+async def probe_step(backend: ImageBackend[Any], first: FirstResponse, timeout: float) -> tuple[Step, BackendError | None]:
     """Run the backend's own cheap probe; the http step and the error it raised (if any)."""
     first.reset()
     start = time.monotonic()
@@ -188,9 +179,9 @@ async def probe_step(backend: ImageBackend, first: FirstResponse, timeout: float
     return http_step(time.monotonic() - start, first.seen, error, detail), error
 
 
-async def generate_step(backend: ImageBackend, budget_s: float) -> Step:
+async def generate_step(backend: ImageBackend[Any], budget_s: float) -> Step:
     """One small real generation, bounded by ``budget_s``."""
-    side = SMALLEST_SIDE.get(backend.kind, 256)
+    side = REGISTRY[backend.kind].smallest_side
     request = ImageRequest(prompt=DIAGNOSE_PROMPT, width=side, height=side, n=1)
     start = time.monotonic()
     try:

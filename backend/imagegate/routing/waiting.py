@@ -1,7 +1,7 @@
 """Waiting for a skipped backend whose breaker reopens before the request's deadline.
 
-``RequestRun`` (dispatch.py) calls ``wait_for(plan, sleep)`` when every candidate has been
-tried or skipped, attempts remain, and ``Admission.reopening()`` (routing.py, pure) found a
+``RequestRun`` (run.py) calls ``wait_for(plan, sleep)`` when every candidate has been
+tried or skipped, attempts remain, and ``Admission.reopening()`` (policy.py, pure) found a
 skipped backend worth waiting for. The rule, in full:
 
 - a skipped backend is waited for if its breaker lets a call through (cool-down over, or
@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from imagegate.models import Attempt
-from imagegate.routing import Reopening
+from imagegate.routing.policy import Reopening
 
 __all__ = ["wait_for"]
 

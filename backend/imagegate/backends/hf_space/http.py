@@ -1,8 +1,8 @@
 """The Space backend's own async HTTP: the Hub's runtime stage, wake-up, config and file GETs.
 
 These go through the service's shared aiohttp session (never gradio_client's threads), with
-timeouts from :func:`imagegate.backends.base.client_timeout` and errors translated by
-:func:`imagegate.backends.base.map_http_errors`.
+timeouts from :func:`imagegate.backends.http.client_timeout` and errors translated by
+:func:`imagegate.backends.http.map_http_errors`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from typing import Any
 import aiohttp
 import structlog
 
-from imagegate.backends import _gradio
-from imagegate.backends.base import (
-    Deadline,
+from imagegate.backends.hf_space.spaces import ASLEEP, runtime_detail, stage_error, stage_group
+from imagegate.backends.http import (
     client_timeout,
     error_for_status,
     error_text,
@@ -28,6 +27,7 @@ from imagegate.backends.base import (
 )
 from imagegate.config import Timeouts
 from imagegate.errors import AuthFailed, BackendError, BadResponse, RateLimited
+from imagegate.models import Deadline
 
 __all__ = ["SpaceHttp"]
 
@@ -145,12 +145,12 @@ class SpaceHttp:
             )
             return "runtime unknown"
         woke = False
-        if wake_up and str(runtime.get("stage") or "").upper() in _gradio.ASLEEP_STAGES:
+        if wake_up and stage_group(str(runtime.get("stage") or "")) is ASLEEP:
             woke = await self.wake_up(hub_url, space, deadline)
-        error = _gradio.stage_error(runtime, space=space, backend=self.backend, wake_requested=woke)
+        error = stage_error(runtime, space=space, backend=self.backend, wake_requested=woke)
         if error is not None:
             raise error
-        return _gradio.runtime_detail(runtime)
+        return runtime_detail(runtime)
 
     async def wake_up(self, hub_url: str, space: str, deadline: Deadline) -> bool:
         """Open the Space's page on the Hub, as a visitor does, which starts a slept Space."""

@@ -28,8 +28,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from imagegate.backends.base import (
-    Deadline,
+from imagegate.backends.hf_space.settings import HFSpaceSettings
+from imagegate.backends.hf_space.spaces import stage_group
+from imagegate.backends.http import (
     client_timeout,
     error_for_status,
     error_text,
@@ -38,29 +39,23 @@ from imagegate.backends.base import (
     read_capped,
 )
 from imagegate.config import Timeouts
-from imagegate.diagnose_http import FirstResponse, auth_step, http_step, public_url
-from imagegate.diagnose_net import Target, connection_steps
-from imagegate.diagnose_report import STEP_NAMES, Step, StepLog
+from imagegate.diagnose.http import FirstResponse, auth_step, http_step, public_url
+from imagegate.diagnose.net import Target, connection_steps
+from imagegate.diagnose.report import STEP_NAMES, Step, StepLog
 from imagegate.errors import AuthFailed, BackendError, HandshakeTimeout
-from imagegate.spaces import space_host
+from imagegate.models import Deadline
 
 __all__ = ["params_step", "runtime_step", "space_steps"]
 
 _MAX_JSON = 8 * 1024 * 1024
-STAGE_GROUPS: dict[str, tuple[str, str | None]] = {  # stage -> (step status, advice code)
-    "RUNNING": ("ok", None),
-    "RUNNING_BUILDING": ("ok", None),
-    "RUNNING_APP_STARTING": ("ok", None),
-    "SLEEPING": ("warn", "space_sleeping"),
-    "STOPPED": ("warn", "space_sleeping"),
-    "BUILDING": ("warn", "space_starting"),
-    "APP_STARTING": ("warn", "space_starting"),
-    "PAUSED": ("fail", "space_paused"),
-    "NO_APP_FILE": ("fail", "space_broken"),
-    "CONFIG_ERROR": ("fail", "space_broken"),
-    "BUILD_ERROR": ("fail", "space_broken"),
-    "RUNTIME_ERROR": ("fail", "space_broken"),
-    "DELETING": ("fail", "space_broken"),
+# what each group of runtime stages (backends/hf_space/spaces.py) means for this step
+GROUP_VERDICT: dict[str, tuple[str, str | None]] = {  # group -> (step status, advice code)
+    "running": ("ok", None),
+    "asleep": ("warn", "space_sleeping"),
+    "starting": ("warn", "space_starting"),
+    "paused": ("fail", "space_paused"),
+    "broken": ("fail", "space_broken"),
+    "unknown": ("warn", None),
 }
 _LATER = ("http", "auth", "runtime", "gradio_api", "params")
 
@@ -72,10 +67,11 @@ def runtime_step(space: str, body: Any, elapsed: float) -> Step:
     hardware = body.get("hardware") if isinstance(body.get("hardware"), dict) else {}
     data = {"space": space, "stage": stage, "hardware": hardware.get("current"),
             "requested_hardware": hardware.get("requested")}
-    status, code = STAGE_GROUPS.get(stage, ("warn", None))
+    group = stage_group(stage)
+    status, code = GROUP_VERDICT[group.name]
     hw = data["hardware"] or data["requested_hardware"] or "unknown hardware"
     detail = f"{stage} on {hw}"
-    if stage not in STAGE_GROUPS:
+    if group.name == "unknown":
         detail += " (a stage imagegate does not know)"
     return Step("runtime", status, elapsed, detail, code, data)  # type: ignore[arg-type]
 
@@ -145,24 +141,23 @@ async def _get_json(session: aiohttp.ClientSession, url: str, headers: dict[str,
     return resp.status, body
 
 
-async def space_steps(log: StepLog, cfg: Any, token: str | None, session: aiohttp.ClientSession,
+async def space_steps(log: StepLog, cfg: HFSpaceSettings, token: str | None, session: aiohttp.ClientSession,
                       first: FirstResponse, timeout: float, creds: list[dict[str, Any]]) -> None:
     """Connection, runtime, Gradio API and parameter steps of one ``hf_space`` backend."""
-    target = cfg.hub_url if cfg.space else cfg.src
-    if not await connection_steps(log, Target.from_url(target), make_ssl_context(cfg.ca_bundle), timeout):
+    if not await connection_steps(log, Target.from_url(cfg.endpoint), make_ssl_context(cfg.ca_bundle), timeout):
         failed = next(s.name for s in log.steps if s.status == "fail")
         log.add(auth_step(cfg, creds, answered=False, error=None))
         log.skip(("http", "runtime", "gradio_api", "params"), f"{failed} failed")
         log.steps.sort(key=_order)
         return
     if cfg.space:
-        app_url = await _hub_steps(log, cfg, token, session, first, timeout, creds)
+        app_url = await _hub_steps(log, cfg, cfg.space, token, session, first, timeout, creds)
         if app_url is None:
             return
         headers = _app_headers(token, app_url)
         config = None
     else:
-        app_url = cfg.src
+        app_url = cfg.app_url
         headers = _app_headers(token, app_url)
         config = await _src_config_steps(log, cfg, session, first, headers, timeout, creds)
         if config is None:
@@ -184,10 +179,10 @@ def _app_headers(token: str | None, app_url: str) -> dict[str, str]:
     return {"x-hf-authorization": f"Bearer {token}"} if token and trusted else {}
 
 
-async def _hub_steps(log: StepLog, cfg: Any, token: str | None, session: aiohttp.ClientSession,
+async def _hub_steps(log: StepLog, cfg: HFSpaceSettings, space: str, token: str | None, session: aiohttp.ClientSession,
                      first: FirstResponse, timeout: float, creds: list[dict[str, Any]]) -> str | None:
     """http/auth/runtime from the Hub; the app's URL when the Space runs, else None."""
-    url = f"{cfg.hub_url}/api/spaces/{cfg.space}/runtime"
+    url = f"{cfg.hub_url}/api/spaces/{space}/runtime"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     first.reset()
     start = time.monotonic()
@@ -203,23 +198,23 @@ async def _hub_steps(log: StepLog, cfg: Any, token: str | None, session: aiohttp
     log.add(http_step(elapsed, first.seen, error, "Hub runtime record" if status == 200 else ""))
     log.add(auth_step(cfg, creds, answered=True, error=error))
     if status == 404:
-        data = {"space": cfg.space, "status": 404}
-        log.add(Step("runtime", "fail", elapsed, f"the Hub has no Space {cfg.space} (HTTP 404)", "space_not_found", data))
+        data = {"space": space, "status": 404}
+        log.add(Step("runtime", "fail", elapsed, f"the Hub has no Space {space} (HTTP 404)", "space_not_found", data))
     elif error is not None:
         reason = "the key was rejected" if isinstance(error, AuthFailed) else f"the Hub answered HTTP {status}"
         log.skip(("runtime",), reason)
     else:
-        step = runtime_step(cfg.space, body, elapsed)
+        step = runtime_step(space, body, elapsed)
         log.add(step)
-        if step.data["stage"] in STAGE_GROUPS and not step.data["stage"].startswith("RUNNING"):
+        if stage_group(step.data["stage"]).name not in ("running", "unknown"):
             log.skip(("gradio_api", "params"), f"the Space is {step.data['stage']} (asking its app would wake it)")
             return None
-        return str(cfg.src or space_host(cfg.space))  # where the backend sends its Gradio calls
+        return cfg.app_url  # where the backend sends its Gradio calls
     log.skip(("gradio_api", "params"), "runtime failed" if status == 404 else "the Hub did not describe the Space")
     return None
 
 
-async def _src_config_steps(log: StepLog, cfg: Any, session: aiohttp.ClientSession, first: FirstResponse,
+async def _src_config_steps(log: StepLog, cfg: HFSpaceSettings, session: aiohttp.ClientSession, first: FirstResponse,
                             headers: dict[str, str], timeout: float, creds: list[dict[str, Any]]) -> Any:
     """For a Space given as ``src``: the app's /config is the first HTTP answer."""
     first.reset()
@@ -227,7 +222,7 @@ async def _src_config_steps(log: StepLog, cfg: Any, session: aiohttp.ClientSessi
     error: BackendError | None = None
     config: Any = None
     try:
-        status, config = await _get_json(session, f"{cfg.src}/config", headers, cfg.ca_bundle, timeout)
+        status, config = await _get_json(session, f"{cfg.app_url}/config", headers, cfg.ca_bundle, timeout)
         if status != 200:
             error = error_for_status(status, str(config), backend=cfg.name)
     except BackendError as exc:

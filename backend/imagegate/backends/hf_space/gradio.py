@@ -28,7 +28,8 @@ import httpx
 from gradio_client import exceptions as gc_exceptions
 from gradio_client import utils as gc_utils
 
-from imagegate.backends.base import error_for_status, error_text
+from imagegate.backends.hf_space.spaces import BROKEN, STARTING
+from imagegate.backends.http import error_for_status, error_text
 from imagegate.config import Timeouts
 from imagegate.errors import (
     AuthFailed,
@@ -54,19 +55,9 @@ __all__ = [
     "find_image",
     "map_gradio_errors",
     "pick_api_name",
-    "stage_error",
     "stream_cut_error",
 ]
 
-# Hub runtime stages (huggingface_hub SpaceStage, plus SLEEPING seen on slept free Spaces).
-RUNNING_STAGES = frozenset({"RUNNING", "RUNNING_BUILDING", "RUNNING_APP_STARTING"})
-ASLEEP_STAGES = frozenset({"SLEEPING", "STOPPED"})
-STARTING_STAGES = frozenset({"BUILDING", "APP_STARTING"})
-BROKEN_STAGES = frozenset({"NO_APP_FILE", "CONFIG_ERROR", "PAUSED", "DELETING"})
-# retry_after (s) per case: a cold start takes minutes; a broken Space needs its owner.
-COLD_START_RETRY_S = 120.0
-STARTING_RETRY_S = 30.0
-BROKEN_RETRY_S = 1800.0
 
 IMAGE_COMPONENTS = ("Image", "Gallery", "ImageEditor", "AnnotatedImage", "ImageSlider")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
@@ -209,45 +200,6 @@ def same_origin(url: str, root: str) -> bool:
     return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
 
 
-# ---------------------------------------------------------------- the Hub's runtime stage
-
-
-def stage_error(
-    runtime: Mapping[str, Any], *, space: str, backend: str, wake_requested: bool = False
-) -> BackendError | None:
-    """None when the Space can serve now, else the Unavailable error saying why (pure)."""
-    stage = str(runtime.get("stage") or "UNKNOWN").upper()
-    if stage in RUNNING_STAGES:
-        return None
-    hint = runtime.get("errorMessage")
-    detail = f": {error_text(str(hint), 200)}" if hint else ""
-    if stage in ASLEEP_STAGES:
-        woke = " (wake-up requested)" if wake_requested else " (set wake_up = true to wake it)"
-        return Unavailable(
-            f"Space {space} is {stage.lower()}; a cold start takes minutes{woke}",
-            backend=backend,
-            retry_after=COLD_START_RETRY_S,
-        )
-    if stage in STARTING_STAGES:
-        return Unavailable(
-            f"Space {space} is {stage.lower().replace('_', ' ')}; not ready yet",
-            backend=backend,
-            retry_after=STARTING_RETRY_S,
-        )
-    if stage in BROKEN_STAGES or stage.endswith("_ERROR"):
-        return Unavailable(
-            f"Space {space} is {stage}{detail}; it needs its owner to fix it",
-            backend=backend,
-            retry_after=BROKEN_RETRY_S,
-        )
-    return Unavailable(f"Space {space} is in stage {stage}", backend=backend, retry_after=60.0)
-
-
-def runtime_detail(runtime: Mapping[str, Any]) -> str:
-    hardware = (runtime.get("hardware") or {}).get("current") or "unknown hardware"
-    return f"{runtime.get('stage', 'UNKNOWN')} on {hardware}"
-
-
 # ---------------------------------------------------------------- errors
 
 
@@ -338,10 +290,10 @@ def map_gradio_errors(backend: str, timeouts: Timeouts) -> Iterator[None]:
 def _value_error(exc: ValueError, backend: str) -> BackendError:
     text = error_text(str(exc))
     if "invalid state" in text:
-        return Unavailable(text, backend=backend, retry_after=BROKEN_RETRY_S)
+        return Unavailable(text, backend=backend, retry_after=BROKEN.retry_after_s)
     if "Server stopped" in text:
         return Unavailable(
-            "the Gradio server stopped", backend=backend, retry_after=STARTING_RETRY_S
+            "the Gradio server stopped", backend=backend, retry_after=STARTING.retry_after_s
         )
     if "Unknown protocol" in text or "Gradio 2.x" in text:
         return Rejected(f"this Gradio app is too old for gradio_client: {text}", backend=backend)

@@ -1,34 +1,35 @@
 """The ``imagegate`` command line: generate, backends, diagnose, serve, demo.
 
-Exit codes: 0 success; 1 diagnose found no usable backend; 2 invalid request or config
-(the message names the field and the allowed range); 3 no backend produced an image
-(the attempt trail is printed); 130 interrupted.
+The exit codes and what is printed are in ``output.py``; ``diagnose``, ``serve`` and
+``demo`` are imported when chosen (each pulls in much that ``generate`` does not need).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import sys
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
 
+from imagegate.cli.output import (
+    EXIT_DOWN,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    EXIT_OK,
+    print_failure,
+    print_result,
+    progress,
+)
 from imagegate.errors import AllBackendsFailed, ConfigError, InvalidRequest
 from imagegate.logging import configure_logging
-from imagegate.models import ImageRequest, ImageResult
+from imagegate.models import ImageRequest
+from imagegate.routing import ImageService
+from imagegate.store import ImageStore
 
 __all__ = ["main"]
-
-EXIT_OK = 0
-EXIT_DOWN = 1
-EXIT_INVALID = 2
-EXIT_FAILED = 3
-EXIT_INTERRUPTED = 130
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -108,15 +109,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "backends":
         return asyncio.run(_backends(args))
     if args.command == "diagnose":
-        from imagegate.diagnose import run_cli as run_diagnose
+        from imagegate.diagnose.run import run_cli as run_diagnose
 
         return run_diagnose(args)
     if args.command == "serve":
-        from imagegate.server import run_cli as run_server
+        from imagegate.server.run import run_cli as run_server
 
         return run_server(args)
     if args.command == "demo":
-        from imagegate.demo import run_cli as run_demo
+        from imagegate.cli.demo import run_cli as run_demo
 
         return run_demo(args)
     raise AssertionError(args.command)
@@ -132,98 +133,22 @@ def request_from_args(args: argparse.Namespace) -> ImageRequest:
 
 
 async def _generate(args: argparse.Namespace) -> int:
-    from imagegate.router import ImageService
-    from imagegate.store import ImageStore
-
     request = request_from_args(args)  # before any config or network: bad input costs nothing
     service = ImageService.from_config(args.config)
     out_dir = args.out or service.settings.service.output_dir
-    async with service, _progress(sys.stderr):
+    async with service, progress(sys.stderr):
         try:
             result = await service.generate(request, backend=args.backend, deadline_s=args.deadline)
         except AllBackendsFailed as exc:
-            _print_failure(exc, as_json=args.json)
+            print_failure(exc, as_json=args.json)
             return EXIT_FAILED
     store = ImageStore(out_dir)
     paths = [store.save(img, request, backend=result.backend) for img in result.images]
-    _print_result(result, paths, as_json=args.json)
+    print_result(result, paths, as_json=args.json)
     return EXIT_OK
 
 
-def result_json(result: ImageResult, paths: Sequence[Path]) -> dict[str, Any]:
-    return {
-        "backend": result.backend,
-        "elapsed_s": round(result.elapsed_s, 4),
-        "images": [
-            {"path": str(p), "width": i.width, "height": i.height, "format": i.format.value, "seed": i.seed}
-            for p, i in zip(paths, result.images, strict=True)
-        ],
-        "attempts": [_attempt_json(a) for a in result.attempts],
-    }
-
-
-def _attempt_json(a: Any) -> dict[str, Any]:
-    return {"backend": a.backend, "outcome": a.outcome, "elapsed_s": round(a.elapsed_s, 4), "error": a.error}
-
-
-def _print_result(result: ImageResult, paths: Sequence[Path], *, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result_json(result, paths)))
-        return
-    for path, img in zip(paths, result.images, strict=True):
-        print(f"{path}  ({img.width}x{img.height} {img.format.value}, seed {img.seed})")
-    tried = f", after {len(result.attempts)} attempts" if len(result.attempts) > 1 else ""
-    print(f"backend: {result.backend}  time: {result.elapsed_s:.2f} s{tried}")
-
-
-def failure_json(exc: AllBackendsFailed) -> dict[str, Any]:
-    """What ``--json`` prints when no backend produced an image."""
-    return {
-        "error": {"kind": exc.kind, "message": exc.message, "deadline_exceeded": exc.deadline_exceeded},
-        "attempts": [_attempt_json(a) for a in exc.attempts],
-    }
-
-
-def _print_failure(exc: AllBackendsFailed, *, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(failure_json(exc)))
-        return
-    print(f"imagegate: {exc.message}", file=sys.stderr)
-    for a in exc.attempts:
-        print(f"  {a.backend}: {a.outcome} after {a.elapsed_s:.2f} s: {a.error or ''}", file=sys.stderr)
-
-
-@contextlib.asynccontextmanager
-async def _progress(stream: TextIO) -> AsyncIterator[None]:
-    """An elapsed-time counter on ``stream`` while waiting, only when it is a terminal."""
-    if not stream.isatty():
-        yield
-        return
-    start = time.monotonic()
-
-    async def tick() -> None:
-        frames = "|/-\\"
-        i = 0
-        while True:
-            stream.write(f"\r{frames[i % 4]} generating... {time.monotonic() - start:5.1f} s")
-            stream.flush()
-            i += 1
-            await asyncio.sleep(0.1)
-
-    task = asyncio.create_task(tick())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        stream.write("\r" + " " * 40 + "\r")
-        stream.flush()
-
-
 async def _backends(args: argparse.Namespace) -> int:
-    from imagegate.router import ImageService
-
     async with ImageService.from_config(args.config) as service:
         table = await service.probe_all()
     if args.json:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from imagegate.models import BackendHealth
-from imagegate.server_api import GenerationBody, ImagesResponse
+from imagegate.server.wire import GenerationBody, ImagesResponse
 
 __all__ = ["openapi_document"]
 
@@ -17,7 +17,7 @@ _REF = "#/components/schemas/{model}"
 
 
 def _schema(model: Any) -> dict[str, Any]:
-    return model.model_json_schema(ref_template=_REF)  # type: ignore[no-any-return]
+    return model.model_json_schema(ref_template=_REF)
 
 
 def _json(ref: str, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:

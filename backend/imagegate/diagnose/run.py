@@ -11,10 +11,10 @@ with the reason:
 A Space given by id is reached through the Hub (dns/tcp/tls/http are the Hub's; the app is
 asked for its API only when the Space runs); a Space given as ``src`` is reached directly. The
 verdict is ``down`` when a step failed, ``degraded`` when one warned, else ``ok``; the advice
-comes from :mod:`imagegate.advice`. Exit status: 0 when at least one backend is ok, 1 when
+comes from :mod:`imagegate.diagnose.advice`. Exit status: 0 when at least one backend is ok, 1 when
 none is, 2 for a configuration error. No secret is printed: a key shows as present/absent and
 at most its last 4 characters. The JSON document is described in
-:mod:`imagegate.diagnose_report`.
+:mod:`imagegate.diagnose.report`.
 """
 
 from __future__ import annotations
@@ -31,10 +31,12 @@ from typing import Any, TextIO
 import aiohttp
 import structlog
 
-from imagegate.backends import backend_class, create_backend
-from imagegate.backends.base import ImageBackend, make_ssl_context, timing_trace_config
-from imagegate.config import Settings, load_settings
-from imagegate.diagnose_http import (
+from imagegate.backends.base import ImageBackend
+from imagegate.backends.hf_space import HFSpaceSettings
+from imagegate.backends.http import make_ssl_context, timing_trace_config
+from imagegate.backends.registry import backend_class, create_backend, load_settings
+from imagegate.config import BackendSettings, Settings
+from imagegate.diagnose.http import (
     FirstResponse,
     auth_step,
     credentials,
@@ -42,10 +44,10 @@ from imagegate.diagnose_http import (
     probe_step,
     public_url,
 )
-from imagegate.diagnose_net import Target, connection_steps
-from imagegate.diagnose_render import write_report
-from imagegate.diagnose_report import SCHEMA_VERSION, BackendReport, Report, Step, StepLog
-from imagegate.diagnose_space import space_steps
+from imagegate.diagnose.net import Target, connection_steps
+from imagegate.diagnose.render import write_report
+from imagegate.diagnose.report import SCHEMA_VERSION, BackendReport, Report, Step, StepLog
+from imagegate.diagnose.space import space_steps
 from imagegate.errors import ConfigError
 
 __all__ = ["diagnose", "run", "run_cli"]
@@ -81,7 +83,7 @@ async def diagnose(
     )
 
 
-def _prepare(configs: Sequence[Any]) -> None:
+def _prepare(configs: Sequence[BackendSettings]) -> None:
     """Import backend modules and load trust stores before the clocks start: that work blocks
     the event loop and would be counted in whichever step happened to be running."""
     for cfg in configs:
@@ -92,29 +94,28 @@ def _prepare(configs: Sequence[Any]) -> None:
             log.debug("backend_import_failed", backend=cfg.name, kind=cfg.kind)
 
 
-async def _diagnose_one(cfg: Any, settings: Settings, timeout: float, generate: bool) -> BackendReport:
+async def _diagnose_one(
+    cfg: BackendSettings, settings: Settings, timeout: float, generate: bool
+) -> BackendReport:
     secrets = settings.secrets.get(cfg.name, {})
     creds = credentials(cfg, secrets)
-    if cfg.kind == "hf_space":
-        target = cfg.space or public_url(cfg.src)
-    else:
-        target = public_url(cfg.base_url)
-    url = (cfg.hub_url if cfg.space else cfg.src) if cfg.kind == "hf_space" else cfg.base_url
-    tgt = Target.from_url(url)
+    space = cfg if isinstance(cfg, HFSpaceSettings) else None
+    target = (space.space or public_url(str(space.src))) if space else public_url(cfg.endpoint)
+    tgt = Target.from_url(cfg.endpoint)
     facts = {
         "kind": cfg.kind, "host": tgt.host, "port": tgt.port, "timeout": f"{timeout:g}",
         "connect_timeout": f"{cfg.connect_timeout_s:g}", "env": " / ".join(c["env"] for c in creds),
-        "space": getattr(cfg, "space", None) or getattr(cfg, "src", None), "url": public_url(url),
-        "api_name": getattr(cfg, "api_name", None),
+        "space": (space.space or space.src) if space else None, "url": public_url(cfg.endpoint),
+        "api_name": space.api_name if space else None,
     }
     steps = StepLog()
     first = FirstResponse()
     start = time.monotonic()
     async with aiohttp.ClientSession(trace_configs=[timing_trace_config(), first.trace_config()]) as session:
-        backend: ImageBackend | None = None
+        backend: ImageBackend[Any] | None = None
         try:
-            if cfg.kind == "hf_space":
-                await space_steps(steps, cfg, secrets.get("token"), session, first, timeout, creds)
+            if space is not None:
+                await space_steps(steps, space, secrets.get("token"), session, first, timeout, creds)
             else:
                 backend = await _http_steps(steps, cfg, secrets, session, first, timeout, creds)
             if generate:
@@ -127,10 +128,10 @@ async def _diagnose_one(cfg: Any, settings: Settings, timeout: float, generate: 
     return report
 
 
-async def _http_steps(steps: StepLog, cfg: Any, secrets: dict[str, str], session: aiohttp.ClientSession,
-                      first: FirstResponse, timeout: float, creds: list[dict[str, Any]]) -> ImageBackend | None:
+async def _http_steps(steps: StepLog, cfg: BackendSettings, secrets: dict[str, str], session: aiohttp.ClientSession,
+                      first: FirstResponse, timeout: float, creds: list[dict[str, Any]]) -> ImageBackend[Any] | None:
     """dns/tcp/tls, then the backend's own probe (http) and the verdict on its credentials."""
-    target = Target.from_url(cfg.base_url)
+    target = Target.from_url(cfg.endpoint)
     if not await connection_steps(steps, target, make_ssl_context(cfg.ca_bundle), timeout):
         failed = next(s.name for s in steps.steps if s.status == "fail")
         steps.skip(("http",), f"{failed} failed")
@@ -149,8 +150,8 @@ async def _http_steps(steps: StepLog, cfg: Any, secrets: dict[str, str], session
     return backend
 
 
-async def _generate(steps: StepLog, cfg: Any, settings: Settings, secrets: dict[str, str],
-                    session: aiohttp.ClientSession, backend: ImageBackend | None) -> None:
+async def _generate(steps: StepLog, cfg: BackendSettings, settings: Settings, secrets: dict[str, str],
+                    session: aiohttp.ClientSession, backend: ImageBackend[Any] | None) -> None:
     failed = next((s.name for s in steps.steps if s.status == "fail"), None)
     if failed is not None:
         steps.skip(("generate",), f"{failed} failed")
@@ -170,7 +171,7 @@ async def _generate(steps: StepLog, cfg: Any, settings: Settings, secrets: dict[
     steps.add(await generate_step(backend, _generate_budget(cfg, settings)))
 
 
-def _generate_budget(cfg: Any, settings: Settings) -> float:
+def _generate_budget(cfg: BackendSettings, settings: Settings) -> float:
     """What the service itself would give this backend for one request."""
     return float(min(cfg.connect_timeout_s + cfg.read_timeout_s, settings.service.deadline_s))
 

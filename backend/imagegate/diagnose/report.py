@@ -48,7 +48,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from imagegate.advice import ADVICE, SYMPTOMS, advice_text
+from imagegate.diagnose.advice import ADVICE, SYMPTOMS, advice_text
+from imagegate.version import __version__
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -188,8 +189,6 @@ class Report:
         return counts
 
     def to_json(self, *, secrets: Iterable[str] = ()) -> dict[str, Any]:
-        from imagegate import __version__
-
         doc = {
             "schema_version": SCHEMA_VERSION,
             "imagegate_version": __version__,
@@ -202,7 +201,7 @@ class Report:
             "exit_code": self.exit_code,
             "backends": [b.to_json() for b in self.backends],
         }
-        return scrub(doc, secrets)  # type: ignore[no-any-return]
+        return scrub(doc, secrets)
 
 
 def scrub(value: Any, secrets: Iterable[str]) -> Any:

@@ -1,0 +1,60 @@
+"""Image bytes from a provider: what format they are, and whether Pillow can read them."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from PIL import Image
+
+from imagegate.backends.http import error_text
+from imagegate.errors import BackendError, BadResponse
+from imagegate.models import GeneratedImage, ImageFormat
+
+__all__ = ["MAX_IMAGE_PIXELS", "check_image", "sniff_format"]
+
+# Pillow refuses images above this many pixels (a decompression bomb), as bad_response.
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+_MAGIC: tuple[tuple[bytes, ImageFormat], ...] = (
+    (b"\x89PNG\r\n\x1a\n", ImageFormat.PNG),
+    (b"\xff\xd8\xff", ImageFormat.JPEG),
+)
+
+
+def sniff_format(data: bytes) -> ImageFormat | None:
+    """The image format from magic bytes (never trust a Content-Type)."""
+    for magic, fmt in _MAGIC:
+        if data.startswith(magic):
+            return fmt
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ImageFormat.WEBP
+    return None
+
+
+def check_image(
+    data: bytes, *, backend: str, seed: int | None = None, info: dict[str, Any] | None = None
+) -> GeneratedImage:
+    """Verify ``data`` is a PNG/JPEG/WebP Pillow can read, and describe it.
+
+    Reads the header and verifies the stream (CRCs for PNG) without a full pixel decode;
+    refuses decompression bombs (more than MAX_IMAGE_PIXELS) as bad_response.
+    """
+    fmt = sniff_format(data)
+    if fmt is None:
+        head = error_text(data[:60]) if data else "empty body"
+        raise BadResponse(f"response is not a PNG, JPEG or WebP image ({head})", backend=backend)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise BadResponse(
+                    f"image of {width}x{height} pixels exceeds the decompression-bomb limit",
+                    backend=backend,
+                )
+            img.verify()
+    except BackendError:
+        raise
+    except Exception as exc:  # Pillow raises many types for a corrupt stream
+        raise BadResponse(f"image does not decode: {type(exc).__name__}: {exc}", backend=backend) from exc
+    return GeneratedImage(data=data, format=fmt, width=width, height=height, seed=seed, info=info or {})

@@ -1,0 +1,137 @@
+"""Settings from an optional TOML file plus the environment (and ``.env``) for secrets.
+
+Built once at the entry point and passed down explicitly. The kinds of backend are not known
+here: the caller hands over a :class:`KindTable` (the provider registry,
+``imagegate.backends.registry``, whose ``load_settings`` is what everyone calls).
+
+With no file at all, backends come from the environment alone (``A1111_URL``,
+``NOVITA_API_KEY``, ...: each kind says which variables configure it); with none of them,
+the built-in public Spaces serve as the zero-key default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from imagegate.config.settings import BackendSettings, ServiceSettings, Settings
+from imagegate.config.sources import environment, errors_text, read_toml
+from imagegate.errors import ConfigError
+
+__all__ = ["CONFIG_ENV", "KindTable", "read_settings"]
+
+CONFIG_ENV = "IMAGEGATE_CONFIG"
+_SECRETISH = ("api_key", "token", "password", "hf_token", "key")
+
+
+class KindTable(Protocol):
+    """What loading needs to know of the provider kinds."""
+
+    @property
+    def kinds(self) -> Sequence[str]: ...
+
+    def settings_class(self, kind: str) -> type[BackendSettings]: ...
+
+    def tables_from_env(self, env: Mapping[str, str]) -> list[dict[str, Any]]: ...
+
+
+def read_settings(
+    path: str | Path | None,
+    *,
+    kinds: KindTable,
+    environ: dict[str, str] | None = None,
+    dotenv: bool = True,
+    require_secrets: bool = True,
+) -> Settings:
+    """Read the TOML file (``path``, else ``$IMAGEGATE_CONFIG``, else none) and the environment.
+
+    ``require_secrets=False`` (``imagegate diagnose``) lets a backend whose required variable is
+    unset load anyway, without that secret, so that it can be reported as absent.
+
+    Raises ConfigError with one message naming the file, the table and the key.
+    """
+    env = environment(environ, dotenv=dotenv)
+    path = path or env.get(CONFIG_ENV) or None
+    if path is not None:
+        source = str(path)
+        doc = read_toml(Path(path))
+        service = _validate_service(doc.pop("service", {}), source)
+        raw_backends = doc.pop("backend", [])
+        if doc:
+            raise ConfigError(f"{source}: unknown table or key {min(doc)!r}")
+        if not isinstance(raw_backends, list):
+            raise ConfigError(f"{source}: 'backend' must be an array of tables: [[backend]]")
+    else:
+        source = "environment"
+        service = ServiceSettings()
+        raw_backends = kinds.tables_from_env(env)
+    backends = [_validate_backend(raw, i, source, kinds) for i, raw in enumerate(raw_backends)]
+    _check_unique(backends, source)
+    backends = [b for b in backends if b.enabled]
+    secrets = _resolve_secrets(backends, env, source, require=require_secrets)
+    backends.sort(key=lambda b: b.priority)
+    return Settings(service=service, backends=tuple(backends), secrets=secrets, source=source)
+
+
+def _validate_service(raw: Any, source: str) -> ServiceSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: [service] must be a table")
+    try:
+        return ServiceSettings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: [service]: {errors_text(exc)}") from None
+
+
+def _validate_backend(raw: Any, index: int, source: str, kinds: KindTable) -> BackendSettings:
+    where = f"{source}: [[backend]] #{index + 1}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a table")
+    if "name" in raw:
+        where += f" (name = {raw['name']!r})"
+    kind = raw.get("kind")
+    if not isinstance(kind, str) or kind not in kinds.kinds:
+        known = ", ".join(kinds.kinds)
+        raise ConfigError(f"{where}: key 'kind': must be one of {known} (got {kind!r})")
+    secretish = [k for k in raw if k in _SECRETISH]
+    if secretish:
+        raise ConfigError(
+            f"{where}: key {secretish[0]!r}: secrets are never read from the config file; "
+            "put the value in the environment or .env and name the variable with *_env"
+        )
+    try:
+        return kinds.settings_class(kind).model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {errors_text(exc)}") from None
+
+
+def _check_unique(backends: list[BackendSettings], source: str) -> None:
+    seen: dict[str, int] = {}
+    for i, b in enumerate(backends):
+        if b.name in seen:
+            raise ConfigError(
+                f"{source}: [[backend]] #{i + 1}: key 'name': {b.name!r} is already used by "
+                f"[[backend]] #{seen[b.name] + 1}; names must be unique"
+            )
+        seen[b.name] = i
+
+
+def _resolve_secrets(
+    backends: list[BackendSettings], env: Mapping[str, str], source: str, *, require: bool = True
+) -> dict[str, dict[str, str]]:
+    secrets: dict[str, dict[str, str]] = {}
+    for b in backends:
+        found: dict[str, str] = {}
+        for purpose, var in b.secret_env_names().items():
+            value = env.get(var, "").strip()
+            if value:
+                found[purpose] = value
+            elif require and purpose in b.required_secrets():
+                raise ConfigError(
+                    f"{source}: [[backend]] {b.name!r} ({b.kind}): key '{purpose}_env': "
+                    f"the environment variable {var} is not set (set it, or put it in .env)"
+                )
+        secrets[b.name] = found
+    return secrets

@@ -1,0 +1,144 @@
+"""The typed settings: ``[service]``, the fields every ``[[backend]]`` shares, and the whole.
+
+Each provider kind's own settings class subclasses :class:`BackendSettings` (or
+:class:`HttpBackendSettings`) in its backend module, and the provider registry
+(``imagegate.backends.registry``) lists them; nothing here knows the kinds.
+
+Secrets are never fields: a backend names environment variables (``api_key_env``,
+``token_env``, ...) through :meth:`BackendSettings.secret_env_names` and the values are
+looked up once, when the settings are loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator
+
+from imagegate.errors import ConfigError
+
+__all__ = [
+    "BackendSettings",
+    "HttpBackendSettings",
+    "ServiceSettings",
+    "Settings",
+    "Timeouts",
+    "check_url",
+]
+
+
+class Timeouts(BaseModel):
+    """Per-backend time budgets in seconds; converted to a client library's type in one place."""
+
+    model_config = ConfigDict(frozen=True)
+
+    connect: float = Field(gt=0)
+    read: float = Field(gt=0)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_url(value: str | None) -> str | None:
+    """An http(s) URL with a host, without a trailing slash; ValueError otherwise."""
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL (got {value!r})")
+    return value.rstrip("/")
+
+
+class BackendSettings(_Frozen):
+    """What every ``[[backend]]`` table has, whatever its kind."""
+
+    kind: str
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    enabled: bool = True
+    priority: int = 0
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    read_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    model: str | None = None
+    ca_bundle: Path | None = None
+    max_concurrency: int = Field(default=8, ge=1, le=1024)
+    queue: bool = False
+    cost: float = Field(default=0.0, ge=0)
+    max_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return Timeouts(connect=self.connect_timeout_s, read=self.read_timeout_s)
+
+    @property
+    def endpoint(self) -> str:
+        """The URL whose DNS, TCP and TLS ``imagegate diagnose`` checks."""
+        raise NotImplementedError
+
+    def secret_env_names(self) -> dict[str, str]:
+        """Environment variables this backend reads secrets from: {purpose: VAR}."""
+        return {}
+
+    def required_secrets(self) -> tuple[str, ...]:
+        """Purposes from secret_env_names() whose variable must be set."""
+        return ()
+
+
+class HttpBackendSettings(BackendSettings):
+    """A backend reached at one HTTP(S) ``base_url``."""
+
+    base_url: str
+
+    _url = field_validator("base_url")(classmethod(lambda cls, v: check_url(v)))
+
+    @property
+    def endpoint(self) -> str:
+        return self.base_url
+
+
+class ServiceSettings(_Frozen):
+    """The ``[service]`` table: how the router behaves for every request."""
+
+    deadline_s: float = Field(default=120.0, gt=0, le=3600)
+    output_dir: Path = Path("outputs")
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    order: Literal["priority", "latency", "round_robin"] = "priority"
+    hedge_after_s: float | None = Field(default=None, gt=0)
+    hedge: Literal["off", "p95"] = "off"
+    hedge_budget: float = Field(default=0.1, ge=0, le=1)
+    hedge_max_cost: float | None = Field(default=None, ge=0)
+    probe_interval_s: float = Field(default=30.0, gt=0)
+    probe_timeout_s: float = Field(default=5.0, gt=0)
+    breaker_threshold: int = Field(default=3, ge=1)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    breaker_max_cooldown_s: float = Field(default=300.0, gt=0)
+    retry_backoff_s: float = Field(default=0.05, ge=0)
+    max_retry_after_s: float = Field(default=2.0, ge=0)
+    # How long one request may wait, in all, for a skipped backend whose breaker reopens
+    # before its deadline (0: never wait; fail over to what is open, then give up).
+    max_wait_s: float = Field(default=10.0, ge=0)
+    # HTTP API: OpenAI ``model`` names -> a backend name, or "*" for any backend
+    aliases: dict[str, str] = Field(default_factory=dict)
+
+
+class Settings(_Frozen):
+    """Everything the service needs, resolved: service table, backends, and their secrets."""
+
+    service: ServiceSettings = ServiceSettings()
+    backends: tuple[SerializeAsAny[BackendSettings], ...] = ()
+    secrets: dict[str, dict[str, str]] = Field(default_factory=dict, repr=False)
+    source: str = "environment"
+
+    def secret(self, backend: str, purpose: str) -> str | None:
+        return self.secrets.get(backend, {}).get(purpose)
+
+    def backend(self, name: str) -> BackendSettings:
+        for b in self.backends:
+            if b.name == name:
+                return b
+        raise ConfigError(f"no backend named {name!r} (configured: {self.names()})")
+
+    def names(self) -> str:
+        return ", ".join(b.name for b in self.backends) or "none"
