@@ -20,10 +20,9 @@ import time
 from typing import Any
 
 import aiohttp
-from imagegate.models import Deadline
-from imagegate.backends.hf_space.backend import HFSpaceBackend
 from imagegate.backends.hf_space import HFSpaceSettings
-from imagegate.models import ImageRequest
+from imagegate.backends.hf_space.backend import HFSpaceBackend
+from imagegate.models import Deadline, ImageRequest
 
 TICK_S = 0.005
 

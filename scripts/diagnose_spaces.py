@@ -28,11 +28,11 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "backend"))
 
 from imagegate.backends.hf_space import HFSpaceSettings
+from imagegate.backends.hf_space.spaces import space_backend_tables
 from imagegate.backends.registry import load_settings
 from imagegate.config import Settings
 from imagegate.diagnose.run import config_error, run
 from imagegate.errors import ConfigError
-from imagegate.backends.hf_space.spaces import space_backend_tables
 from pydantic import ValidationError
 
 HUB_ENV = "IMAGEGATE_HUB_URL"

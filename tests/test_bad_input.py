@@ -29,7 +29,7 @@ from imagegate.testing import Knobs, LocalCA, serve_app
 from imagegate.testing import stability as stability_emulator
 
 from tests.conftest import make_settings
-from tests.serverkit import a1111_settings, gateway
+from tests.server.kit import a1111_settings, gateway
 
 GEN = "/v1/images/generations"
 MB = 1024 * 1024

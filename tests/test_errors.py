@@ -109,3 +109,40 @@ def test_unknown_kind_is_a_key_error() -> None:
 
 def test_message_falls_back_to_the_kind() -> None:
     assert str(errors.BadResponse()) == "bad_response"
+
+
+# What a polling loop may poll through (the provider did not say no) and what a retry on the
+# same backend may follow at once: one notion each, on the classes, not in per-module lists.
+TRANSIENT = {
+    "HandshakeTimeout": True,
+    "ConnectFailed": True,
+    "GenerationTimeout": True,
+    "RateLimited": True,
+    "Unavailable": True,
+    "ServerError": True,
+    "BadResponse": False,
+    "AuthFailed": False,
+    "QuotaExhausted": False,
+    "Rejected": False,
+    "ContentFiltered": False,
+}
+
+
+@pytest.mark.parametrize(("name", "transient"), sorted(TRANSIENT.items()))
+def test_transient_is_a_class_attribute_of_every_backend_error(name: str, transient: bool) -> None:
+    assert getattr(errors, name).transient is transient
+
+
+def test_retry_hint_only_for_a_refused_connection_and_a_429_that_said_when() -> None:
+    assert errors.ConnectFailed("refused", refused=True).retry_hint == 0.0
+    assert errors.ConnectFailed("reset").retry_hint is None
+    assert errors.RateLimited("slow down", retry_after=1.5).retry_hint == 1.5
+    assert errors.RateLimited("slow down").retry_hint is None
+    for name in set(BACKEND_KINDS) - {"ConnectFailed", "RateLimited"}:
+        assert getattr(errors, name)("x", retry_after=3.0).retry_hint is None, name
+
+
+def test_error_kind_literal_lists_every_backend_error_kind() -> None:
+    from typing import get_args
+
+    assert set(get_args(errors.ErrorKind)) == set(BACKEND_KINDS.values())

@@ -3,11 +3,6 @@ and the soak's pure parts: the fault schedule and the "was a backend up" bookkee
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-
 from benchlib.faults import MODES, UP_MODES, FaultDriver, fault_schedule
 from benchlib.soak import SoakConfig, soak
 from benchlib.soak_watch import rss_growth

@@ -10,19 +10,48 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from imagegate.backends.a1111 import A1111Settings
 from imagegate.backends.openai_images import OpenAISettings
 from imagegate.config import ServiceSettings, Settings
 from imagegate.routing.policy import percentile
+from imagegate.testing import Knobs, LocalCA, serve_app
+from imagegate.testing import a1111 as a1111_emulator
 
+OUT_DIR = Path("outputs/bench")
 API_KEY = "sk-bench-not-a-secret"
 KEY_ENV = "IMAGEGATE_BENCH_KEY"
 
 
 # -- settings -----------------------------------------------------------------------------------
+
+
+def a1111_backend(name: str, url: str, priority: int, **keys: Any) -> A1111Settings:
+    return A1111Settings(
+        name=name, base_url=url, priority=priority, max_concurrency=256, queue=False, **keys
+    )
+
+
+def a1111_settings(*backends: A1111Settings, **service: Any) -> Settings:
+    svc = ServiceSettings(probe_interval_s=3600, deadline_s=30, **service)
+    return Settings(service=svc, backends=backends, secrets={}, source="bench")
+
+
+@asynccontextmanager
+async def emulator(knobs: Knobs, tls: LocalCA | None = None) -> AsyncIterator[str]:
+    async with serve_app(a1111_emulator.create_app(knobs=knobs), tls=tls) as url:
+        yield url
+
+
+async def timed(coro: Any) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = await coro
+    return time.perf_counter() - start, result
+
 
 
 def openai_backend(name: str, url: str, priority: int = 0, **keys: Any) -> OpenAISettings:

@@ -25,10 +25,9 @@ from typing import Any, Generic, TypeVar
 import pytest
 from aiohttp import web
 from imagegate.backends.base import ImageBackend
-from imagegate.models import Deadline
 from imagegate.config import Settings
 from imagegate.errors import AllBackendsFailed, BackendError
-from imagegate.models import GeneratedImage, ImageRequest
+from imagegate.models import Deadline, GeneratedImage, ImageRequest
 from imagegate.routing import ImageService
 from imagegate.testing import Knobs, LocalCA, serve_app
 from PIL import Image

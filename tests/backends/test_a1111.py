@@ -37,7 +37,7 @@ from tests.backends.support import (
     retry_after_forms,
     shown_after_refused_secret,
 )
-from tests.serverkit import closed_port_url
+from tests.server.kit import closed_port_url
 
 TXT2IMG = "/sdapi/v1/txt2img"
 PROGRESS = "/sdapi/v1/progress"

@@ -39,7 +39,7 @@ from structlog.testing import capture_logs
 
 from tests.backends.support import BackendCase, cli_generate
 from tests.conftest import write_config
-from tests.serverkit import closed_port_url
+from tests.server.kit import closed_port_url
 
 MAPPING = {
     "prompt": "text",

@@ -10,10 +10,10 @@ import aiohttp
 import pytest
 from imagegate.backends.hf_space import gradio as _gradio
 from imagegate.backends.hf_space.backend import HFSpaceBackend
+from imagegate.backends.hf_space.spaces import KNOWN_SPACES, space_host, stage_error
 from imagegate.backends.registry import load_settings
 from imagegate.errors import ConfigError, QuotaExhausted, Rejected, ServerError, Unavailable
 from imagegate.models import ImageRequest
-from imagegate.backends.hf_space.spaces import KNOWN_SPACES, space_host, stage_error
 from PIL import Image
 
 from tests.conftest import make_settings

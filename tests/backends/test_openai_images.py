@@ -189,7 +189,7 @@ async def test_another_imagegate_serves_this_backend_with_the_extension_fields(
 ) -> None:
     from imagegate.server import ServerOptions
 
-    from tests.serverkit import a1111_settings, gateway
+    from tests.server.kit import a1111_settings, gateway
 
     (tmp_path / "upstream").mkdir()
     upstream = a1111_settings(a1111_url, tmp_path / "upstream")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from imagegate.backends.registry import load_settings
 from imagegate.backends.stability import (
     StabilityBackend,
     build_form,
@@ -18,7 +19,6 @@ from imagegate.backends.stability import (
     nearest_aspect_ratio,
     parse_response,
 )
-from imagegate.backends.registry import load_settings
 from imagegate.errors import (
     AuthFailed,
     BackendError,

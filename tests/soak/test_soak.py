@@ -6,13 +6,7 @@ The harness is scripts/benchlib/soak.py; its docstring lists what each check mea
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-
 from benchlib.soak import SoakConfig, soak
 
 pytestmark = pytest.mark.soak

@@ -46,15 +46,9 @@ from urllib.parse import quote, urlsplit
 
 from pydantic import field_validator
 
-from imagegate.backends.http import (
-    Answer,
-    HttpBackend,
-    error_for_status,
-    error_text,
-    gather_all,
-    parse_retry_after,
-)
+from imagegate.backends.http import Answer, HttpBackend, gather_all
 from imagegate.backends.images import check_image
+from imagegate.backends.transport import error_for_status, error_text, parse_retry_after
 from imagegate.config import HttpBackendSettings, check_url
 from imagegate.errors import BackendError, QuotaExhausted, Rejected, Unavailable
 from imagegate.models import MAX_SEED, Deadline, GeneratedImage, ImageRequest

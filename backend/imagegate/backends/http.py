@@ -1,4 +1,4 @@
-"""The HTTP machinery every HTTP backend shares: one exchange, one polling loop, one error map.
+"""The HTTP machinery every HTTP backend shares: one exchange, one polling loop.
 
 - :meth:`HttpBackend.send` is one HTTP exchange: the deadline-capped timeouts, the TLS
   context, the timing trace, foreign errors translated (:func:`map_http_errors`), the body
@@ -8,22 +8,19 @@
   overrides to read its own error shape).
 - :meth:`HttpBackend.poll` runs an async job to its end within the deadline, polling
   through transient failures.
-- :func:`timing_trace_config` records DNS, connect (TCP + TLS) and first-byte times.
+- :func:`gather_all` runs a backend's calls at once (``n`` images as ``n`` calls).
+
+Under it, ``transport.py``: timeouts, TLS, the error map, bounded reads, timings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import json
-import os
-import ssl
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
@@ -31,20 +28,18 @@ import aiohttp
 import structlog
 
 from imagegate.backends.base import ImageBackend
-from imagegate.config import HttpBackendSettings, Timeouts
-from imagegate.errors import (
-    AuthFailed,
-    BackendError,
-    BadResponse,
-    ConnectFailed,
-    GenerationTimeout,
-    HandshakeTimeout,
-    QuotaExhausted,
-    RateLimited,
-    Rejected,
-    ServerError,
-    Unavailable,
+from imagegate.backends.transport import (
+    client_timeout,
+    error_for_status,
+    error_text,
+    make_ssl_context,
+    map_http_errors,
+    parse_retry_after,
+    read_capped,
+    read_prefix,
 )
+from imagegate.config import HttpBackendSettings, Timeouts
+from imagegate.errors import BackendError, BadResponse, GenerationTimeout
 from imagegate.models import Deadline
 
 __all__ = [
@@ -54,16 +49,7 @@ __all__ = [
     "HttpBackend",
     "HttpSettingsT",
     "Pending",
-    "client_timeout",
-    "error_for_status",
-    "error_text",
     "gather_all",
-    "make_ssl_context",
-    "map_http_errors",
-    "parse_retry_after",
-    "read_capped",
-    "read_prefix",
-    "timing_trace_config",
 ]
 
 log = structlog.get_logger()
@@ -265,188 +251,3 @@ def _first_backend_error(group: BaseExceptionGroup[BaseException]) -> BaseExcept
         if isinstance(exc, BackendError):
             return exc
     return group
-
-
-def client_timeout(timeouts: Timeouts, deadline: Deadline | None) -> aiohttp.ClientTimeout:
-    """Our timeouts as aiohttp's, capped by what is left of the deadline; never 'no timeout'."""
-    left = deadline.remaining() if deadline else timeouts.connect + timeouts.read
-    left = max(left, 0.001)
-    return aiohttp.ClientTimeout(
-        total=left,
-        sock_connect=min(timeouts.connect, left),
-        sock_read=min(timeouts.read, left),
-    )
-
-
-@contextlib.contextmanager
-def map_http_errors(
-    backend: str, timeouts: Timeouts, deadline: Deadline | None = None
-) -> Iterator[None]:
-    """Translate aiohttp/asyncio/OS errors into the taxonomy, once, at the backend boundary."""
-    try:
-        yield
-    except BackendError:
-        raise
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise HandshakeTimeout(
-            f"connection/TLS handshake did not complete within {timeouts.connect:g} s",
-            backend=backend,
-        ) from exc
-    except aiohttp.ClientConnectorCertificateError as exc:
-        raise ConnectFailed(f"TLS certificate not trusted: {exc.certificate_error}", backend=backend) from exc
-    except aiohttp.ClientConnectorDNSError as exc:
-        raise ConnectFailed(f"DNS lookup failed for {exc.host}", backend=backend) from exc
-    except aiohttp.ClientConnectorError as exc:
-        refused = isinstance(exc.os_error, ConnectionRefusedError)
-        what = "connection refused" if refused else f"cannot connect: {exc.strerror or exc}"
-        raise ConnectFailed(f"{what} ({exc.host}:{exc.port})", backend=backend, refused=refused) from exc
-    except aiohttp.SocketTimeoutError as exc:
-        raise GenerationTimeout(
-            f"no data for {timeouts.read:g} s while waiting for the answer", backend=backend
-        ) from exc
-    except aiohttp.ServerDisconnectedError as exc:
-        raise ConnectFailed("server closed the connection before answering", backend=backend) from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise BadResponse("response body was cut off", backend=backend) from exc
-    except aiohttp.ClientOSError as exc:
-        raise ConnectFailed(f"connection reset ({exc.strerror or exc})", backend=backend) from exc
-    except aiohttp.ClientResponseError as exc:
-        raise error_for_status(exc.status, exc.message, backend=backend) from exc
-    except aiohttp.ClientError as exc:
-        raise ConnectFailed(f"{type(exc).__name__}: {exc}", backend=backend) from exc
-    except TimeoutError as exc:
-        spent = "the request deadline" if deadline is not None else "the time budget"
-        raise GenerationTimeout(f"{spent} ran out before the answer arrived", backend=backend) from exc
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BadResponse(f"unexpected response: {type(exc).__name__}: {exc}", backend=backend) from exc
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """``Retry-After`` in seconds, from either delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def error_for_status(
-    status: int,
-    message: str,
-    *,
-    backend: str,
-    retry_after: float | None = None,
-) -> BackendError:
-    """The taxonomy's error for an HTTP status (providers refine this for their own codes)."""
-    cls: type[BackendError]
-    if status in (401, 403):
-        cls = AuthFailed
-    elif status == 402:
-        cls = QuotaExhausted
-    elif status == 429:
-        cls = RateLimited
-    elif status == 503:
-        cls = Unavailable
-    elif status in (408, 504):
-        cls = GenerationTimeout
-    elif status >= 500:
-        cls = ServerError
-    elif status >= 400:
-        cls = Rejected
-    else:
-        cls = BadResponse
-    return cls(message, backend=backend, status=status, retry_after=retry_after)
-
-
-async def read_capped(resp: aiohttp.ClientResponse, max_bytes: int, *, backend: str) -> bytes:
-    """Read the whole body, refusing more than ``max_bytes`` (a provider sending 50 MB)."""
-    length = resp.content_length
-    if length is not None and length > max_bytes:
-        raise BadResponse(
-            f"response body of {length} bytes exceeds max_image_bytes={max_bytes}", backend=backend
-        )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(256 * 1024):
-        size += len(chunk)
-        if size > max_bytes:
-            raise BadResponse(f"response body exceeds max_image_bytes={max_bytes}", backend=backend)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def read_prefix(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
-    """The first ``max_bytes`` of the body and no more (an error body: only its message
-    matters; the rest is left unread and the connection is not reused)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(min(max_bytes, 64 * 1024)):
-        chunks.append(chunk[: max_bytes - size])
-        size += len(chunks[-1])
-        if size >= max_bytes:
-            resp.close()
-            break
-    return b"".join(chunks)
-
-
-def error_text(body: bytes | str, limit: int = 300) -> str:
-    """A provider's error body as one short line for messages and attempt trails."""
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-@lru_cache(maxsize=32)
-def _ssl_context_cached(ca_bundle: str | None, env_bundle: str | None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    for bundle in (env_bundle, ca_bundle):
-        if bundle:
-            ctx.load_verify_locations(cafile=bundle)
-    return ctx
-
-
-def make_ssl_context(ca_bundle: Path | str | None) -> ssl.SSLContext:
-    """System trust store + ``$SSL_CERT_FILE`` when set + the backend's own ``ca_bundle``."""
-    return _ssl_context_cached(
-        str(ca_bundle) if ca_bundle else None, os.environ.get("SSL_CERT_FILE") or None
-    )
-
-
-def timing_trace_config() -> aiohttp.TraceConfig:
-    """A TraceConfig that records DNS, connect (TCP+TLS) and first-byte times into
-    ``trace_request_ctx.timings`` when a caller passes one (see HttpBackend.request_kwargs)."""
-
-    def _mark(key: str, since: str | None = None) -> Any:
-        async def handler(session: Any, ctx: SimpleNamespace, params: Any) -> None:
-            req = getattr(ctx, "trace_request_ctx", None)
-            if req is None or not hasattr(req, "timings"):
-                return
-            now = time.monotonic()
-            marks = ctx.__dict__.setdefault("_marks", {})
-            marks[key] = now
-            if since is not None and since in marks:
-                req.timings[key] = round(now - marks[since], 6)
-
-        return handler
-
-    async def first_byte(session: Any, ctx: SimpleNamespace, params: Any) -> None:
-        req = getattr(ctx, "trace_request_ctx", None)
-        if req is not None and hasattr(req, "timings"):
-            req.timings["first_byte_s"] = round(time.monotonic() - req.t0, 6)
-
-    trace = aiohttp.TraceConfig()
-    trace.on_dns_resolvehost_start.append(_mark("dns_start"))
-    trace.on_dns_resolvehost_end.append(_mark("dns_s", since="dns_start"))
-    trace.on_connection_create_start.append(_mark("connect_start"))
-    trace.on_connection_create_end.append(_mark("connect_s", since="connect_start"))
-    trace.on_request_end.append(first_byte)
-    return trace

@@ -7,7 +7,7 @@ from typing import Any
 
 from PIL import Image
 
-from imagegate.backends.http import error_text
+from imagegate.backends.transport import error_text
 from imagegate.errors import BackendError, BadResponse
 from imagegate.models import GeneratedImage, ImageFormat
 

@@ -46,14 +46,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit
 
-from imagegate.backends.http import (
-    Answer,
-    HttpBackend,
-    error_for_status,
-    error_text,
-    parse_retry_after,
-)
+from imagegate.backends.http import Answer, HttpBackend
 from imagegate.backends.images import check_image
+from imagegate.backends.transport import error_for_status, error_text, parse_retry_after
 from imagegate.config import HttpBackendSettings
 from imagegate.errors import BackendError, BadResponse, ContentFiltered, QuotaExhausted
 from imagegate.models import Deadline, GeneratedImage, ImageFormat, ImageRequest

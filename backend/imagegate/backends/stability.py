@@ -50,15 +50,9 @@ from typing import Any, Literal
 
 import aiohttp
 
-from imagegate.backends.http import (
-    Answer,
-    HttpBackend,
-    error_for_status,
-    error_text,
-    gather_all,
-    parse_retry_after,
-)
+from imagegate.backends.http import Answer, HttpBackend, gather_all
 from imagegate.backends.images import check_image
+from imagegate.backends.transport import error_for_status, error_text, parse_retry_after
 from imagegate.config import HttpBackendSettings
 from imagegate.errors import (
     AuthFailed,

@@ -33,8 +33,8 @@ import structlog
 
 from imagegate.backends.base import ImageBackend
 from imagegate.backends.hf_space import HFSpaceSettings
-from imagegate.backends.http import make_ssl_context, timing_trace_config
 from imagegate.backends.registry import backend_class, create_backend, load_settings
+from imagegate.backends.transport import make_ssl_context, timing_trace_config
 from imagegate.config import BackendSettings, Settings
 from imagegate.diagnose.http import (
     FirstResponse,

@@ -30,7 +30,7 @@ import aiohttp
 
 from imagegate.backends.hf_space.settings import HFSpaceSettings
 from imagegate.backends.hf_space.spaces import stage_group
-from imagegate.backends.http import (
+from imagegate.backends.transport import (
     client_timeout,
     error_for_status,
     error_text,

@@ -20,8 +20,8 @@ import aiohttp
 import structlog
 
 from imagegate.backends.base import ImageBackend
-from imagegate.backends.http import timing_trace_config
 from imagegate.backends.registry import create_backend, load_settings
+from imagegate.backends.transport import timing_trace_config
 from imagegate.config import BackendSettings, Settings
 from imagegate.errors import ConfigError, HealthEffect, error_class_for_kind
 from imagegate.models import BackendHealth, Deadline, ImageRequest, ImageResult

@@ -51,8 +51,8 @@ from imagegate.backends.hf_space.gradio import ImageRef, map_gradio_errors
 from imagegate.backends.hf_space.http import SpaceHttp
 from imagegate.backends.hf_space.settings import HFSpaceSettings
 from imagegate.backends.hf_space.spaces import known_space
-from imagegate.backends.http import error_text, make_ssl_context
 from imagegate.backends.images import check_image
+from imagegate.backends.transport import error_text, make_ssl_context
 from imagegate.errors import (
     BackendError,
     BadResponse,

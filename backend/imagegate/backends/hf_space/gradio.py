@@ -29,7 +29,7 @@ from gradio_client import exceptions as gc_exceptions
 from gradio_client import utils as gc_utils
 
 from imagegate.backends.hf_space.spaces import BROKEN, STARTING
-from imagegate.backends.http import error_for_status, error_text
+from imagegate.backends.transport import error_for_status, error_text
 from imagegate.config import Timeouts
 from imagegate.errors import (
     AuthFailed,

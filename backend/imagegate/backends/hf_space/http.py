@@ -18,7 +18,7 @@ import aiohttp
 import structlog
 
 from imagegate.backends.hf_space.spaces import ASLEEP, runtime_detail, stage_error, stage_group
-from imagegate.backends.http import (
+from imagegate.backends.transport import (
     client_timeout,
     error_for_status,
     error_text,

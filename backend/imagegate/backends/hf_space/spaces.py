@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from imagegate.backends.http import error_text
+from imagegate.backends.transport import error_text
 from imagegate.errors import BackendError, Unavailable
 
 __all__ = [

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from imagegate.diagnose.advice import ADVICE, SYMPTOMS, troubleshooting_markdown
 from imagegate.backends.registry import load_settings
 from imagegate.config import Settings
-from imagegate.diagnose.run import diagnose
+from imagegate.diagnose.advice import ADVICE, SYMPTOMS, troubleshooting_markdown
 from imagegate.diagnose.render import ASCII, UNICODE, pick_marks, write_report
 from imagegate.diagnose.report import STEP_DATA_KEYS, STEP_NAMES, Report
+from imagegate.diagnose.run import diagnose
 from imagegate.testing import LocalCA, black_hole, serve_app
 from imagegate.testing import hf_inference as hf_emulator
 from imagegate.testing import novita as novita_emulator

@@ -17,7 +17,7 @@ from imagegate.server import ServerOptions
 from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
 
-from tests.serverkit import a1111_settings, gateway
+from tests.server.kit import a1111_settings, gateway
 
 KEY = "sk-fuzz"
 # examples per operation and mode; the generations route gets most of the budget

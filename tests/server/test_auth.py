@@ -9,11 +9,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from imagegate.server import middleware as server_module
 from imagegate.errors import ConfigError
 from imagegate.server import ServerOptions
+from imagegate.server import middleware as server_module
 
-from tests.serverkit import a1111_settings, gateway
+from tests.server.kit import a1111_settings, gateway
 
 GEN = "/v1/images/generations"
 BODY = json.dumps({"prompt": "x", "size": "64x64"})

@@ -17,7 +17,7 @@ from imagegate.server.state import SERVICE, STATE
 from imagegate.testing import Knobs
 
 from tests.conftest import write_config
-from tests.serverkit import a1111_settings, closed_port_url, gateway
+from tests.server.kit import a1111_settings, closed_port_url, gateway
 
 GEN = "/v1/images/generations"
 BODY = {"prompt": "x", "size": "64x64"}

@@ -19,7 +19,7 @@ from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from tests.conftest import make_settings
-from tests.serverkit import a1111_settings, closed_port_url, gateway
+from tests.server.kit import a1111_settings, closed_port_url, gateway
 
 GEN = "/v1/images/generations"
 

@@ -5,9 +5,7 @@ Three processes on loopback, so that no two share an event loop: an instant A111
 this client (aiohttp). Every request asks for one 512x512 PNG as ``b64_json``; every answer is
 checked (status 200, base64 of a PNG). The server's RSS is read from /proc at the end.
 
-    python scripts/bench_http.py [--duration 5] [--concurrency 1,16,64] [--json]
-
-``run_http(args)`` is the ``http`` scenario of ``scripts/bench.py``.
+    python scripts/bench.py http [--duration 5] [--concurrency 1,16,64] [--json]
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
 from benchlib.common import free_port, stop_process
 
 TARGET_RPS_AT_16 = 300.0
@@ -193,7 +192,7 @@ def run_http(args: Any) -> dict[str, Any]:
     }
 
 
-def _print(report: dict[str, Any]) -> None:
+def print_http(report: dict[str, Any]) -> None:
     print(
         f"http: {report['image']}, {report['duration_s_per_level']:g} s per level, {report['cpus']} CPUs"
     )
@@ -213,26 +212,8 @@ def _print(report: dict[str, Any]) -> None:
     print(f"target ({report['target']}): {'met' if report['target_met'] else 'MISSED'}")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def http_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per concurrency level")
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated levels")
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    report = run_http(args)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        _print(report)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,12 +8,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from imagegate.models import Deadline
 from imagegate.backends.a1111 import A1111Settings
 from imagegate.backends.registry import load_settings
 from imagegate.config import Settings
 from imagegate.errors import ConfigError, ConnectFailed
-from imagegate.models import ImageRequest
+from imagegate.models import Deadline, ImageRequest
 from imagegate.routing import ImageService
 from imagegate.testing import Knobs, LocalCA, serve_app
 from imagegate.testing import a1111 as a1111_emulator

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 from imagegate.backends.registry import load_settings
-from imagegate.diagnose.run import diagnose
 from imagegate.diagnose.report import Report
+from imagegate.diagnose.run import diagnose
 from imagegate.diagnose.space import params_step, runtime_step
 from imagegate.testing import serve_app
 from imagegate.testing.hub import HubState
@@ -24,7 +24,7 @@ from imagegate.testing.hub import create_app as hub_app
 
 from tests.conftest import _toml, write_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GOOD_TOKEN = "hf_good_token_0123456789"
 STAND_IN_INPUTS = {"prompt": "text", "steps": "num_inference_steps", "width": "w", "height": "h"}
 

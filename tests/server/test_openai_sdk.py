@@ -19,7 +19,7 @@ from imagegate.testing import Knobs
 from PIL import Image
 
 from tests.conftest import make_settings
-from tests.serverkit import a1111_settings, closed_port_url, gateway
+from tests.server.kit import a1111_settings, closed_port_url, gateway
 
 KEY = "sk-imagegate-test"
 

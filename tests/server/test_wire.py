@@ -15,9 +15,9 @@ from imagegate.models import (
     ImageRequest,
     ImageResult,
 )
+from imagegate.server.errors import Redactor, api_error_for
 from imagegate.server.openapi import openapi_document
 from imagegate.server.wire import images_response, parse_generation, parse_size, resolve_model
-from imagegate.server.errors import Redactor, api_error_for
 
 BACKENDS = ("local", "novita")
 ALIASES = {"dall-e-3": "novita", "gpt-image-1": "*"}

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 import structlog
-from imagegate.cli.main import main
 from imagegate.backends.registry import load_settings
 from imagegate.cli.demo import (
     KEY,
@@ -34,6 +33,7 @@ from imagegate.cli.demo import (
     config_toml,
 )
 from imagegate.cli.demo import StandIns as DemoStandIns
+from imagegate.cli.main import main
 from imagegate.cli.narrate import Narrator
 from imagegate.testing import Knobs
 from PIL import Image

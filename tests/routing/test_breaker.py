@@ -1,29 +1,13 @@
-"""CircuitBreaker as a pure state machine (fake clock), admission over breakers (hypothesis),
-and the HealthProber's lifecycle."""
+"""CircuitBreaker as a pure state machine, on a fake clock."""
 
 from __future__ import annotations
 
-import asyncio
 import math
-import random
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from imagegate.routing.breaker import BreakerPolicy, CircuitBreaker, Permit, Transition
-from imagegate.routing.prober import HealthProber
-from imagegate.routing.policy import Admission, BackendState, Skip
+from imagegate.routing.breaker import BreakerPolicy, CircuitBreaker, Transition
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.routing.support import FakeClock
 
 
 def make_breaker(clock: FakeClock, **policy: float) -> tuple[CircuitBreaker, list[Transition]]:
@@ -171,117 +155,3 @@ def test_stale_failure_while_open_changes_nothing(clock: FakeClock) -> None:
     clock.advance(5)
     breaker.on_failure("normal", "count", kind="server_error")  # a call admitted before it opened
     assert breaker.remaining() == 25 and len(seen) == 1
-
-
-# -- hypothesis: admission over several breakers ----------------------------------------------
-
-OUTCOMES = ["ok", "trip", "count", "cooldown", "disable", "none", "cancel", "keep"]
-step = st.tuples(
-    st.sampled_from(OUTCOMES),
-    st.floats(min_value=0, max_value=400, allow_nan=False),
-    st.booleans(),
-    st.floats(min_value=0, max_value=60, allow_nan=False),
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(n=st.integers(min_value=1, max_value=4), steps=st.lists(step, min_size=1, max_size=60))
-def test_admission_never_skips_every_backend_nor_admits_two_trials(
-    n: int, steps: list[tuple[str, float, bool, float]]
-) -> None:
-    clock = FakeClock()
-    policy = BreakerPolicy(threshold=2, cooldown_s=30, max_cooldown_s=300)
-    states = [
-        BackendState(name=f"b{i}", kind="a1111", breaker=CircuitBreaker(policy, clock=clock))
-        for i in range(n)
-    ]
-    in_flight: list[tuple[BackendState, Permit, int]] = []  # (backend, permit, breaker epoch)
-    for outcome, advance, probe_ok, retry_after in steps:
-        clock.advance(advance)
-        if probe_ok:
-            states[int(advance) % n].breaker.on_probe(True)
-        skips: list[Skip] = []
-        admitted = Admission(states, skips.append).next(force=True)
-        assert admitted is not None, "a request skipped every backend"
-        assert admitted.permit == "forced" or admitted.state not in {s.state for s in skips}
-        admitted.state.leave() if not admitted.wait else None
-        b = admitted.state.breaker
-        if outcome == "keep":
-            in_flight.append((admitted.state, admitted.permit, b.epoch))
-        elif outcome == "cancel":
-            b.release(admitted.permit)
-        elif outcome == "ok":
-            b.on_success(admitted.permit)
-        else:
-            b.on_failure(admitted.permit, outcome, retry_after=retry_after or None, kind=outcome)  # type: ignore[arg-type]
-        # a trial belongs to the half-open episode it opened (the epoch right after acquire)
-        episodes = [(id(s), epoch) for s, permit, epoch in in_flight if permit == "trial"]
-        assert len(episodes) == len(set(episodes)), "two trials in one half-open episode"
-        for s in states:
-            if s.breaker.trial_in_flight:
-                assert s.breaker.acquire() is None, "a second trial while one is in flight"
-
-
-# -- the prober -------------------------------------------------------------------------------
-
-
-async def test_prober_probes_every_backend_repeatedly_and_stops_cleanly() -> None:
-    calls: list[str] = []
-
-    async def probe(name: str) -> None:
-        calls.append(name)
-
-    prober = HealthProber(["a", "b"], probe, interval_s=0.02, rng=random.Random(1))
-    prober.start()
-    await asyncio.sleep(0.15)
-    await prober.stop()
-    assert calls.count("a") >= 3 and calls.count("b") >= 3
-    assert not prober.running
-    count = len(calls)
-    await asyncio.sleep(0.05)
-    assert len(calls) == count
-    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("imagegate-probe")]
-
-
-async def test_prober_interval_is_jittered_and_shorter_while_open() -> None:
-    urgent = {"a": False}
-    prober = HealthProber(
-        ["a"], lambda name: asyncio.sleep(0), interval_s=10, urgent=lambda n: urgent[n],
-        rng=random.Random(7), jitter=0.2, fast_factor=0.25,
-    )
-    delays = [prober.next_delay("a") for _ in range(200)]
-    assert 8 <= min(delays) < max(delays) <= 12 and len(set(delays)) > 100
-    urgent["a"] = True
-    assert all(2 <= prober.next_delay("a") <= 3 for _ in range(50))
-
-
-async def test_prober_nudge_recomputes_the_delay_at_once() -> None:
-    calls: list[str] = []
-    urgent = {"a": False}
-
-    async def probe(name: str) -> None:
-        calls.append(name)
-
-    prober = HealthProber(["a"], probe, interval_s=1000, urgent=lambda n: urgent[n], fast_factor=1e-5)
-    prober.start()
-    await asyncio.sleep(0.02)
-    assert calls == []
-    urgent["a"] = True
-    prober.nudge("a")
-    await asyncio.sleep(0.1)
-    await prober.stop()
-    assert calls
-
-
-async def test_a_crashing_probe_does_not_end_the_loop() -> None:
-    calls: list[str] = []
-
-    async def probe(name: str) -> None:
-        calls.append(name)
-        raise RuntimeError("bug")
-
-    prober = HealthProber(["a"], probe, interval_s=0.01)
-    prober.start()
-    await asyncio.sleep(0.1)
-    await prober.stop()
-    assert len(calls) >= 3

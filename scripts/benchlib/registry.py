@@ -1,0 +1,58 @@
+"""Every benchmark scenario, in one table: ``python scripts/bench.py <name>``.
+
+A scenario is ``run(args) -> report``, ``print(report)`` and ``add_arguments(parser)``; each
+starts its own emulators on 127.0.0.1, warms up, measures against a baseline taken in the
+same run, and its report lands in ``outputs/bench/<name>.json``. Add one: a module here with
+those three functions and a row below.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from benchlib.common import OUT_DIR
+from benchlib.compare import compare_arguments, print_compare, run_compare
+from benchlib.failover import failover_arguments, print_failover, run_failover
+from benchlib.hedge import hedge_arguments, print_hedge, run_hedge
+from benchlib.http_api import http_arguments, print_http, run_http
+from benchlib.memory import memory_arguments, print_memory, run_memory
+from benchlib.overhead import overhead_arguments, print_overhead, run_overhead
+from benchlib.run_all import all_arguments, print_all, run_all
+from benchlib.soak import print_soak, run_soak, soak_arguments
+
+__all__ = ["SCENARIOS", "Scenario"]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    help: str
+    run: Callable[[argparse.Namespace], dict[str, Any]]
+    print: Callable[[dict[str, Any]], None]
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "failover": Scenario("time to first image with the primary black-holed", run_failover,
+                         print_failover, failover_arguments),
+    "hedge": Scenario("p50/p99 with a heavy-tailed primary, hedging off vs on", run_hedge,
+                      print_hedge, hedge_arguments),
+    "http": Scenario("HTTP API throughput and latency (server, emulator, client: 3 processes)",
+                     run_http, print_http, http_arguments),
+    "overhead": Scenario("what ImageService.generate adds to a raw aiohttp POST (1,000 calls)",
+                         run_overhead, print_overhead, overhead_arguments),
+    "memory": Scenario("RSS with 200 concurrent 1024x1024 generations, 5 rounds", run_memory,
+                       print_memory, memory_arguments),
+    "compare": Scenario("overhead and failover, imagegate vs LiteLLM's Router (needs litellm)",
+                        run_compare, print_compare, compare_arguments),
+    "soak": Scenario("60 s against three flapping backends, with leak and breaker checks",
+                     run_soak, print_soak, soak_arguments),
+}
+SCENARIOS["all"] = Scenario(
+    "every scenario in turn, with its defaults",
+    lambda args: run_all(SCENARIOS, OUT_DIR, args.skip),
+    print_all,
+    all_arguments,
+)
