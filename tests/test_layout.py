@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "backend" / "imagegate"
 MAX_LINES = 400
 
 # What each part may import (besides itself). The arrows run one way:
-# cli/server/diagnose -> routing -> backends -> config -> models -> errors.
+# cli/server/diagnose -> routing -> backends, state -> config -> models -> errors.
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "version": set(),
@@ -23,9 +23,11 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"errors", "models"},
     "config": {"errors", "models"},
     "backends": {"errors", "models", "config"},
-    "routing": {"errors", "models", "config", "backends"},
+    "state": {"errors", "models", "config"},
+    "routing": {"errors", "models", "config", "backends", "state"},
     "diagnose": {"errors", "models", "config", "backends", "version"},
-    "server": {"errors", "models", "config", "backends", "routing", "store", "logging", "version"},
+    "server": {"errors", "models", "config", "backends", "routing", "state", "store", "logging",
+               "version"},
     "testing": {"errors", "models", "backends"},
     "cli": {"errors", "models", "config", "backends", "routing", "store", "logging", "diagnose",
             "server", "testing", "version"},

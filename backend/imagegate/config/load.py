@@ -21,9 +21,11 @@ from imagegate.config.settings import BackendSettings, ServiceSettings, Settings
 from imagegate.config.sources import environment, errors_text, read_toml
 from imagegate.errors import ConfigError
 
-__all__ = ["CONFIG_ENV", "KindTable", "read_settings"]
+__all__ = ["CONFIG_ENV", "SERVICE_SECRETS", "STATE_URL_ENV", "KindTable", "read_settings"]
 
 CONFIG_ENV = "IMAGEGATE_CONFIG"
+STATE_URL_ENV = "IMAGEGATE_STATE_URL"
+SERVICE_SECRETS = "[service]"  # Settings.secrets key of the service's own secrets (no backend is named so)
 _SECRETISH = ("api_key", "token", "password", "hf_token", "key")
 
 
@@ -68,10 +70,13 @@ def read_settings(
         source = "environment"
         service = ServiceSettings()
         raw_backends = kinds.tables_from_env(env)
+    service = _service_from_env(service, env, source)
     backends = [_validate_backend(raw, i, source, kinds) for i, raw in enumerate(raw_backends)]
     _check_unique(backends, source)
     backends = [b for b in backends if b.enabled]
     secrets = _resolve_secrets(backends, env, source, require=require_secrets)
+    if service.state_url and env.get(service.state_password_env, "").strip():
+        secrets[SERVICE_SECRETS] = {"state_password": env[service.state_password_env].strip()}
     backends.sort(key=lambda b: b.priority)
     return Settings(service=service, backends=tuple(backends), secrets=secrets, source=source)
 
@@ -83,6 +88,17 @@ def _validate_service(raw: Any, source: str) -> ServiceSettings:
         return ServiceSettings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{source}: [service]: {errors_text(exc)}") from None
+
+
+def _service_from_env(service: ServiceSettings, env: Mapping[str, str], source: str) -> ServiceSettings:
+    """``$IMAGEGATE_STATE_URL`` when the file sets no ``state_url``."""
+    url = env.get(STATE_URL_ENV, "").strip()
+    if not url or service.state_url:
+        return service
+    try:
+        return ServiceSettings.model_validate({**service.model_dump(exclude_unset=True), "state_url": url})
+    except ValidationError as exc:
+        raise ConfigError(f"environment variable {STATE_URL_ENV}: {errors_text(exc)}") from None
 
 
 def _validate_backend(raw: Any, index: int, source: str, kinds: KindTable) -> BackendSettings:
