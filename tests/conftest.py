@@ -22,8 +22,7 @@ from imagegate.backends.registry import load_settings
 from imagegate.config import Settings
 from imagegate.testing import Knobs, LocalCA, black_hole, serve_app
 from imagegate.testing import a1111 as a1111_emulator
-
-from tests.redis_server import RedisServer, redis_available, redis_server
+from imagegate.testing.redis import RedisServer, redis_available, redis_server
 
 
 @pytest.fixture(scope="session")

@@ -17,10 +17,10 @@ from typing import Any
 import aiohttp
 from imagegate.testing import Knobs, black_hole, serve_app
 from imagegate.testing import a1111 as a1111_emulator
+from imagegate.testing.redis import RedisServer
 
 from tests.conftest import write_config
 from tests.instances import Instance, serve_instances
-from tests.redis_server import RedisServer
 
 BODY = {"prompt": "a lighthouse at dusk", "size": "64x64", "response_format": "b64_json"}
 CONNECT_S = 3.0

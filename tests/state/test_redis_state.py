@@ -11,9 +11,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from imagegate.models import BackendHealth
 from imagegate.state import BreakerNews, RedisState
+from imagegate.testing.redis import RedisServer
 from structlog.testing import capture_logs
-
-from tests.redis_server import RedisServer
 
 Heard = list[BreakerNews]
 

@@ -1,6 +1,10 @@
-"""A real ``redis-server`` for the tests: started on a free loopback port, no persistence,
-stopped at the end. ``.ci/run`` installs Debian's redis-server when it is missing; a machine
-without one skips these tests with the reason (never silently passes them)."""
+"""A real ``redis-server`` for tests and benchmarks: started on a free loopback port, no
+persistence, killed at the end (``stop()`` then ``start()`` again is a Redis restart).
+
+    with redis_server() as server:      # server.url = "redis://127.0.0.1:PORT/0"
+        ...
+
+Needs the ``redis-server`` binary (Debian: ``apt-get install -y redis-server``)."""
 
 from __future__ import annotations
 
