@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
-import structlog
 from aiohttp import web
 
 from imagegate.config import Settings
 from imagegate.errors import ConfigError
+from imagegate.logging import get_logger
 from imagegate.routing import ImageService
 from imagegate.server.errors import Redactor
 from imagegate.server.metrics import ServerMetrics
@@ -35,7 +35,7 @@ from imagegate.version import __version__
 
 __all__ = ["create_app"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 
 def create_app(settings: Settings, options: ServerOptions | None = None) -> web.Application:

@@ -15,12 +15,13 @@ from collections.abc import Awaitable, Callable, Mapping
 import structlog
 from aiohttp import web
 
+from imagegate.logging import get_logger
 from imagegate.server.errors import ApiError, api_error_for
 from imagegate.server.state import OPTIONS, STATE
 
 __all__ = ["MIDDLEWARES", "auth", "body_limit", "errors", "key_matches", "observe"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import structlog
 from aiohttp import web
 
 from imagegate.errors import AllBackendsFailed
+from imagegate.logging import get_logger
 from imagegate.models import ImageResult
 from imagegate.routing import ImageService
 from imagegate.server.errors import API_ERROR, ApiError
@@ -21,7 +21,7 @@ from imagegate.server.wire import Generation, images_response, parse_generation
 
 __all__ = ["routes"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 routes = web.RouteTableDef()
 
 _MEDIA_TYPES = {

@@ -10,18 +10,17 @@ import os
 import signal
 from collections.abc import AsyncIterator
 
-import structlog
 from aiohttp import web
 from dotenv import dotenv_values
 
 from imagegate.backends.registry import load_settings
-from imagegate.logging import configure_logging
+from imagegate.logging import configure_logging, get_logger
 from imagegate.server.app import create_app
 from imagegate.server.state import OPTIONS, STATE, ServerOptions
 
 __all__ = ["run_cli", "running", "serve"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 
 async def serve(
