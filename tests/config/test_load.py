@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from structlog.testing import capture_logs
 from imagegate.backends.a1111 import A1111Settings
 from imagegate.backends.registry import load_settings
 from imagegate.config import Settings
@@ -17,6 +16,7 @@ from imagegate.models import Deadline, ImageRequest
 from imagegate.routing import ImageService
 from imagegate.testing import Knobs, LocalCA, serve_app
 from imagegate.testing import a1111 as a1111_emulator
+from structlog.testing import capture_logs
 
 from tests.conftest import make_settings, write_config
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from imagegate.backends.registry import REGISTRY
+from imagegate.errors import ConfigError, port_number
 from imagegate.testing.knobs import Knobs
 from imagegate.testing.server import serve_app
 from imagegate.testing.tls import LocalCA
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None, *, kind: str | None = None) -> int:
     if kind is None:
         parser.add_argument("kind", choices=sorted(EMULATORS))
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--port", type=port_number, default=0, help="TCP port (0: any free one)")
     parser.add_argument("--tls", action="store_true", help="serve HTTPS with a throwaway CA")
     parser.add_argument("--ca-out", type=Path, help="with --tls: write the CA certificate here")
     parser.add_argument("--api-key", help="the key clients must send (key-based emulators)")
@@ -54,7 +55,11 @@ def main(argv: Sequence[str] | None = None, *, kind: str | None = None) -> int:
         asyncio.run(_serve(args))
     except KeyboardInterrupt:
         pass
+    except ConfigError as exc:  # the port cannot be listened on: one line, exit 2
+        print(f"python -m imagegate.testing {args.kind}: {exc}", file=sys.stderr)
+        return 2
     return 0
+
 
 
 async def _serve(args: argparse.Namespace) -> None:
