@@ -7,11 +7,12 @@ set through the same config keys users set.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -22,6 +23,23 @@ from imagegate.backends.registry import load_settings
 from imagegate.config import Settings
 from imagegate.testing import Knobs, LocalCA, black_hole, serve_app
 from imagegate.testing import a1111 as a1111_emulator
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own XDG_STATE_HOME: a server's URL secret file never lands in the real home
+    (and every test starts as a first start would)."""
+    state = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    return state
+
+
+@pytest.fixture(autouse=True)
+def _library_logging() -> Iterator[None]:
+    """Every test starts with structlog unconfigured, as a host application that never
+    touched it (``capture_logs`` and ``imagegate.cli.main`` configure it, and leave it so)."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")

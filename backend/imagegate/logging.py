@@ -18,13 +18,22 @@ terminal, JSON lines otherwise, always on stderr.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["Logger", "configure_logging", "event_of", "get_logger", "human_line"]
+__all__ = [
+    "Logger",
+    "configure_logging",
+    "event_of",
+    "get_logger",
+    "human_line",
+    "structlog_configured",
+]
 
 ROOT = "imagegate"
 _STAMPS = ("timestamp", "level", "exc_info")
@@ -184,3 +193,19 @@ def configure_logging(
     root.setLevel(logging.WARNING)  # other libraries: warnings and up
     logging.getLogger(ROOT).setLevel(emitted)
     return handler
+
+
+@contextlib.contextmanager
+def structlog_configured(**config: Any) -> Iterator[None]:
+    """structlog configured with ``config`` for a block, then exactly as before: an
+    unconfigured structlog is reset to unconfigured (so that imagegate's events go back to
+    stdlib ``logging`` rather than to structlog's default printer on stdout)."""
+    was_configured, old = structlog.is_configured(), structlog.get_config()
+    structlog.configure(**config)
+    try:
+        yield
+    finally:
+        if was_configured:
+            structlog.configure(**old)
+        else:
+            structlog.reset_defaults()
