@@ -115,11 +115,12 @@ def event_of(record: logging.LogRecord) -> tuple[str, dict[str, Any]]:
 
 
 def human_line(record: logging.LogRecord) -> str:
-    """One short line for people: ``imagegate: warning: <message or event key=value ...>``."""
+    """One short line for people: ``imagegate: warning: <message, else event key=value ...>``."""
     event, fields = event_of(record)
     level = record.levelname.lower()
     who = "imagegate" if record.name.startswith(ROOT) else record.name
-    return f"{who}: {level}: {_text(event, fields)}"
+    said = fields["message"] if "message" in fields else _text(event, fields)  # meant for people
+    return f"{who}: {level}: {said}"
 
 
 class _HumanFormatter(logging.Formatter):
