@@ -181,13 +181,15 @@ async def test_serve_with_a_missing_key_warns_once_and_serves_the_others(a1111_u
 
 
 async def test_env_only_serve_answers_any_openai_model_name(a1111_url: str, tmp_path: Path) -> None:
-    async with served(cwd=tmp_path, env={"A1111_URL": a1111_url}) as (url, _proc):
-        async with aiohttp.ClientSession() as http:
-            for model in ("dall-e-2", "gpt-image-1"):
-                body = {"model": model, "prompt": "a fox", "size": "64x64", "cfg_scale": 5}
-                async with http.post(url + "/v1/images/generations", json=body) as resp:
-                    assert resp.status == 200, await resp.text()
-                    assert resp.headers["x-imagegate-backend"] == "a1111"
+    async with (
+        served(cwd=tmp_path, env={"A1111_URL": a1111_url}) as (url, _proc),
+        aiohttp.ClientSession() as http,
+    ):
+        for model in ("dall-e-2", "gpt-image-1"):
+            body = {"model": model, "prompt": "a fox", "size": "64x64", "cfg_scale": 5}
+            async with http.post(url + "/v1/images/generations", json=body) as resp:
+                assert resp.status == 200, await resp.text()
+                assert resp.headers["x-imagegate-backend"] == "a1111"
 
 
 async def test_openai_base_url_without_a_key_is_warned_at_start_and_used(tmp_path: Path) -> None:
