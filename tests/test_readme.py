@@ -191,6 +191,8 @@ def test_readme_service_defaults_match_the_code() -> None:
 def _as_shown(default: Any) -> str:
     if default is None:
         return "none"
+    if isinstance(default, bool):
+        return str(default).lower()
     if isinstance(default, dict):
         return f"`{json.dumps(default)}`"
     if isinstance(default, str | Path):
