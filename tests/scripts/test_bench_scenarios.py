@@ -61,14 +61,19 @@ def test_memory_reports_rounds_peak_and_growth() -> None:
     assert report["config"]["image"].startswith("128x128 png")
 
 
-def test_compare_without_litellm_says_so_in_one_line(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("name", "run", "show", "skip"),
+    [("compare", run_compare, print_compare, SKIP), ("clients", run_clients, print_clients, CLIENTS_SKIP)],
+)
+def test_litellm_scenarios_without_litellm_say_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    name: str, run: Any, show: Any, skip: str,
 ) -> None:
     monkeypatch.setattr(litellm_side, "load_litellm", lambda: None)
-    report = run_compare(argparse.Namespace())
-    assert report == {"scenario": "compare", "skipped": SKIP}
-    print_compare(report)
-    assert capsys.readouterr().out.strip() == SKIP
+    report = run(argparse.Namespace())
+    assert report == {"scenario": name, "skipped": skip}
+    show(report)
+    assert capsys.readouterr().out.strip() == skip
 
 
 class _Fake:
@@ -115,16 +120,6 @@ def test_all_runs_each_scenario_writes_its_json_and_survives_a_broken_one(
     ]
     print_all({"machine": {}, "scenarios": summary})
     assert "MISSED" in capsys.readouterr().out
-
-
-def test_clients_without_litellm_says_so_in_one_line(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(litellm_side, "load_litellm", lambda: None)
-    report = run_clients(argparse.Namespace())
-    assert report == {"scenario": "clients", "skipped": CLIENTS_SKIP}
-    print_clients(report)
-    assert capsys.readouterr().out.strip() == CLIENTS_SKIP
 
 
 def test_the_clients_gateway_is_an_env_only_serve_that_answers_any_model_name() -> None:
