@@ -240,11 +240,15 @@ async def test_serve_and_emulators_on_a_port_in_use_or_invalid_say_so_in_one_lin
         taken.listen()
         port = str(taken.getsockname()[1])
         serve = await imagegate("serve", "--port", port, cwd=tmp_path, env={"A1111_URL": "http://127.0.0.1:1"})
-        emulator = await _python(
-            "import sys; from imagegate.testing.cli import main; sys.exit(main())",
-            "a1111", "--port", port, cwd=tmp_path, env={},
-        )
-    for run, who in ((serve, "imagegate: "), (emulator, "python -m imagegate.testing a1111: ")):
+        runs = [(serve, "imagegate: ")]
+        for kind, who in (("a1111", "python -m imagegate.testing a1111: "),
+                          ("hf_space", "python -m imagegate.testing.gradio_space: ")):
+            emulator = await _python(
+                "import sys; from imagegate.testing.cli import main; sys.exit(main())",
+                kind, "--port", port, cwd=tmp_path, env={},
+            )
+            runs.append((emulator, who))
+    for run, who in runs:
         assert run.code == 2, run.stderr
         assert_no_traceback(run)
         assert f"{who}" in run.stderr and f"port {port} is already in use" in run.stderr
