@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -21,6 +20,7 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
 from imagegate.backends.registry import load_settings
 from imagegate.config import Settings
+from imagegate.logging import unconfigure_logging
 from imagegate.testing import Knobs, LocalCA, black_hole, serve_app
 from imagegate.testing import a1111 as a1111_emulator
 
@@ -36,10 +36,10 @@ def _state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
 
 @pytest.fixture(autouse=True)
 def _library_logging() -> Iterator[None]:
-    """Every test starts with structlog unconfigured, as a host application that never
-    touched it (``capture_logs`` and ``imagegate.cli.main`` configure it, and leave it so)."""
+    """Every test starts with logging as a host that never touched it leaves it
+    (``capture_logs`` and an in-process ``imagegate.cli.main`` configure it, and leave it so)."""
     yield
-    structlog.reset_defaults()
+    unconfigure_logging()
 
 
 @pytest.fixture(scope="session")

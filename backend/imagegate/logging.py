@@ -33,6 +33,7 @@ __all__ = [
     "get_logger",
     "human_line",
     "structlog_configured",
+    "unconfigure_logging",
 ]
 
 ROOT = "imagegate"
@@ -194,6 +195,15 @@ def configure_logging(
     root.setLevel(logging.WARNING)  # other libraries: warnings and up
     logging.getLogger(ROOT).setLevel(emitted)
     return handler
+
+
+def unconfigure_logging() -> None:
+    """Undo :func:`configure_logging`: back to the library's defaults (tests, embedders)."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _MARK, False)]:
+        root.removeHandler(old)
+    logging.getLogger(ROOT).setLevel(logging.NOTSET)
+    structlog.reset_defaults()
 
 
 @contextlib.contextmanager

@@ -289,7 +289,6 @@ async def test_the_status_line_names_the_backend_tried_and_the_failover(a1111_ur
     config.write_text(
         f'[[backend]]\nname = "down"\nkind = "a1111"\nbase_url = "{closed_port_url()}"\npriority = 0\n'
         f'[[backend]]\nname = "up"\nkind = "a1111"\nbase_url = "{a1111_url}"\npriority = 10\n'
-        "[service]\nretry_backoff_s = 0.3\n"
     )
     code, screen = await _on_a_terminal(
         "generate", "a fox", "--width", "64", "--height", "64", "--config", str(config), cwd=tmp_path, env={}

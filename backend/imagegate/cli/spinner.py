@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TextIO
@@ -44,25 +45,38 @@ def describe(event: str, fields: dict[str, Any], failed: list[str]) -> str | Non
 
 
 class Spinner:
-    """``| trying a1111  1.2 s`` redrawn in place on a terminal."""
+    """``| trying a1111  1.2 s`` redrawn in place on a terminal: on every tick, and at once
+    when the status changes (so no step is missed, however quick)."""
 
     def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream
-        self.status = "starting"
+        self._status = "starting"
         self._clock = clock
         self._start = clock()
         self._frame = 0
+        self._lock = threading.Lock()  # a backend's worker thread may log too
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    @status.setter
+    def status(self, text: str) -> None:
+        self._status = text
+        self.draw()
 
     def draw(self) -> None:
-        elapsed = self._clock() - self._start
-        frame = _FRAMES[self._frame % len(_FRAMES)]
-        self._frame += 1
-        self.stream.write(f"\r\x1b[K{frame} {self.status}  {elapsed:.1f} s")
-        self.stream.flush()
+        with self._lock:
+            elapsed = self._clock() - self._start
+            frame = _FRAMES[self._frame % len(_FRAMES)]
+            self._frame += 1
+            self.stream.write(f"\r\x1b[K{frame} {self._status}  {elapsed:.1f} s")
+            self.stream.flush()
 
     def clear(self) -> None:
-        self.stream.write("\r\x1b[K")
-        self.stream.flush()
+        with self._lock:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
 
 
 class RouterEvents(logging.Handler):
