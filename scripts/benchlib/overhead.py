@@ -156,7 +156,8 @@ def overhead_report(
         "config": {
             "runs": args.runs,
             "warmup": args.warmup,
-            "image": f"{args.size}x{args.size} png, drawn anew for every request",
+            "image": f"{args.size}x{args.size} png",
+            "emulator": "draws and encodes every image anew (--render)",
         },
         "latency_ms": {name: stats_ms(values) for name, values in samples.items()},
         "added_ms": {"imagegate": add},
@@ -169,8 +170,8 @@ def overhead_report(
 def print_overhead(report: dict[str, Any]) -> None:
     cfg = report["config"]
     print(
-        f"overhead: {cfg['runs']} sequential {cfg['image']} generations, OpenAI-compatible "
-        f"emulator in its own process; load {report['machine']['loadavg_1m']}"
+        f"overhead: {cfg['runs']} sequential {cfg['image']} generations, each drawn anew by the "
+        f"OpenAI-compatible emulator in its own process; load {report['machine']['loadavg_1m']}"
     )
     print_table(report["latency_ms"])
     print_added(report["added_ms"])
