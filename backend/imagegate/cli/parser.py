@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"imagegate {__version__}")
     parser.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], metavar="LEVEL",
+        "--log-level", type=str.lower, choices=["debug", "info", "warning", "error"], metavar="LEVEL",
         help="what to log on stderr: debug, info, warning or error"
         " (default: warning; info for serve)",
     )
