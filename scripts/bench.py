@@ -7,6 +7,8 @@
 
 Every scenario starts its own emulators on 127.0.0.1, warms up, measures, prints a table,
 writes ``outputs/bench/<scenario>.json`` and compares with a baseline measured in the same run.
+imagegate is used as a library with no logging configuration at all (its defaults: stdlib
+``logging``, warnings and errors on stderr), as the overhead target asks.
 The scenarios are listed in ``scripts/benchlib/registry.py``.
 """
 
@@ -18,7 +20,6 @@ import sys
 
 from benchlib.common import OUT_DIR
 from benchlib.registry import SCENARIOS
-from imagegate.logging import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     for name, scenario in SCENARIOS.items():
         scenario.add_arguments(sub.add_parser(name, help=scenario.help))
     args = parser.parse_args(argv)
-    configure_logging(level="error")
     scenario = SCENARIOS[args.scenario]
     report = scenario.run(args)
     if getattr(args, "json", False):

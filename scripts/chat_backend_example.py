@@ -12,17 +12,17 @@ What it shows:
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import structlog
 from aiohttp import web
 from imagegate import AllBackendsFailed, ImageRequest, ImageService, ImageStore, InvalidRequest
 from imagegate.backends.registry import load_settings
 from imagegate.config import Settings
 
-log = structlog.get_logger()
+log = logging.getLogger("chat_backend_example")
 
 SERVICE = web.AppKey("service", ImageService)
 STORE = web.AppKey("store", ImageStore)
@@ -38,9 +38,17 @@ def wants_image(message: str) -> str | None:
     return message[match.end() :].strip() or None if match else None
 
 
+BAD_BODY = 'Send JSON like {"message": "draw a lighthouse at dusk"}.'
+
+
 async def chat(request: web.Request) -> web.Response:
-    body = await request.json()
-    message = str(body.get("message", ""))
+    try:
+        body = await request.json()
+    except ValueError:  # not JSON at all (or not UTF-8)
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("message", ""), str):
+        return web.json_response({"reply": BAD_BODY, "image_url": None}, status=400)
+    message = body.get("message", "")
     prompt = wants_image(message)
     if prompt is None:
         return web.json_response({"reply": f"You said: {message}", "image_url": None})
@@ -51,7 +59,7 @@ async def chat(request: web.Request) -> web.Response:
         return web.json_response({"reply": f"I can't draw that: {exc}", "image_url": None})
     except AllBackendsFailed as exc:
         # The operator gets the whole trail; the end user gets a kind sentence.
-        log.warning("chat_image_failed", attempts=[a.model_dump() for a in exc.attempts])
+        log.warning("chat_image_failed: %s", [a.model_dump() for a in exc.attempts])
         return web.json_response({"reply": SORRY, "image_url": None, "backend": None})
     path = request.app[STORE].save(result.images[0], image_request, backend=result.backend)
     relative = path.relative_to(request.app[STORE].root).as_posix()
@@ -91,6 +99,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--config", type=Path)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)  # the application decides; imagegate only emits
     web.run_app(create_app(load_settings(args.config)), host=args.host, port=args.port)
 
 

@@ -20,9 +20,27 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
 from imagegate.backends.registry import load_settings
 from imagegate.config import Settings
+from imagegate.logging import unconfigure_logging
 from imagegate.testing import Knobs, LocalCA, black_hole, serve_app
 from imagegate.testing import a1111 as a1111_emulator
 from imagegate.testing.redis import RedisServer, redis_available, redis_server
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own XDG_STATE_HOME: a server's URL secret file never lands in the real home
+    (and every test starts as a first start would)."""
+    state = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    return state
+
+
+@pytest.fixture(autouse=True)
+def _library_logging() -> Iterator[None]:
+    """Every test starts with logging as a host that never touched it leaves it
+    (``capture_logs`` and an in-process ``imagegate.cli.main`` configure it, and leave it so)."""
+    yield
+    unconfigure_logging()
 
 
 @pytest.fixture(scope="session")

@@ -64,7 +64,8 @@ def readme_run(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, 
     driver = [sys.executable, str(ROOT / "tests" / "readme_blocks.py"), str(spec), str(result)]
     done = subprocess.run(
         [*(prefix or []), *driver],
-        check=False, cwd=work, env=clean_env(), capture_output=True, text=True, timeout=170,
+        check=False, cwd=work, env=clean_env(XDG_STATE_HOME=str(work / ".state")),
+        capture_output=True, text=True, timeout=170,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return {r["line"]: r for r in json.loads(result.read_text())}
@@ -190,6 +191,8 @@ def test_readme_service_defaults_match_the_code() -> None:
 def _as_shown(default: Any) -> str:
     if default is None:
         return "none"
+    if isinstance(default, bool):
+        return str(default).lower()
     if isinstance(default, dict):
         return f"`{json.dumps(default)}`"
     if isinstance(default, str | Path):

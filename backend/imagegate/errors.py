@@ -37,6 +37,9 @@ connection: the server is restarting; a 429 that said when), else None.
 
 from __future__ import annotations
 
+import argparse
+import errno
+import socket
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 if TYPE_CHECKING:
@@ -78,6 +81,8 @@ __all__ = [
     "ServerError",
     "Unavailable",
     "error_class_for_kind",
+    "listen_failed",
+    "port_number",
 ]
 
 
@@ -108,6 +113,31 @@ class ConfigError(ImageGateError):
     """The configuration (file, environment) cannot be used; names the file, table and key."""
 
     kind = "config_error"
+
+
+def port_number(text: str) -> int:
+    """``--port`` of a server (``imagegate serve``, the emulators): 0 (any free port) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 65535 (got {text!r})") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 65535 (got {port})")
+    return port
+
+
+def listen_failed(exc: OSError, host: str, port: int) -> ConfigError:
+    """A server that cannot listen on ``host:port``, as one line saying what to do."""
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        why = f"port {port} is already in use on {host}: stop what uses it, or pick another --port"
+    elif exc.errno == errno.EACCES:
+        why = f"no permission to listen on port {port}: pick a port above 1023 with --port"
+    elif exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or isinstance(exc, socket.gaierror):
+        why = f"cannot listen on {host!r}: not an address of this machine (see --host)"
+    else:
+        why = f"cannot listen on {where}: {exc.strerror or exc}"
+    return ConfigError(why)
 
 
 class BackendError(ImageGateError):

@@ -116,8 +116,9 @@ def stop_process(proc: subprocess.Popen[bytes], *, timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def openai_emulator(latency_s: float = 0.0) -> Iterator[str]:
-    """imagegate's OpenAI-compatible emulator in its own process (``python -m imagegate.testing``)."""
+def openai_emulator(latency_s: float = 0.0, *, render: bool = False) -> Iterator[str]:
+    """imagegate's OpenAI-compatible emulator in its own process (``python -m imagegate.testing``);
+    ``render``: every image drawn and encoded anew, none served from a cache."""
     port = free_port()
     argv = [
         sys.executable,
@@ -131,6 +132,8 @@ def openai_emulator(latency_s: float = 0.0) -> Iterator[str]:
     ]
     if latency_s:
         argv += ["--latency", str(latency_s)]
+    if render:
+        argv.append("--render")
     with process(argv, port) as url:
         yield url
 

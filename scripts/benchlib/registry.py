@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from benchlib.clients import clients_arguments, print_clients, run_clients
 from benchlib.common import OUT_DIR
 from benchlib.compare import compare_arguments, print_compare, run_compare
 from benchlib.failover import failover_arguments, print_failover, run_failover
@@ -50,6 +51,8 @@ SCENARIOS: dict[str, Scenario] = {
                         run_compare, print_compare, compare_arguments),
     "fleet": Scenario("several instances through Redis: breaker propagation, added latency, 1 vs 3",
                       run_fleet, print_fleet, fleet_arguments),
+    "clients": Scenario("LiteLLM as a client of `imagegate serve` (needs litellm)", run_clients,
+                        print_clients, clients_arguments),
     "soak": Scenario("60 s against three flapping backends, with leak and breaker checks",
                      run_soak, print_soak, soak_arguments),
 }

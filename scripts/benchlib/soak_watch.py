@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 from imagegate import ImageService
+from imagegate.logging import structlog_configured
 
 from benchlib.common import malloc_trim, open_fds, rss_mb
 
@@ -58,14 +59,10 @@ class EventLog:
     @contextlib.contextmanager
     def capturing(self) -> Iterator[EventLog]:
         """Route every structlog event (info and up) here; restore the configuration after."""
-        old = structlog.get_config()
-        structlog.configure(
+        with structlog_configured(
             processors=[self], wrapper_class=structlog.make_filtering_bound_logger(20)
-        )
-        try:
+        ):
             yield self
-        finally:
-            structlog.configure(**old)
 
 
 @dataclass

@@ -35,7 +35,7 @@ from imagegate.cli.demo import (
 from imagegate.cli.demo import StandIns as DemoStandIns
 from imagegate.cli.main import main
 from imagegate.cli.narrate import Narrator
-from imagegate.testing import Knobs
+from imagegate.testing import Knobs, LocalCA
 from PIL import Image
 
 from tests.isolated import clean_env, isolation_prefix
@@ -212,8 +212,9 @@ def test_a_blank_prompt_exits_2_before_anything_starts(capsys: pytest.CaptureFix
 
 
 def test_every_scenario_config_loads_through_the_real_loader(tmp_path: Path) -> None:
+    ca = LocalCA(tmp_path)  # the loader checks that ca_bundle is a PEM file
     fake = DemoStandIns("https://127.0.0.1:1", "https://127.0.0.1:2", "http://127.0.0.1:3",
-                        tmp_path / "ca.pem", Knobs(), Knobs())
+                        ca.ca_file, Knobs(), Knobs())
     for scenario in SCENARIOS.values():
         path = tmp_path / f"{scenario.name}.toml"
         path.write_text(config_toml(scenario, fake))

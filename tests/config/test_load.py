@@ -16,6 +16,7 @@ from imagegate.models import Deadline, ImageRequest
 from imagegate.routing import ImageService
 from imagegate.testing import Knobs, LocalCA, serve_app
 from imagegate.testing import a1111 as a1111_emulator
+from structlog.testing import capture_logs
 
 from tests.conftest import make_settings, write_config
 
@@ -167,9 +168,109 @@ def test_a1111_url_alone_configures_one_backend() -> None:
     assert settings.source == "environment"
 
 
-def test_bad_a1111_url_in_the_environment_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="base_url"):
-        load_settings(None, environ={"A1111_URL": "127.0.0.1:7860"}, dotenv=False)
+@pytest.mark.parametrize("var", ["A1111_URL", "OPENAI_BASE_URL"])
+def test_bad_url_in_the_environment_names_the_variable(var: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, environ={var: "127.0.0.1:7860"}, dotenv=False)
+    assert str(caught.value).startswith(f"environment variable {var}: must be an http")
+    assert "[[backend]]" not in str(caught.value) and "127.0.0.1:7860" in str(caught.value)
+
+
+# --- a missing key disables one backend; the others serve --------------------------------------
+
+
+def test_a_backend_whose_key_variable_is_missing_is_disabled_with_one_warning(tmp_path: Path) -> None:
+    path = write_config(tmp_path, A1111 + '\n[[backend]]\nname = "nov"\nkind = "novita"\n')
+    with capture_logs() as logs:
+        settings = load_settings(path, environ={}, dotenv=False)
+    assert [b.name for b in settings.backends] == ["local"]
+    (warning,) = [e for e in logs if e["event"] == "backend_disabled"]
+    assert warning["log_level"] == "warning" and warning["backend"] == "nov"
+    assert warning["message"].startswith(f"{path}: backend 'nov' (novita) is disabled")
+    assert "NOVITA_API_KEY" in warning["message"] and "\n" not in warning["message"]
+    assert "NOVITA_API_KEY" in settings.disabled["nov"]
+
+
+def test_diagnose_keeps_a_backend_whose_key_is_missing_to_report_it(tmp_path: Path) -> None:
+    path = write_config(tmp_path, A1111 + '\n[[backend]]\nname = "nov"\nkind = "novita"\n')
+    settings = load_settings(path, environ={}, dotenv=False, require_secrets=False)
+    assert [b.name for b in settings.backends] == ["local", "nov"] and not settings.disabled
+
+
+def test_openai_base_url_without_a_key_warns_at_start_and_is_used_keyless() -> None:
+    with capture_logs() as logs:
+        settings = load_settings(None, environ={"OPENAI_BASE_URL": "http://10.0.0.5:8000/v1"}, dotenv=False)
+    (backend,) = settings.backends
+    assert backend.kind == "openai" and settings.secret("openai", "api_key") is None
+    (warning,) = [e for e in logs if e["event"] == "openai_key_missing"]
+    assert "OPENAI_API_KEY is not" in warning["message"]
+
+
+def test_openai_s_own_host_without_a_key_is_disabled_not_sent_keyless() -> None:
+    env = {"OPENAI_BASE_URL": "https://api.openai.com/v1", "A1111_URL": "http://127.0.0.1:7860"}
+    settings = load_settings(None, environ=env, dotenv=False)
+    assert [b.name for b in settings.backends] == ["a1111"]
+    assert "OPENAI_API_KEY" in settings.disabled["openai"]
+    with pytest.raises(ConfigError, match="no backend is usable: .*OPENAI_API_KEY"):
+        load_settings(None, environ={"OPENAI_BASE_URL": "https://api.openai.com"}, dotenv=False)
+
+
+def test_no_config_at_all_says_so_and_names_the_variables() -> None:
+    with capture_logs() as logs:
+        settings = load_settings(None, environ={}, dotenv=False)
+    assert {b.kind for b in settings.backends} == {"hf_space"}
+    (notice,) = [e for e in logs if e["event"] == "no_config_found"]
+    assert notice["log_level"] == "warning"
+    assert "public Hugging Face Spaces" in notice["message"]
+    assert "A1111_URL" in notice["message"] and "--config" in notice["message"]
+    with capture_logs() as logs:
+        load_settings(None, environ={"A1111_URL": "http://127.0.0.1:1"}, dotenv=False)
+    assert not [e for e in logs if e["event"] == "no_config_found"]
+
+
+# --- ca_bundle and SSL_CERT_FILE are checked at load, with one line each ------------------------
+
+
+def test_a_relative_ca_bundle_is_relative_to_the_config_file_not_the_cwd(
+    tmp_path: Path, local_ca: LocalCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    (folder / "ca.pem").write_bytes(local_ca.ca_file.read_bytes())
+    monkeypatch.chdir(tmp_path)  # ./ca.pem does not exist here
+    path = write_config(folder, A1111 + 'ca_bundle = "ca.pem"\n')
+    (backend,) = load_settings(path, environ={}, dotenv=False).backends
+    assert backend.ca_bundle == folder / "ca.pem"
+
+
+@pytest.mark.parametrize(
+    ("content", "says"), [(None, "file not found"), (b"not a certificate\n", "not a PEM certificate")]
+)
+def test_a_missing_or_non_pem_ca_bundle_is_one_line_naming_file_table_and_key(
+    tmp_path: Path, content: bytes | None, says: str
+) -> None:
+    if content is not None:
+        (tmp_path / "ca.pem").write_bytes(content)
+    message = config_error(tmp_path, A1111 + 'ca_bundle = "ca.pem"\n')
+    assert "[[backend]] 'local': key 'ca_bundle'" in message and says in message
+    assert str(tmp_path / "ca.pem") in message
+
+
+@pytest.mark.parametrize(
+    ("content", "says"), [(None, "file not found"), (b"\x00\x01junk", "not a PEM certificate")]
+)
+def test_a_missing_or_non_pem_ssl_cert_file_names_the_variable(
+    tmp_path: Path, content: bytes | None, says: str
+) -> None:
+    bundle = tmp_path / "corp.pem"
+    if content is not None:
+        bundle.write_bytes(content)
+    env = {"SSL_CERT_FILE": str(bundle), "A1111_URL": "http://127.0.0.1:7860"}
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, environ=env, dotenv=False)
+    message = str(caught.value)
+    assert message.startswith("environment variable SSL_CERT_FILE: ") and says in message
+    assert "\n" not in message
 
 
 def test_imagegate_config_env_var_is_honoured(tmp_path: Path) -> None:

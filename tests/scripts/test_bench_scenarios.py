@@ -11,6 +11,10 @@ from typing import Any
 
 import pytest
 from benchlib import litellm_side
+from benchlib.clients import SKIP as CLIENTS_SKIP
+from benchlib.clients import gateway as clients_gateway
+from benchlib.clients import print_clients, run_clients
+from benchlib.common import API_KEY
 from benchlib.compare import SKIP, print_compare, run_compare
 from benchlib.memory import memory_arguments, run_memory
 from benchlib.overhead import overhead_arguments, print_overhead, run_overhead
@@ -27,7 +31,7 @@ def args_for(add_arguments: Any, *argv: str) -> argparse.Namespace:
 
 
 def test_bench_py_offers_every_scenario_and_all() -> None:
-    assert set(SCENARIOS) >= {"failover", "hedge", "http", "overhead", "memory", "compare", "soak", "all"}
+    assert set(SCENARIOS) >= {"failover", "hedge", "http", "overhead", "memory", "compare", "clients", "soak", "all"}
     listed = subprocess.run(
         [sys.executable, str(ROOT / "scripts/bench.py"), "--help"], capture_output=True, text=True, check=True
     ).stdout
@@ -43,6 +47,8 @@ def test_overhead_reports_added_latency_and_untouched_image_bytes(
     assert report["bytes_identical_to_provider"] is True
     assert set(report["latency_ms"]) == {"raw_aiohttp", "imagegate"}
     assert report["added_ms"]["imagegate"]["p50"] < 50  # a sanity bound, not the benchmark's target
+    assert report["logging"]["structlog_configured"] is False  # the library's defaults
+    assert "anew" in report["config"]["emulator"]
     print_overhead(report)
     assert "added over a raw aiohttp POST" in capsys.readouterr().out
 
@@ -55,14 +61,19 @@ def test_memory_reports_rounds_peak_and_growth() -> None:
     assert report["config"]["image"].startswith("128x128 png")
 
 
-def test_compare_without_litellm_says_so_in_one_line(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("name", "run", "show", "skip"),
+    [("compare", run_compare, print_compare, SKIP), ("clients", run_clients, print_clients, CLIENTS_SKIP)],
+)
+def test_litellm_scenarios_without_litellm_say_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    name: str, run: Any, show: Any, skip: str,
 ) -> None:
     monkeypatch.setattr(litellm_side, "load_litellm", lambda: None)
-    report = run_compare(argparse.Namespace())
-    assert report == {"scenario": "compare", "skipped": SKIP}
-    print_compare(report)
-    assert capsys.readouterr().out.strip() == SKIP
+    report = run(argparse.Namespace())
+    assert report == {"scenario": name, "skipped": skip}
+    show(report)
+    assert capsys.readouterr().out.strip() == skip
 
 
 class _Fake:
@@ -109,3 +120,27 @@ def test_all_runs_each_scenario_writes_its_json_and_survives_a_broken_one(
     ]
     print_all({"machine": {}, "scenarios": summary})
     assert "MISSED" in capsys.readouterr().out
+
+
+def test_the_clients_gateway_is_an_env_only_serve_that_answers_any_model_name() -> None:
+    """What LiteLLM talks to in ``clients``: real processes, A1111_URL alone."""
+    import json
+    import urllib.request
+
+    with clients_gateway() as base:
+        body = json.dumps({"model": "flux-dev", "prompt": "a fox", "size": "64x64", "cfg_scale": 3}).encode()
+        request = urllib.request.Request(
+            f"{base}/v1/images/generations", data=body,
+            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=20) as resp:
+            assert resp.status == 200 and resp.headers["x-imagegate-backend"] == "a1111"
+            assert json.loads(resp.read())["data"][0]["b64_json"]
+
+
+def test_litellm_gets_an_image_from_imagegate_in_every_documented_call() -> None:
+    """Runs only where litellm is installed (the bench environment)."""
+    if litellm_side.load_litellm() is None:
+        pytest.skip("litellm is not installed here: it runs in the bench environment")
+    report = run_clients(argparse.Namespace())
+    assert report["target_met"], report["cases"]

@@ -68,3 +68,18 @@ async def test_end_user_gets_a_kind_sentence_when_every_backend_fails(tmp_path: 
         answer = await resp.json()
     assert answer["image_url"] is None
     assert answer["reply"] == example.SORRY
+
+
+async def test_a_bad_body_is_a_400_with_a_kind_message_not_a_traceback(a1111_url: str, tmp_path: Path) -> None:
+    settings = make_settings(
+        [{"name": "local", "kind": "a1111", "base_url": a1111_url}],
+        service={"output_dir": str(tmp_path / "out")},
+        tmp_path=tmp_path,
+    )
+    bodies = [b"draw a cat", b"\xff\xfe", b"[1, 2]", b'{"message": 42}', b""]
+    async with serve_app(example.create_app(settings)) as url, aiohttp.ClientSession() as http:
+        for body in bodies:
+            async with http.post(f"{url}/chat", data=body) as resp:
+                answer = await resp.json()
+                assert resp.status == 400, body
+            assert answer == {"reply": example.BAD_BODY, "image_url": None}, body

@@ -17,7 +17,13 @@ from imagegate.models import (
 )
 from imagegate.server.errors import Redactor, api_error_for
 from imagegate.server.openapi import openapi_document
-from imagegate.server.wire import images_response, parse_generation, parse_size, resolve_model
+from imagegate.server.wire import (
+    ignored_header,
+    images_response,
+    parse_generation,
+    parse_size,
+    resolve_model,
+)
 
 BACKENDS = ("local", "novita")
 ALIASES = {"dall-e-3": "novita", "gpt-image-1": "*"}
@@ -54,9 +60,36 @@ def test_model_is_a_backend_an_alias_or_absent() -> None:
     assert resolve_model("local", BACKENDS, ALIASES) == "local"
     assert resolve_model("dall-e-3", BACKENDS, ALIASES) == "novita"
     assert resolve_model("gpt-image-1", BACKENDS, ALIASES) is None
+    assert resolve_model("dall-e-2", BACKENDS, ALIASES) is None  # unknown_model = "route"
     with pytest.raises(InvalidRequest, match="known: dall-e-3, gpt-image-1, local, novita") as err:
-        resolve_model("dall-e-2", BACKENDS, ALIASES)
+        resolve_model("dall-e-2", BACKENDS, ALIASES, unknown_model="reject")
     assert err.value.field == "model"
+
+
+def test_client_names_map_to_ours_and_unknown_fields_are_listed_not_refused() -> None:
+    generation = parse(
+        {"prompt": "p", "cfg_scale": 6.5, "sampler_name": "Euler a", "steps": 20, "seed": 3,
+         "negative_prompt": "blur", "aspect_ratio": "1:1", "clip_skip": 2}
+    )
+    assert generation.request.guidance_scale == 6.5 and generation.request.sampler == "Euler a"  # type: ignore[attr-defined]
+    assert (generation.request.steps, generation.request.seed) == (20, 3)  # type: ignore[attr-defined]
+    assert generation.ignored == ("aspect_ratio", "clip_skip")  # type: ignore[attr-defined]
+    with pytest.raises(InvalidRequest) as err:
+        parse({"prompt": "p", "cfg_scale": "7"})  # mapped names are typed as ours
+    assert err.value.field == "cfg_scale"
+    with pytest.raises(InvalidRequest) as err:
+        parse({"prompt": "p", "cfg_scale": 5, "guidance_scale": 7})
+    assert err.value.field == "cfg_scale"
+    with pytest.raises(InvalidRequest, match="Unknown parameter: 'aspect_ratio'") as err:
+        parse_generation(b'{"prompt": "p", "aspect_ratio": "1:1"}', backends=BACKENDS,
+                         aliases=ALIASES, strict_fields=True)
+    assert err.value.field == "aspect_ratio"
+
+
+def test_the_ignored_header_names_only_safe_names_and_at_most_twenty() -> None:
+    assert ignored_header(["a", "b\r\nSet-Cookie: x", "c"]) == "a, c, +1 more"
+    many = [f"f{i:02d}" for i in range(25)]
+    assert ignored_header(many) == ", ".join(many[:20]) + ", +5 more"
 
 
 def test_a_full_openai_body_becomes_our_request() -> None:

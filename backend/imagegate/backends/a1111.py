@@ -25,7 +25,7 @@ from pydantic import Field
 
 from imagegate.backends.http import HttpBackend
 from imagegate.backends.images import check_image
-from imagegate.config import HttpBackendSettings
+from imagegate.config import HttpBackendSettings, url_from_env
 from imagegate.errors import BadResponse
 from imagegate.models import Deadline, GeneratedImage, ImageRequest
 
@@ -64,7 +64,7 @@ def from_env(env: Mapping[str, str], have_others: bool) -> list[dict[str, Any]]:
     """``A1111_URL`` alone configures a local webui."""
     if not env.get("A1111_URL"):
         return []
-    return [{"name": "a1111", "kind": "a1111", "base_url": env["A1111_URL"]}]
+    return [{"name": "a1111", "kind": "a1111", "base_url": url_from_env(env, "A1111_URL")}]
 
 
 def build_request(request: ImageRequest, *, model: str | None) -> dict[str, Any]:

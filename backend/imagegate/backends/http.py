@@ -25,7 +25,6 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import aiohttp
-import structlog
 
 from imagegate.backends.base import ImageBackend
 from imagegate.backends.transport import (
@@ -40,6 +39,7 @@ from imagegate.backends.transport import (
 )
 from imagegate.config import HttpBackendSettings, Timeouts
 from imagegate.errors import BackendError, BadResponse, GenerationTimeout
+from imagegate.logging import get_logger
 from imagegate.models import Deadline
 
 __all__ = [
@@ -52,7 +52,7 @@ __all__ = [
     "gather_all",
 ]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 ERROR_BODY_CAP = 64 * 1024  # an error body is read this far: enough for any message
 T = TypeVar("T")

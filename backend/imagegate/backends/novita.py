@@ -50,7 +50,6 @@ import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import structlog
 from pydantic import Field
 
 from imagegate.backends.http import Answer, Failed, HttpBackend, Pending, gather_all
@@ -67,6 +66,7 @@ from imagegate.errors import (
     Rejected,
     ServerError,
 )
+from imagegate.logging import get_logger
 from imagegate.models import Deadline, GeneratedImage, ImageRequest
 
 __all__ = [
@@ -79,7 +79,7 @@ __all__ = [
     "parse_task",
 ]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 _TXT2IMG = "/v3/async/txt2img"
 _TASK_RESULT = "/v3/async/task-result"

@@ -49,8 +49,9 @@ from urllib.parse import urljoin, urlsplit
 from imagegate.backends.http import Answer, HttpBackend
 from imagegate.backends.images import check_image
 from imagegate.backends.transport import error_for_status, error_text, parse_retry_after
-from imagegate.config import HttpBackendSettings
+from imagegate.config import HttpBackendSettings, url_from_env
 from imagegate.errors import BackendError, BadResponse, ContentFiltered, QuotaExhausted
+from imagegate.logging import get_logger
 from imagegate.models import Deadline, GeneratedImage, ImageFormat, ImageRequest
 
 __all__ = [
@@ -62,6 +63,8 @@ __all__ = [
     "from_env",
     "parse_response",
 ]
+
+log = get_logger(__name__)
 
 _GENERATIONS = "/v1/images/generations"
 _MODELS = "/v1/models"
@@ -88,16 +91,31 @@ class OpenAISettings(HttpBackendSettings):
 
 
 def from_env(env: Mapping[str, str], have_others: bool) -> list[dict[str, Any]]:
-    """``OPENAI_BASE_URL`` (+ ``OPENAI_API_KEY`` when the server wants one), priority 40."""
-    if not env.get("OPENAI_BASE_URL"):
+    """``OPENAI_BASE_URL`` (+ ``OPENAI_API_KEY`` when the server wants one), priority 40.
+
+    Decided: OpenAI's own hosts always want a key, so without ``OPENAI_API_KEY`` that backend
+    is disabled at start like any other whose key is missing. Another server may be keyless
+    (a local gateway, another imagegate): it is used without a key, and a warning says so at
+    start, so that a forgotten key is seen before the first 401.
+    """
+    if not env.get("OPENAI_BASE_URL", "").strip():
         return []
+    base_url = url_from_env(env, "OPENAI_BASE_URL")
+    host = (urlsplit(base_url).hostname or "").lower()
+    needs_key = host == "openai.com" or host.endswith((".openai.com", ".openai.azure.com"))
+    if not needs_key and not env.get("OPENAI_API_KEY", "").strip():
+        log.warning(
+            "openai_key_missing",
+            message="OPENAI_BASE_URL is set but OPENAI_API_KEY is not: its requests go without"
+            " a key (fine for a keyless server; set OPENAI_API_KEY if it wants one)",
+        )
     return [
         {
             "name": "openai",
             "kind": "openai",
-            "base_url": env["OPENAI_BASE_URL"],
+            "base_url": base_url,
             "priority": 40,
-            "api_key_required": False,
+            "api_key_required": needs_key,
         }
     ]
 

@@ -51,41 +51,43 @@ class Provider:
     emulator: str | None = None  # module of its loopback emulator (``create_app`` or ``main``)
     smallest_side: int = 256  # the image size `imagegate diagnose --generate` asks for
     summary: str = ""
+    env_vars: tuple[str, ...] = ()  # the variables from_env reads to configure one
 
 
 PROVIDERS: tuple[Provider, ...] = (
     Provider(
         "a1111", a1111.A1111Settings, "imagegate.backends.a1111:A1111Backend", a1111.from_env,
         emulator="imagegate.testing.a1111", smallest_side=64,
-        summary="a local AUTOMATIC1111 webui (--api)",
+        summary="a local AUTOMATIC1111 webui (--api)", env_vars=("A1111_URL",),
     ),
     Provider(
         "novita", novita.NovitaSettings, "imagegate.backends.novita:NovitaBackend", novita.from_env,
         emulator="imagegate.testing.novita", smallest_side=128,  # v3 starts at 128
-        summary="Novita AI (async task + polling)",
+        summary="Novita AI (async task + polling)", env_vars=("NOVITA_API_KEY",),
     ),
     Provider(
         "stability", stability.StabilitySettings, "imagegate.backends.stability:StabilityBackend",
         stability.from_env, emulator="imagegate.testing.stability",
         smallest_side=1024,  # no sizes, only ratios: 1:1 is asked for
-        summary="Stability AI v2beta Stable Image",
+        summary="Stability AI v2beta Stable Image", env_vars=("STABILITY_API_KEY",),
     ),
     Provider(
         "hf_inference", hf_inference.HFInferenceSettings,
         "imagegate.backends.hf_inference:HFInferenceBackend", hf_inference.from_env,
         emulator="imagegate.testing.hf_inference", smallest_side=256,
-        summary="Hugging Face Inference through the router",
+        summary="Hugging Face Inference through the router", env_vars=("HF_TOKEN",),
     ),
     Provider(
         "openai", openai_images.OpenAISettings, "imagegate.backends.openai_images:OpenAIImagesBackend",
         openai_images.from_env, emulator="imagegate.testing.openai_images",
         smallest_side=1024,  # the one size every OpenAI-shaped model accepts
-        summary="any OpenAI-compatible images endpoint",
+        summary="any OpenAI-compatible images endpoint", env_vars=("OPENAI_BASE_URL",),
     ),
     Provider(
         "hf_space", hf_space.HFSpaceSettings, "imagegate.backends.hf_space.backend:HFSpaceBackend",
         hf_space.from_env, emulator="imagegate.testing.gradio_space", smallest_side=256,
         summary="a Hugging Face Space (or any Gradio app) via gradio_client",
+        env_vars=("HF_SPACES",),
     ),
 )
 
@@ -99,6 +101,10 @@ class Registry:
     @property
     def kinds(self) -> tuple[str, ...]:
         return tuple(self._by_kind)
+
+    @property
+    def env_variables(self) -> tuple[str, ...]:
+        return tuple(var for p in self for var in p.env_vars)
 
     def __iter__(self) -> Any:
         return iter(self._by_kind.values())

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from imagegate.config import Timeouts
+from imagegate.config import Timeouts, check_pem
 from imagegate.errors import (
     AuthFailed,
     BackendError,
@@ -188,8 +188,9 @@ def error_text(body: bytes | str, limit: int = 300) -> str:
 @lru_cache(maxsize=32)
 def _ssl_context_cached(ca_bundle: str | None, env_bundle: str | None) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
-    for bundle in (env_bundle, ca_bundle):
+    for bundle, what in ((env_bundle, "environment variable SSL_CERT_FILE"), (ca_bundle, "ca_bundle")):
         if bundle:
+            check_pem(Path(bundle), what)  # one line naming it, not an SSLError traceback
             ctx.load_verify_locations(cafile=bundle)
     return ctx
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from imagegate.cli.output import (
     EXIT_DOWN,
@@ -21,75 +21,24 @@ from imagegate.cli.output import (
     EXIT_OK,
     print_failure,
     print_result,
-    progress,
 )
+from imagegate.cli.parser import build_parser
+from imagegate.cli.spinner import spinning
 from imagegate.errors import AllBackendsFailed, ConfigError, InvalidRequest
-from imagegate.logging import configure_logging
+from imagegate.logging import configure_logging, event_of
 from imagegate.models import ImageRequest
 from imagegate.routing import ImageService
 from imagegate.store import ImageStore
 
-__all__ = ["main"]
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="imagegate", description="One gateway to many image-generation providers."
-    )
-    parser.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    gen = sub.add_parser("generate", help="generate image(s) from a prompt")
-    gen.add_argument("prompt")
-    gen.add_argument("--negative-prompt", default="")
-    gen.add_argument("--width", type=int, default=1024)
-    gen.add_argument("--height", type=int, default=1024)
-    gen.add_argument("--steps", type=int)
-    gen.add_argument("--guidance", type=float, dest="guidance_scale")
-    gen.add_argument("--seed", type=int)
-    gen.add_argument("-n", type=int, default=1, dest="n")
-    gen.add_argument("--sampler")
-    gen.add_argument("--model")
-    gen.add_argument("--format", dest="output_format", default="png", help="png, jpeg or webp")
-    gen.add_argument("--backend", help="use only this backend (by name)")
-    gen.add_argument("--deadline", type=float, help="overall deadline in seconds")
-    _common(gen)
-    gen.add_argument("--out", type=Path, help="output directory (default: [service] output_dir)")
-    gen.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-
-    bk = sub.add_parser("backends", help="probe every configured backend once and print the table")
-    _common(bk)
-    bk.add_argument("--json", action="store_true")
-
-    diag = sub.add_parser("diagnose", help="find out which backends answer, and why not")
-    _common(diag)
-    diag.add_argument("--backend", action="append", dest="backends", metavar="NAME")
-    diag.add_argument("--generate", action="store_true", help="also run one small generation")
-    diag.add_argument("--json", action="store_true")
-    diag.add_argument("--timeout", type=float, default=10.0, help="per-step timeout in seconds")
-
-    serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP API")
-    _common(serve)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-
-    demo = sub.add_parser("demo", help="see failover work, with local stand-in providers")
-    demo.add_argument("prompt", nargs="?", default="a lighthouse at dusk, oil painting")
-    demo.add_argument("--scenario", choices=["failover", "hedge", "all-down"], default="failover")
-    demo.add_argument("--keep-running", action="store_true", help="keep the stand-ins up until Ctrl-C")
-    demo.add_argument("--config-out", type=Path, metavar="PATH",
-                      help="also write the stand-ins' config here (valid while they run)")
-    demo.add_argument("--out", type=Path, default=Path("outputs"))
-    demo.add_argument("--json", action="store_true")
-    return parser
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="TOML config file (default: $IMAGEGATE_CONFIG)")
-
+__all__ = ["build_parser", "main", "setup_logging"]
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging(level=args.log_level)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `imagegate`: the help, not an error
+        parser.print_help()
+        return EXIT_OK
+    setup_logging(args)
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
@@ -101,6 +50,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidRequest as exc:
         print(f"imagegate: invalid request: {exc}", file=sys.stderr)
         return EXIT_INVALID
+
+
+# The router events the human output already tells (the status line, the trail at the end).
+_TOLD_ELSEWHERE = frozenset({"backend_attempt", "all_backends_failed"})
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    """stderr only. ``serve``: info, console on a terminal, JSON lines otherwise. The other
+    commands print warnings as one human line each (JSON lines with --json off a terminal);
+    on a terminal the router's events also feed the status line. ``-v``: everything."""
+    chosen = "debug" if args.verbose else args.log_level
+    if args.command == "serve":
+        configure_logging(level=chosen or "info", style="auto")
+        return
+    machine = getattr(args, "json", False) and not sys.stderr.isatty()
+    lines = chosen or "warning"
+    emitted = "debug" if sys.stderr.isatty() else lines  # the status line reads debug events
+    handler = configure_logging(
+        level=emitted if _rank(emitted) < _rank(lines) else lines,
+        style="json" if machine else "human",
+        line_level=lines,
+    )
+    if not machine and not args.verbose:
+        handler.addFilter(lambda record: event_of(record)[0] not in _TOLD_ELSEWHERE)
+
+
+def _rank(level: str) -> int:
+    return int(logging.getLevelName(level.upper()))
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -136,7 +113,7 @@ async def _generate(args: argparse.Namespace) -> int:
     request = request_from_args(args)  # before any config or network: bad input costs nothing
     service = ImageService.from_config(args.config)
     out_dir = args.out or service.settings.service.output_dir
-    async with service, progress(sys.stderr):
+    async with service, spinning(sys.stderr):
         try:
             result = await service.generate(request, backend=args.backend, deadline_s=args.deadline)
         except AllBackendsFailed as exc:

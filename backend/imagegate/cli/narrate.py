@@ -20,6 +20,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from imagegate.logging import structlog_configured
+
 __all__ = ["Narrator"]
 
 WIDTH = 100
@@ -86,17 +88,13 @@ class Narrator:
     @contextlib.contextmanager
     def installed(self) -> Iterator[Narrator]:
         """Route every structlog event through this narrator; restore the old set-up after."""
-        old = structlog.get_config()
-        structlog.configure(
+        with structlog_configured(
             processors=[self],
             wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
             logger_factory=structlog.PrintLoggerFactory(file=self.stream),
             cache_logger_on_first_use=False,
-        )
-        try:
+        ):
             yield self
-        finally:
-            structlog.configure(**old)
 
     # -- one method per router event ----------------------------------------------------
 

@@ -7,19 +7,17 @@ Exit codes: 0 success; 1 diagnose found no usable backend; 2 invalid request or 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import sys
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from imagegate.errors import AllBackendsFailed
 from imagegate.models import Attempt, ImageResult
 
 __all__ = [
+    "DIAGNOSE_HINT",
     "EXIT_DOWN",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
@@ -28,7 +26,6 @@ __all__ = [
     "failure_json",
     "print_failure",
     "print_result",
-    "progress",
     "result_json",
 ]
 
@@ -37,6 +34,7 @@ EXIT_DOWN = 1
 EXIT_INVALID = 2
 EXIT_FAILED = 3
 EXIT_INTERRUPTED = 130
+DIAGNOSE_HINT = "run `imagegate diagnose` to see why"
 
 
 def result_json(result: ImageResult, paths: Sequence[Path]) -> dict[str, Any]:
@@ -60,7 +58,8 @@ def print_result(result: ImageResult, paths: Sequence[Path], *, as_json: bool) -
         print(json.dumps(result_json(result, paths)))
         return
     for path, img in zip(paths, result.images, strict=True):
-        print(f"{path}  ({img.width}x{img.height} {img.format.value}, seed {img.seed})")
+        seed = "" if img.seed is None else f", seed {img.seed}"  # some Spaces report none
+        print(f"{path}  ({img.width}x{img.height} {img.format.value}{seed})")
     tried = f", after {len(result.attempts)} attempts" if len(result.attempts) > 1 else ""
     print(f"backend: {result.backend}  time: {result.elapsed_s:.2f} s{tried}")
 
@@ -74,37 +73,11 @@ def failure_json(exc: AllBackendsFailed) -> dict[str, Any]:
 
 
 def print_failure(exc: AllBackendsFailed, *, as_json: bool) -> None:
+    """The trail (JSON on stdout, or lines on stderr), then the hint, on stderr either way."""
     if as_json:
         print(json.dumps(failure_json(exc)))
-        return
-    print(f"imagegate: {exc.message}", file=sys.stderr)
-    for a in exc.attempts:
-        print(f"  {a.backend}: {a.outcome} after {a.elapsed_s:.2f} s: {a.error or ''}", file=sys.stderr)
-
-
-@contextlib.asynccontextmanager
-async def progress(stream: TextIO) -> AsyncIterator[None]:
-    """An elapsed-time counter on ``stream`` while waiting, only when it is a terminal."""
-    if not stream.isatty():
-        yield
-        return
-    start = time.monotonic()
-
-    async def tick() -> None:
-        frames = "|/-\\"
-        i = 0
-        while True:
-            stream.write(f"\r{frames[i % 4]} generating... {time.monotonic() - start:5.1f} s")
-            stream.flush()
-            i += 1
-            await asyncio.sleep(0.1)
-
-    task = asyncio.create_task(tick())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        stream.write("\r" + " " * 40 + "\r")
-        stream.flush()
+    else:
+        print(f"imagegate: {exc.message}", file=sys.stderr)
+        for a in exc.attempts:
+            print(f"  {a.backend}: {a.outcome} after {a.elapsed_s:.2f} s: {a.error or ''}", file=sys.stderr)
+    print(DIAGNOSE_HINT, file=sys.stderr)

@@ -17,7 +17,9 @@ from imagegate.config.settings import (
     ServiceSettings,
     Settings,
     Timeouts,
+    check_pem,
     check_url,
+    url_from_env,
 )
 from imagegate.config.sources import environment
 
@@ -31,7 +33,9 @@ __all__ = [
     "ServiceSettings",
     "Settings",
     "Timeouts",
+    "check_pem",
     "check_url",
     "environment",
     "read_settings",
+    "url_from_env",
 ]

@@ -6,7 +6,12 @@ here: the caller hands over a :class:`KindTable` (the provider registry,
 
 With no file at all, backends come from the environment alone (``A1111_URL``,
 ``NOVITA_API_KEY``, ...: each kind says which variables configure it); with none of them,
-the built-in public Spaces serve as the zero-key default.
+the built-in public Spaces serve as the zero-key default (and a warning says so).
+
+A backend whose key variable is not set is left out with a one-line warning
+(``Settings.disabled`` says why) while the others serve; loading fails only when that leaves
+no backend at all. A relative ``ca_bundle`` is relative to the config file's folder; it and
+``SSL_CERT_FILE`` must be PEM files, checked here, so that no TLS set-up fails later.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from imagegate.config.settings import BackendSettings, ServiceSettings, Settings
+from imagegate.config.settings import BackendSettings, ServiceSettings, Settings, check_pem
 from imagegate.config.sources import environment, errors_text, read_toml
 from imagegate.errors import ConfigError
+from imagegate.logging import get_logger
 
 __all__ = ["CONFIG_ENV", "SERVICE_SECRETS", "STATE_URL_ENV", "KindTable", "read_settings"]
 
@@ -28,12 +34,19 @@ STATE_URL_ENV = "IMAGEGATE_STATE_URL"
 SERVICE_SECRETS = "[service]"  # Settings.secrets key of the service's own secrets (no backend is named so)
 _SECRETISH = ("api_key", "token", "password", "hf_token", "key")
 
+log = get_logger(__name__)
+
 
 class KindTable(Protocol):
     """What loading needs to know of the provider kinds."""
 
     @property
     def kinds(self) -> Sequence[str]: ...
+
+    @property
+    def env_variables(self) -> Sequence[str]:
+        """The variables that configure a backend with no file (for the no-config notice)."""
+        ...
 
     def settings_class(self, kind: str) -> type[BackendSettings]: ...
 
@@ -50,13 +63,15 @@ def read_settings(
 ) -> Settings:
     """Read the TOML file (``path``, else ``$IMAGEGATE_CONFIG``, else none) and the environment.
 
-    ``require_secrets=False`` (``imagegate diagnose``) lets a backend whose required variable is
-    unset load anyway, without that secret, so that it can be reported as absent.
+    ``require_secrets=False`` (``imagegate diagnose``) keeps a backend whose required variable
+    is unset, without that secret, so that it can be reported as absent.
 
-    Raises ConfigError with one message naming the file, the table and the key.
+    Raises ConfigError with one message naming the file, the table and the key (or the
+    variable).
     """
     env = environment(environ, dotenv=dotenv)
     path = path or env.get(CONFIG_ENV) or None
+    _check_cert_file(env)
     if path is not None:
         source = str(path)
         doc = read_toml(Path(path))
@@ -70,15 +85,49 @@ def read_settings(
         source = "environment"
         service = ServiceSettings()
         raw_backends = kinds.tables_from_env(env)
+        if not any(env.get(var, "").strip() for var in kinds.env_variables):
+            log.warning("no_config_found", message=_no_config_notice(kinds))
     service = _service_from_env(service, env, source)
     backends = [_validate_backend(raw, i, source, kinds) for i, raw in enumerate(raw_backends)]
     _check_unique(backends, source)
-    backends = [b for b in backends if b.enabled]
-    secrets = _resolve_secrets(backends, env, source, require=require_secrets)
+    backends = [_with_ca_bundle(b, path, source) for b in backends if b.enabled]
+    secrets, disabled = _resolve_secrets(backends, env, source, require=require_secrets)
+    where = "" if path is None else f"{source}: "
+    for name, why in disabled.items():
+        log.warning("backend_disabled", backend=name, message=where + why)
+    if disabled and len(disabled) == len(backends):
+        raise ConfigError(f"{source}: no backend is usable: " + "; ".join(disabled.values()))
+    backends = sorted((b for b in backends if b.name not in disabled), key=lambda b: b.priority)
     if service.state_url and env.get(service.state_password_env, "").strip():
         secrets[SERVICE_SECRETS] = {"state_password": env[service.state_password_env].strip()}
-    backends.sort(key=lambda b: b.priority)
-    return Settings(service=service, backends=tuple(backends), secrets=secrets, source=source)
+    return Settings(
+        service=service, backends=tuple(backends), secrets=secrets, source=source, disabled=disabled
+    )
+
+
+def _no_config_notice(kinds: KindTable) -> str:
+    variables = ", ".join(kinds.env_variables)
+    return (
+        f"no config found: using the public Hugging Face Spaces (set one of {variables}, "
+        f"or give a config file with --config PATH or {CONFIG_ENV})"
+    )
+
+
+def _check_cert_file(env: Mapping[str, str]) -> None:
+    bundle = env.get("SSL_CERT_FILE", "").strip()
+    if bundle:
+        check_pem(Path(bundle), "environment variable SSL_CERT_FILE")
+
+
+def _with_ca_bundle(b: BackendSettings, path: str | Path | None, source: str) -> BackendSettings:
+    """``ca_bundle`` resolved against the config file's folder, and checked to be PEM."""
+    if b.ca_bundle is None:
+        return b
+    bundle = b.ca_bundle.expanduser()
+    if not bundle.is_absolute() and path is not None:
+        bundle = Path(path).parent / bundle
+    check_pem(bundle, f"{source}: [[backend]] {b.name!r}: key 'ca_bundle'")
+    return b.model_copy(update={"ca_bundle": bundle})
 
 
 def _validate_service(raw: Any, source: str) -> ServiceSettings:
@@ -136,18 +185,20 @@ def _check_unique(backends: list[BackendSettings], source: str) -> None:
 
 def _resolve_secrets(
     backends: list[BackendSettings], env: Mapping[str, str], source: str, *, require: bool = True
-) -> dict[str, dict[str, str]]:
+) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """The secrets found per backend, and the backends left out for a missing one (why)."""
     secrets: dict[str, dict[str, str]] = {}
+    disabled: dict[str, str] = {}
     for b in backends:
         found: dict[str, str] = {}
         for purpose, var in b.secret_env_names().items():
             value = env.get(var, "").strip()
             if value:
                 found[purpose] = value
-            elif require and purpose in b.required_secrets():
-                raise ConfigError(
-                    f"{source}: [[backend]] {b.name!r} ({b.kind}): key '{purpose}_env': "
-                    f"the environment variable {var} is not set (set it, or put it in .env)"
+            elif require and purpose in b.required_secrets() and b.name not in disabled:
+                disabled[b.name] = (
+                    f"backend {b.name!r} ({b.kind}) is disabled: the environment variable "
+                    f"{var} (key '{purpose}_env') is not set (set it, or put it in .env)"
                 )
         secrets[b.name] = found
-    return secrets
+    return secrets, disabled

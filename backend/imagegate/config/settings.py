@@ -11,6 +11,8 @@ looked up once, when the settings are loaded.
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -25,7 +27,9 @@ __all__ = [
     "ServiceSettings",
     "Settings",
     "Timeouts",
+    "check_pem",
     "check_url",
+    "url_from_env",
 ]
 
 
@@ -50,6 +54,28 @@ def check_url(value: str | None) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"must be an http:// or https:// URL (got {value!r})")
     return value.rstrip("/")
+
+
+def url_from_env(env: Mapping[str, str], var: str) -> str:
+    """The URL in environment variable ``var``; ConfigError naming the variable otherwise."""
+    try:
+        return check_url(env[var].strip()) or ""
+    except ValueError as exc:
+        raise ConfigError(f"environment variable {var}: {exc}") from None
+
+
+def check_pem(path: Path, what: str) -> None:
+    """ConfigError naming ``what`` unless ``path`` is a readable file of PEM certificates."""
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=str(path))
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: {path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what}: {path}: is a directory, not a PEM file") from None
+    except (ssl.SSLError, ValueError):  # SSLError is an OSError: first
+        raise ConfigError(f"{what}: {path}: not a PEM certificate file") from None
+    except OSError as exc:
+        raise ConfigError(f"{what}: {path}: cannot read: {exc.strerror or exc}") from None
 
 
 class BackendSettings(_Frozen):
@@ -143,6 +169,14 @@ class ServiceSettings(_Frozen):
                 "state_password_env (IMAGEGATE_STATE_PASSWORD), not in the URL"
             )
         return value
+    # HTTP API: a ``model`` that names no backend or alias is routed as usual, or refused (400)
+    unknown_model: Literal["route", "reject"] = "route"
+    # HTTP API: refuse body fields we do not know (default: ignore them, listed in a header)
+    strict_fields: bool = False
+    # HTTP API: how long a signed ``url`` answer stays valid, in seconds
+    url_ttl_s: int = Field(default=3600, ge=1, le=366 * 86400)
+    # ``serve``: delete images older than this many days from output_dir (none: keep them)
+    retention_days: float | None = Field(default=None, gt=0)
 
 
 class Settings(_Frozen):
@@ -152,6 +186,8 @@ class Settings(_Frozen):
     backends: tuple[SerializeAsAny[BackendSettings], ...] = ()
     secrets: dict[str, dict[str, str]] = Field(default_factory=dict, repr=False)
     source: str = "environment"
+    # backends left out because a variable they need is not set: name -> why (one line)
+    disabled: dict[str, str] = Field(default_factory=dict)
 
     def secret(self, backend: str, purpose: str) -> str | None:
         return self.secrets.get(backend, {}).get(purpose)

@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 import aiohttp
-import structlog
 
 from imagegate.backends.base import ImageBackend
 from imagegate.backends.hf_space import HFSpaceSettings
@@ -49,10 +48,11 @@ from imagegate.diagnose.render import write_report
 from imagegate.diagnose.report import SCHEMA_VERSION, BackendReport, Report, Step, StepLog
 from imagegate.diagnose.space import space_steps
 from imagegate.errors import ConfigError
+from imagegate.logging import get_logger
 
 __all__ = ["diagnose", "run", "run_cli"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 EXIT_CONFIG = 2
 

@@ -21,8 +21,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping
 
-import structlog
-
+from imagegate.logging import get_logger
 from imagegate.models import BackendHealth, Deadline
 from imagegate.routing.breaker import Transition
 from imagegate.routing.policy import BackendState, HedgeBudget
@@ -30,7 +29,7 @@ from imagegate.state import BreakerNews, SharedState
 
 __all__ = ["Fleet", "FleetSaturated"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 TRIAL_MARGIN_S = 5.0  # a trial lease outlives the call it covers by this much
 

@@ -8,11 +8,11 @@ import contextlib
 import random
 from collections.abc import Awaitable, Callable, Sequence
 
-import structlog
+from imagegate.logging import get_logger
 
 __all__ = ["HealthProber"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 
 class HealthProber:

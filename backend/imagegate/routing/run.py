@@ -24,8 +24,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-
 from imagegate.backends.base import ImageBackend
 from imagegate.config import ServiceSettings
 from imagegate.errors import (
@@ -35,6 +33,7 @@ from imagegate.errors import (
     GenerationTimeout,
     ServerError,
 )
+from imagegate.logging import get_logger
 from imagegate.models import Attempt, Deadline, GeneratedImage, ImageRequest, ImageResult, Outcome
 from imagegate.routing.breaker import Permit
 from imagegate.routing.fleet import Fleet, FleetSaturated
@@ -50,7 +49,7 @@ from imagegate.routing.waiting import wait_for
 
 __all__ = ["RequestRun", "Runtime"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 GRACE_S = 0.05  # how long past the deadline a backend may take to notice it
 BACKOFF_CAP_FACTOR = 16  # full-jitter cap = retry_backoff_s * this

@@ -17,13 +17,13 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
-import structlog
 
 from imagegate.backends.base import ImageBackend
 from imagegate.backends.registry import create_backend, load_settings
 from imagegate.backends.transport import timing_trace_config
 from imagegate.config import SERVICE_SECRETS, BackendSettings, Settings
 from imagegate.errors import ConfigError, HealthEffect, error_class_for_kind
+from imagegate.logging import get_logger
 from imagegate.models import BackendHealth, Deadline, ImageRequest, ImageResult
 from imagegate.routing.breaker import BreakerPolicy, CircuitBreaker, Transition
 from imagegate.routing.fleet import TRIAL_MARGIN_S, Fleet
@@ -34,7 +34,7 @@ from imagegate.state import open_state
 
 __all__ = ["ImageService"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]

@@ -23,14 +23,13 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-import structlog
-
+from imagegate.logging import get_logger
 from imagegate.models import Attempt
 from imagegate.routing.policy import Reopening
 
 __all__ = ["wait_for"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 
 async def wait_for(plan: Reopening, sleep: Callable[[float], Awaitable[None]]) -> Attempt:

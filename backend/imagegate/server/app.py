@@ -15,27 +15,33 @@ generations in flight get ``shutdown_grace_s`` to finish, the rest are cancelled
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import time
 from collections.abc import AsyncIterator, Callable
 
-import structlog
 from aiohttp import web
 
 from imagegate.config import Settings
 from imagegate.errors import ConfigError
+from imagegate.logging import get_logger
 from imagegate.routing import ImageService
 from imagegate.server.errors import Redactor
+from imagegate.server.files import UrlSigner, default_state_dir, sweep, url_secret
 from imagegate.server.metrics import ServerMetrics
 from imagegate.server.middleware import MIDDLEWARES
 from imagegate.server.openapi import openapi_document
 from imagegate.server.routes import routes
-from imagegate.server.state import OPTIONS, SERVICE, STATE, FileIndex, ServerOptions, ServerState
+from imagegate.server.state import OPTIONS, SERVICE, STATE, ServerOptions, ServerState
 from imagegate.server.wire import ANY_BACKEND
 from imagegate.store import ImageStore
 from imagegate.version import __version__
 
 __all__ = ["create_app"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
+
+RETENTION_INTERVAL_S = 3600.0
 
 
 def create_app(settings: Settings, options: ServerOptions | None = None) -> web.Application:
@@ -46,13 +52,16 @@ def create_app(settings: Settings, options: ServerOptions | None = None) -> web.
         middlewares=MIDDLEWARES, client_max_size=options.max_body_bytes
     )
     secret_values = [v for found in settings.secrets.values() for v in found.values()]
+    served = settings.service.output_dir
+    state_dir = options.state_dir or default_state_dir(os.environ)
+    signing_key = url_secret(options.url_secret, state_dir, served)
     app[OPTIONS] = options
     app[STATE] = ServerState(
         options=options,
         metrics=ServerMetrics(lambda: app[SERVICE].health()),
-        files=FileIndex(options.max_files),
-        store=ImageStore(settings.service.output_dir),
-        redact=Redactor([*secret_values, *options.api_keys]),
+        signer=UrlSigner(signing_key, settings.service.url_ttl_s),
+        store=ImageStore(served),
+        redact=Redactor([*secret_values, *options.api_keys, signing_key.decode()]),
         openapi=openapi_document(version=__version__, server_url=options.public_url),
     )
     app.cleanup_ctx.append(_service_context(settings))
@@ -73,7 +82,7 @@ def _check_aliases(settings: Settings) -> None:
 
 def _service_context(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
-        async with ImageService(settings) as service:
+        async with ImageService(settings) as service, _retention(settings):
             app[SERVICE] = service
             log.info("service_started", backends=[b.name for b in service.backends])
             yield
@@ -83,6 +92,31 @@ def _service_context(settings: Settings) -> Callable[[web.Application], AsyncIte
         log.info("service_stopped")
 
     return context
+
+
+@contextlib.asynccontextmanager
+async def _retention(settings: Settings) -> AsyncIterator[None]:
+    """``[service] retention_days``: sweep old images at start, then every hour."""
+    days = settings.service.retention_days
+    if days is None:
+        yield
+        return
+    root, max_age_s = settings.service.output_dir, days * 86400
+
+    async def loop() -> None:
+        while True:
+            deleted = await asyncio.to_thread(sweep, root, now=time.time(), max_age_s=max_age_s)
+            if deleted:
+                log.info("images_deleted", count=deleted, older_than_days=days)
+            await asyncio.sleep(RETENTION_INTERVAL_S)
+
+    task = asyncio.create_task(loop(), name="imagegate-retention")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _begin_shutdown(app: web.Application) -> None:

@@ -114,6 +114,15 @@ def _all_failed(exc: AllBackendsFailed, redact: Redactor) -> ApiError:
         for a in exc.attempts
     ]
     headers = {"x-imagegate-attempts": str(len(exc.attempts))}
+    refused = _refused_by_every_backend(exc)
+    if refused is not None:  # the request's fault, not the service's: no client retries it
+        return ApiError(
+            400,
+            redact(f"every backend refused this request: {exc}") or "",
+            code=refused,
+            headers=headers,
+            extra={"attempts": attempts},
+        )
     if exc.deadline_exceeded:
         message = f"the deadline passed before any backend produced an image: {exc}"
         return ApiError(
@@ -132,6 +141,18 @@ def _all_failed(exc: AllBackendsFailed, redact: Redactor) -> ApiError:
         headers=headers,
         extra={"attempts": attempts},
     )
+
+
+_NOT_TRIED = frozenset({"skipped", "waited", "cancelled"})
+
+
+def _refused_by_every_backend(exc: AllBackendsFailed) -> str | None:
+    """The error code when every backend that was asked refused the request itself (its
+    parameters, or its content): a 400, which the OpenAI SDK does not retry, unlike a 502."""
+    tried = {a.outcome for a in exc.attempts if a.outcome not in _NOT_TRIED}
+    if exc.deadline_exceeded or not tried or not tried <= {"rejected", "content_filtered"}:
+        return None
+    return "content_policy_violation" if "content_filtered" in tried else "rejected_by_backend"
 
 
 def _http_exception(exc: web.HTTPException) -> ApiError:

@@ -15,12 +15,14 @@ from collections.abc import Awaitable, Callable, Mapping
 import structlog
 from aiohttp import web
 
+from imagegate.logging import get_logger
 from imagegate.server.errors import ApiError, api_error_for
+from imagegate.server.files import SIGNED_FILE
 from imagegate.server.state import OPTIONS, STATE
 
 __all__ = ["MIDDLEWARES", "auth", "body_limit", "errors", "key_matches", "observe"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -80,9 +82,11 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """``Authorization: Bearer <key>`` on /v1/ (and /metrics when configured)."""
+    """``Authorization: Bearer <key>`` on /v1/ (and /metrics when configured); a signed file
+    link needs none."""
     options = request.app[OPTIONS]
-    protected = request.path.startswith("/v1/") or (
+    signed = request.match_info.route.name == SIGNED_FILE  # the signature is the credential
+    protected = (request.path.startswith("/v1/") and not signed) or (
         request.path == "/metrics" and options.metrics_auth
     )
     if options.api_keys and protected:

@@ -38,6 +38,13 @@ def _header(description: str, *, required: bool = True, kind: str = "string") ->
     return {"description": description, "required": required, "schema": {"type": kind}}
 
 
+def _param(name: str, where: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name, "in": where, "required": True, "description": description,
+        "schema": {"type": "string"},
+    }
+
+
 _ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["error"],
@@ -63,6 +70,9 @@ def _generations() -> dict[str, Any]:
         "x-request-id": _header("the request id (echoed when the caller sent a safe one)"),
         "x-imagegate-backend": _header("the backend that produced the images"),
         "x-imagegate-attempts": _header("how many backend attempts were made", kind="string"),
+        "x-imagegate-ignored": _header(
+            "body fields that were not understood and were ignored", required=False
+        ),
     }
     return {
         "post": {
@@ -78,7 +88,10 @@ def _generations() -> dict[str, Any]:
             },
             "responses": {
                 "200": _json("ImagesResponse", "the images", ok_headers),
-                "400": _error("malformed JSON, or a field failed validation (`param` names it)"),
+                "400": _error(
+                    "malformed JSON, a field failed validation (`param` names it), or every "
+                    "backend refused the request (`attempts` holds the trail)"
+                ),
                 **_AUTH_ERRORS,
                 "413": _error("body larger than the limit (IMAGEGATE_MAX_BODY_BYTES)"),
                 "502": _error("every backend failed; the message and `attempts` hold the trail"),
@@ -105,17 +118,15 @@ def _paths() -> dict[str, Any]:
     text = {"text/plain": {"schema": {"type": "string"}}}
     return {
         "/v1/images/generations": _generations(),
-        "/v1/files/{file_id}": {
+        "/v1/files/{day}/{name}": {
             "get": {
                 "operationId": "getFile",
-                "summary": "An image stored for a `url` answer",
+                "summary": "An image stored for a `url` answer, by its signed link (no header)",
                 "parameters": [
-                    {
-                        "name": "file_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    }
+                    _param("day", "path", "the day folder, YYYY-MM-DD"),
+                    _param("name", "path", "the file name"),
+                    _param("expires", "query", "when the link expires (Unix time)"),
+                    _param("sig", "query", "the link's signature"),
                 ],
                 "responses": {
                     "200": {
@@ -125,8 +136,9 @@ def _paths() -> dict[str, Any]:
                             for t in ("png", "jpeg", "webp")
                         },
                     },
-                    **_AUTH_ERRORS,
-                    "404": _error("no image with this id"),
+                    "403": _error("the signature is missing, altered or not this server's"),
+                    "404": _error("no such image (deleted by retention_days, or never stored)"),
+                    "410": _error("the link has expired ([service] url_ttl_s)"),
                 },
             }
         },
@@ -234,7 +246,7 @@ def openapi_document(*, version: str, server_url: str | None = None) -> dict[str
         "components": _components(),
     }
     for path, item in doc["paths"].items():
-        if path.startswith("/v1/"):
+        if path.startswith("/v1/") and not path.startswith("/v1/files/"):  # links are signed
             for operation in item.values():
                 operation["security"] = [{"bearerAuth": []}]
     if server_url:

@@ -8,20 +8,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-import structlog
 from aiohttp import web
 
 from imagegate.errors import AllBackendsFailed
+from imagegate.logging import get_logger
 from imagegate.models import ImageResult
 from imagegate.routing import ImageService
 from imagegate.server.errors import API_ERROR, ApiError
+from imagegate.server.files import SIGNED_FILE, STORED
 from imagegate.server.metrics import CONTENT_TYPE
 from imagegate.server.state import SERVICE, STATE, ServerState
-from imagegate.server.wire import Generation, images_response, parse_generation
+from imagegate.server.wire import (
+    IGNORED_HEADER,
+    Generation,
+    ignored_header,
+    images_response,
+    parse_generation,
+)
 
 __all__ = ["routes"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 routes = web.RouteTableDef()
 
 _MEDIA_TYPES = {
@@ -49,10 +56,13 @@ async def create_image(request: web.Request) -> web.Response:
     if state.closing:
         raise _shutting_down()
     service = request.app[SERVICE]
+    svc = service.settings.service
     generation = parse_generation(
         await request.read(),
         backends=[b.name for b in service.backends],
-        aliases=service.settings.service.aliases,
+        aliases=svc.aliases,
+        unknown_model=svc.unknown_model,
+        strict_fields=svc.strict_fields,
     )
     result = await _generate(state, service, generation)
     urls = (
@@ -64,6 +74,8 @@ async def create_image(request: web.Request) -> web.Response:
         "x-imagegate-backend": result.backend,
         "x-imagegate-attempts": str(len(result.attempts)),
     }
+    if generation.ignored:
+        headers[IGNORED_HEADER] = ignored_header(generation.ignored)
     body = images_response(result, urls=urls)
     return web.Response(text=json.dumps(body), content_type="application/json", headers=headers)
 
@@ -97,7 +109,7 @@ async def _generate(
 async def _store(
     request: web.Request, state: ServerState, generation: Generation, result: ImageResult
 ) -> list[str]:
-    """Save the images (in a thread: the store fsyncs) and return their URLs."""
+    """Save the images (in a thread: the store fsyncs) and return their signed links."""
 
     def save_all() -> list[Path]:
         return [
@@ -107,17 +119,30 @@ async def _store(
 
     paths = await asyncio.to_thread(save_all)
     base = state.options.public_url or str(request.url.origin())
-    return [f"{base}/v1/files/{state.files.add(path)}" for path in paths]
+    links = []
+    for path in paths:
+        relpath = path.relative_to(state.store.root).as_posix()
+        links.append(f"{base}/v1/files/{relpath}?{state.signer.query(relpath)}")
+    return links
 
 
-@routes.get("/v1/files/{file_id}")
+@routes.get("/v1/files/{day}/{name}", name=SIGNED_FILE)
 async def get_file(request: web.Request) -> web.Response:
-    """Only ids this server handed out map to a path; nothing from the URL reaches the disk."""
-    path = request.app[STATE].files.get(request.match_info["file_id"])
-    if path is None:
-        raise ApiError(
-            404, "no file with this id (ids expire when the server restarts)", code="not_found"
-        )
+    """A stored image by its signed link; no header needed. Nothing from the URL reaches the
+    disk before the path's shape, the signature and the expiry are checked (see files.py)."""
+    state = request.app[STATE]
+    relpath = f"{request.match_info['day']}/{request.match_info['name']}"
+    expires, sig = request.query.get("expires", ""), request.query.get("sig", "")
+    verdict = state.signer.check(relpath, expires, sig)
+    if verdict == "forged":
+        raise ApiError(403, "this link is not valid (missing, altered or not signed here)",
+                       code="invalid_signature")
+    if verdict == "expired":
+        raise ApiError(410, "this link has expired: generate the image again for a new one",
+                       code="link_expired")
+    if not STORED.fullmatch(relpath):
+        raise ApiError(404, "no such file", code="not_found")
+    path = state.store.root / relpath
     try:
         data = await asyncio.to_thread(path.read_bytes)
     except OSError:
@@ -125,7 +150,7 @@ async def get_file(request: web.Request) -> web.Response:
     return web.Response(
         body=data,
         content_type=_MEDIA_TYPES.get(path.suffix, "application/octet-stream"),
-        headers={"Cache-Control": "private, max-age=86400"},
+        headers={"Cache-Control": f"private, max-age={state.signer.seconds_left(expires)}"},
     )
 
 

@@ -10,18 +10,18 @@ import os
 import signal
 from collections.abc import AsyncIterator
 
-import structlog
 from aiohttp import web
 from dotenv import dotenv_values
 
 from imagegate.backends.registry import load_settings
-from imagegate.logging import configure_logging
+from imagegate.errors import listen_failed
+from imagegate.logging import get_logger
 from imagegate.server.app import create_app
 from imagegate.server.state import OPTIONS, STATE, ServerOptions
 
 __all__ = ["run_cli", "running", "serve"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 
 async def serve(
@@ -56,9 +56,8 @@ def _on_signal(app: web.Application, stop: asyncio.Event) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """``imagegate serve``: logs at info (one access line per request) unless told otherwise."""
-    if getattr(args, "log_level", "warning") == "warning":  # the CLI default
-        configure_logging(level="info")
+    """``imagegate serve`` (logging is set up by the command: info, one access line per
+    request). A port that cannot be listened on is a ConfigError naming it (exit 2)."""
     settings = load_settings(args.config)
     options = ServerOptions.from_environ(_environ_with_dotenv())
     app = create_app(settings, options)
@@ -87,7 +86,10 @@ async def running(
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # port in use, no permission, not our address
+            raise listen_failed(exc, host, port) from None
         bound = runner.addresses[0]
         yield f"http://{bound[0]}:{bound[1]}"
     finally:

@@ -6,8 +6,6 @@ One of each per app (never a module global); handlers reach them through ``reque
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +16,11 @@ from aiohttp import web
 from imagegate.errors import ConfigError
 from imagegate.routing import ImageService
 from imagegate.server.errors import Redactor
+from imagegate.server.files import SECRET_ENV, UrlSigner, default_state_dir
 from imagegate.server.metrics import ServerMetrics
 from imagegate.store import ImageStore
 
-__all__ = ["OPTIONS", "SERVICE", "STATE", "FileIndex", "ServerOptions", "ServerState"]
+__all__ = ["OPTIONS", "SERVICE", "STATE", "ServerOptions", "ServerState"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,8 @@ class ServerOptions:
     max_body_bytes: int = 1024 * 1024
     shutdown_grace_s: float = 30.0
     public_url: str | None = None
-    max_files: int = 10_000
+    url_secret: str | None = None  # IMAGEGATE_URL_SECRET; else the state file's
+    state_dir: Path | None = None  # where that file lives (default: $XDG_STATE_HOME/imagegate)
 
     def __repr__(self) -> str:  # never show the keys
         return f"ServerOptions(api_keys=<{len(self.api_keys)}>, metrics_auth={self.metrics_auth})"
@@ -41,9 +41,12 @@ class ServerOptions:
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> ServerOptions:
         """IMAGEGATE_API_KEY (comma-separated), IMAGEGATE_METRICS_AUTH=1,
-        IMAGEGATE_MAX_BODY_BYTES, IMAGEGATE_SHUTDOWN_GRACE_S, IMAGEGATE_PUBLIC_URL."""
+        IMAGEGATE_MAX_BODY_BYTES, IMAGEGATE_SHUTDOWN_GRACE_S, IMAGEGATE_PUBLIC_URL,
+        IMAGEGATE_URL_SECRET, XDG_STATE_HOME."""
         keys = tuple(k.strip() for k in env.get("IMAGEGATE_API_KEY", "").split(",") if k.strip())
         return cls(
+            url_secret=env.get(SECRET_ENV) or None,
+            state_dir=default_state_dir(env),
             api_keys=keys,
             metrics_auth=env.get("IMAGEGATE_METRICS_AUTH", "").strip().lower()
             in ("1", "true", "yes"),
@@ -66,31 +69,13 @@ def _number(env: Mapping[str, str], name: str, default: float, *, lo: float) -> 
     return value
 
 
-class FileIndex:
-    """Random, unguessable id -> path of a file this server wrote (bounded, oldest dropped)."""
-
-    def __init__(self, capacity: int) -> None:
-        self._paths: OrderedDict[str, Path] = OrderedDict()
-        self._capacity = capacity
-
-    def add(self, path: Path) -> str:
-        file_id = secrets.token_urlsafe(24)
-        self._paths[file_id] = path
-        while len(self._paths) > self._capacity:
-            self._paths.popitem(last=False)
-        return file_id
-
-    def get(self, file_id: str) -> Path | None:
-        return self._paths.get(file_id)
-
-
 @dataclass
 class ServerState:
     """What the app holds between requests (one per app, never a module global)."""
 
     options: ServerOptions
     metrics: ServerMetrics
-    files: FileIndex
+    signer: UrlSigner
     store: ImageStore
     redact: Redactor
     openapi: dict[str, Any]

@@ -4,10 +4,20 @@
 ``ImageRequest`` plus the backend to use and the answer format, raising ``InvalidRequest``
 naming the field; ``images_response(...)`` builds the OpenAI answer.
 
-Decided: validation is strict JSON typing (``"n": "2"`` is refused, as the OpenAPI document
-says); OpenAI-only knobs we cannot honour (``quality``, ``style``, ``background``,
-``moderation``, ``output_compression``, ``safety_identifier``) are accepted and ignored so that
-existing SDK calls work unchanged; ``stream: true`` is refused; any other field is refused.
+Decided, so that the clients people already run work unchanged (their request shapes, with
+sources, are in tests/server/test_clients.py):
+
+- validation is strict JSON typing (``"n": "2"`` is refused, as the OpenAPI document says);
+- ``model``: a backend name, an alias, or (``[service] unknown_model = "route"``, the default)
+  any other name, served by the normal routing -- Open WebUI sends ``dall-e-2`` or
+  ``gpt-image-1``, LiteLLM always sends one; ``"reject"`` refuses unknown names (400);
+- the A1111/ComfyUI names such clients pass on (``cfg_scale``, ``sampler_name``) map to ours
+  (``guidance_scale``, ``sampler``); ``steps``, ``seed`` and ``negative_prompt`` are ours;
+- OpenAI-only knobs we cannot honour (``quality``, ``style``, ``background``, ``moderation``,
+  ``output_compression``, ``safety_identifier``) are accepted and ignored;
+- any other field is ignored and named in the ``x-imagegate-ignored`` answer header
+  (``[service] strict_fields = true``: refused, as api.openai.com refuses it);
+- ``stream: true`` is refused.
 """
 
 from __future__ import annotations
@@ -26,10 +36,12 @@ from imagegate.models import MAX_SEED, ImageRequest, ImageResult, validation_mes
 
 __all__ = [
     "ANY_BACKEND",
+    "IGNORED_HEADER",
     "SIZE_PATTERN",
     "Generation",
     "GenerationBody",
     "ImagesResponse",
+    "ignored_header",
     "images_response",
     "parse_generation",
     "parse_size",
@@ -37,6 +49,9 @@ __all__ = [
 ]
 
 ANY_BACKEND = "*"
+IGNORED_HEADER = "x-imagegate-ignored"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_MAX_NAMED = 20
 SIZE_PATTERN = r"^(auto|[0-9]{1,5}x[0-9]{1,5})$"
 _SIZE_RE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
 DEFAULT_SIZE = (1024, 1024)  # what OpenAI's "auto" and an absent size mean here
@@ -45,13 +60,14 @@ DEFAULT_SIZE = (1024, 1024)  # what OpenAI's "auto" and an absent size mean here
 class GenerationBody(BaseModel):
     """The body of ``POST /v1/images/generations``: OpenAI's fields plus our extensions."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, title="ImageGenerationRequest")
+    model_config = ConfigDict(extra="allow", strict=True, title="ImageGenerationRequest")
 
     prompt: str = Field(min_length=1, max_length=4000)
     model: str | None = Field(
         default=None,
         max_length=300,
-        description="a backend name or a configured alias; absent: any",
+        description="a backend name or a configured alias; absent or another name: any "
+        '(unless [service] unknown_model = "reject")',
     )
     n: int | None = Field(default=None, ge=1, le=8)
     size: str | None = Field(
@@ -66,6 +82,8 @@ class GenerationBody(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     steps: int | None = Field(default=None, ge=1, le=150)
     guidance_scale: float | None = Field(default=None, ge=0, le=30)
+    cfg_scale: float | None = Field(default=None, ge=0, le=30, description="= guidance_scale")
+    sampler_name: str | None = Field(default=None, min_length=1, max_length=100)
     output_format: Literal["png", "jpeg", "webp"] | None = None
     stream: bool | None = Field(default=None, description="only false is supported")
     quality: str | None = Field(default=None, max_length=32, description="accepted, ignored")
@@ -99,13 +117,26 @@ class Generation:
     backend: str | None
     response_format: Literal["b64_json", "url"]
     user: str | None = None
+    ignored: tuple[str, ...] = ()  # unknown body fields, left out
 
 
 def parse_generation(
-    raw: bytes, *, backends: Collection[str], aliases: Mapping[str, str]
+    raw: bytes,
+    *,
+    backends: Collection[str],
+    aliases: Mapping[str, str],
+    unknown_model: Literal["route", "reject"] = "route",
+    strict_fields: bool = False,
 ) -> Generation:
     """Validate the request body; raise InvalidRequest naming the field on any problem."""
     body = _validate_body(raw)
+    ignored = tuple(sorted(body.model_extra or {}))
+    if ignored and strict_fields:
+        name = ignored[0]
+        shown = name if _SAFE_NAME.fullmatch(name) else "(a field)"
+        raise InvalidRequest(
+            f"Unknown parameter: {shown!r} ([service] strict_fields = true)", field=shown
+        )
     if body.stream:
         raise InvalidRequest("stream: streaming answers are not supported", field="stream")
     width, height = parse_size(body.size)
@@ -115,7 +146,8 @@ def parse_generation(
         "negative_prompt": body.negative_prompt,
         "seed": body.seed,
         "steps": body.steps,
-        "guidance_scale": body.guidance_scale,
+        "guidance_scale": _one_of(body, "guidance_scale", "cfg_scale"),
+        "sampler": body.sampler_name,
         "output_format": body.output_format,
     }
     data = {k: v for k, v in fields.items() if v is not None}
@@ -127,8 +159,26 @@ def parse_generation(
                 f"size: {width}x{height} is not supported: {exc.message}", field="size"
             ) from None
         raise
-    backend = resolve_model(body.model, backends, aliases)
-    return Generation(request, backend, body.response_format or "b64_json", body.user)
+    backend = resolve_model(body.model, backends, aliases, unknown_model=unknown_model)
+    return Generation(request, backend, body.response_format or "b64_json", body.user, ignored)
+
+
+def _one_of(body: GenerationBody, ours: str, theirs: str) -> Any:
+    """Our field or the client's name for it; both, with different values, is refused."""
+    mine, other = getattr(body, ours), getattr(body, theirs)
+    if mine is not None and other is not None and mine != other:
+        raise InvalidRequest(
+            f"{theirs}: {other!r} disagrees with {ours} {mine!r}; send one of them", field=theirs
+        )
+    return mine if mine is not None else other
+
+
+def ignored_header(names: Sequence[str]) -> str:
+    """The ``x-imagegate-ignored`` value: the ignored names that are safe to echo, at most 20."""
+    safe = [n for n in names if _SAFE_NAME.fullmatch(n)]
+    shown = safe[:_MAX_NAMED]
+    more = len(names) - len(shown)
+    return ", ".join(shown + ([f"+{more} more"] if more else []))
 
 
 def _validate_body(raw: bytes) -> GenerationBody:
@@ -160,15 +210,22 @@ def parse_size(size: str | None) -> tuple[int, int]:
 
 
 def resolve_model(
-    model: str | None, backends: Collection[str], aliases: Mapping[str, str]
+    model: str | None,
+    backends: Collection[str],
+    aliases: Mapping[str, str],
+    *,
+    unknown_model: Literal["route", "reject"] = "route",
 ) -> str | None:
-    """The backend to use for OpenAI's ``model``: a backend name, an alias, or None for any."""
+    """The backend to use for OpenAI's ``model``: a backend name, an alias, or None for any
+    (also for an unknown name, unless ``unknown_model`` is ``"reject"``)."""
     if model is None:
         return None
     if model in backends:
         return model
     target = aliases.get(model)
     if target is None:
+        if unknown_model == "route":
+            return None
         known = ", ".join(sorted([*backends, *aliases])) or "none"
         raise InvalidRequest(
             f"model: {model!r} is neither a backend nor an alias (known: {known}); "

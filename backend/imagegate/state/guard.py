@@ -14,11 +14,11 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import structlog
+from imagegate.logging import get_logger
 
 __all__ = ["StoreGuard"]
 
-log = structlog.get_logger("imagegate.state")
+log = get_logger(__name__)
 T = TypeVar("T")
 
 

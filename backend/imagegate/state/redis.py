@@ -30,10 +30,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from imagegate.logging import get_logger
 from imagegate.models import BackendHealth
 from imagegate.state.base import BreakerListener, BreakerNews, ProbeListener, SharedState
 from imagegate.state.guard import StoreGuard
@@ -41,7 +41,7 @@ from imagegate.state.memory import MemoryState
 
 __all__ = ["SLOT_TTL_S", "RedisState"]
 
-log = structlog.get_logger("imagegate.state")
+log = get_logger(__name__)
 
 SLOT_TTL_S = 10.0
 FLUSH_S = 1.0

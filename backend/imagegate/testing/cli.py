@@ -15,8 +15,10 @@ import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from imagegate.backends.registry import REGISTRY
+from imagegate.errors import ConfigError, port_number
 from imagegate.testing.knobs import Knobs
 from imagegate.testing.server import serve_app
 from imagegate.testing.tls import LocalCA
@@ -41,29 +43,41 @@ def main(argv: Sequence[str] | None = None, *, kind: str | None = None) -> int:
     if kind is None:
         parser.add_argument("kind", choices=sorted(EMULATORS))
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--port", type=port_number, default=0, help="TCP port (0: any free one)")
     parser.add_argument("--tls", action="store_true", help="serve HTTPS with a throwaway CA")
     parser.add_argument("--ca-out", type=Path, help="with --tls: write the CA certificate here")
     parser.add_argument("--api-key", help="the key clients must send (key-based emulators)")
     parser.add_argument("--username", help="a1111: require HTTP Basic auth")
     parser.add_argument("--password")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument(
+        "--render", action="store_true",
+        help="draw every image anew instead of from a cache (as a real provider does)",
+    )
     args = parser.parse_args(argv)
     args.kind = kind or args.kind
     try:
         asyncio.run(_serve(args))
     except KeyboardInterrupt:
         pass
+    except ConfigError as exc:  # the port cannot be listened on: one line, exit 2
+        print(f"python -m imagegate.testing {args.kind}: {exc}", file=sys.stderr)
+        return 2
     return 0
+
 
 
 async def _serve(args: argparse.Namespace) -> None:
     module = importlib.import_module(EMULATORS[args.kind])
     accepted = inspect.signature(module.create_app).parameters
-    options = {"knobs": Knobs(latency_s=args.latency)}
+    options: dict[str, Any] = {"knobs": Knobs(latency_s=args.latency)}
     for name in ("api_key", "username", "password"):
         if name in accepted and getattr(args, name) is not None:
             options[name] = getattr(args, name)
+    if args.render:
+        if "render" not in accepted:
+            raise SystemExit(f"python -m imagegate.testing {args.kind}: --render is not supported")
+        options["render"] = True
     app = module.create_app(**options)
     ca = LocalCA() if args.tls else None
     async with serve_app(app, tls=ca, host=args.host, port=args.port) as url:

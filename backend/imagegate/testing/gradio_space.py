@@ -29,6 +29,8 @@ import contextlib
 import io
 import os
 import random
+import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -43,6 +45,7 @@ import gradio as gr
 import uvicorn
 from PIL import Image
 
+from imagegate.errors import listen_failed, port_number
 from imagegate.testing.images import make_image
 
 __all__ = ["RunningSpace", "SpaceCalls", "build_space", "launch_space", "running_space"]
@@ -281,11 +284,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--port", type=port_number, default=0, help="TCP port (0: any free one)")
     parser.add_argument(
         "--queue-size", type=int, default=1, help="/busy's queue max_size (default 1)"
     )
     args = parser.parse_args(argv)
+    try:  # uvicorn would only log it from its thread: say it in one line, exit 2
+        with socket.socket() as probe:
+            probe.bind((args.host, args.port))
+    except OSError as exc:
+        print(f"{parser.prog}: {listen_failed(exc, args.host, args.port)}", file=sys.stderr)
+        return 2
     space = launch_space(host=args.host, port=args.port, queue_size=args.queue_size)
     print(
         f"stand-in Space listening on {space.url} (queue-limited /busy: {space.busy_url})",

@@ -27,6 +27,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -111,8 +112,12 @@ def _validate(body: Any) -> web.Response | None:
     return None
 
 
-def create_app(*, knobs: Knobs | None = None, api_key: str | None = "test-key") -> web.Application:
-    """The emulator app; ``api_key=None`` serves callers that send no key at all."""
+def create_app(
+    *, knobs: Knobs | None = None, api_key: str | None = "test-key", render: bool = False
+) -> web.Application:
+    """The emulator app; ``api_key=None`` serves callers that send no key at all.
+    ``render=True`` draws and encodes every image anew (no cache), as a real provider would."""
+    draw = make_image.__wrapped__ if render else make_image
     knobs = knobs or Knobs()
     files: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
     routes = web.RouteTableDef()
@@ -144,7 +149,8 @@ def create_app(*, knobs: Knobs | None = None, api_key: str | None = "test-key") 
         url_params = knobs.take("url_answer", request.path)
         as_url = url_params is not None or body.get("response_format") == "url"
         origin = _origin(request, (url_params or {}).get("host"))
-        return web.json_response(_answer(knobs, request.path, body, files, origin if as_url else None))
+        answer = _answer(knobs, request.path, body, files, origin if as_url else None, draw)
+        return web.json_response(answer)
 
     @routes.get("/files/{name}")
     async def download(request: web.Request) -> web.Response:
@@ -188,7 +194,8 @@ def _policy_fault(knobs: Knobs, path: str) -> web.Response | None:
 
 
 def _answer(
-    knobs: Knobs, path: str, body: dict[str, Any], files: OrderedDict[str, tuple[bytes, str]], origin: str | None
+    knobs: Knobs, path: str, body: dict[str, Any], files: OrderedDict[str, tuple[bytes, str]], origin: str | None,
+    draw: Callable[[int, int, str, int, str], bytes] = make_image,
 ) -> dict[str, Any]:
     size = body.get("size", "auto")
     width, height = (1024, 1024) if size == "auto" else map(int, size.split("x"))
@@ -198,7 +205,7 @@ def _answer(
     broken = knobs.take("not_image", path) is not None
     data = []
     for i in range(body.get("n", 1)):
-        image = b"<html>not an image</html>" if broken else make_image(width, height, body["prompt"], seed + i, fmt)
+        image = b"<html>not an image</html>" if broken else draw(width, height, body["prompt"], seed + i, fmt)
         if origin is None:
             data.append({"b64_json": base64.b64encode(image).decode()})
             continue

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from imagegate.errors import listen_failed
 from imagegate.testing.tls import LocalCA
 
 __all__ = ["serve_app"]
@@ -21,7 +22,11 @@ async def serve_app(
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=tls.server_context() if tls else None)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:  # port in use, no permission, not our address: one line
+        await runner.cleanup()
+        raise listen_failed(exc, host, port) from None
     bound = runner.addresses[0][1]
     scheme = "https" if tls else "http"
     try:

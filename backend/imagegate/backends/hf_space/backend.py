@@ -42,7 +42,6 @@ from typing import Any
 
 import aiohttp
 import httpx
-import structlog
 from gradio_client import Client
 
 from imagegate.backends.base import ImageBackend
@@ -61,11 +60,12 @@ from imagegate.errors import (
     HandshakeTimeout,
     Rejected,
 )
+from imagegate.logging import get_logger
 from imagegate.models import Deadline, GeneratedImage, ImageRequest
 
 __all__ = ["HFSpaceBackend"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 _SEED_MAX = 2**31 - 1  # Spaces' seed sliders stop at int32 max
 # httpx's read timeout is the backstop behind our own read budget, a little later so that the

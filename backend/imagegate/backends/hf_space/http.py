@@ -15,7 +15,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
-import structlog
 
 from imagegate.backends.hf_space.spaces import ASLEEP, runtime_detail, stage_error, stage_group
 from imagegate.backends.transport import (
@@ -27,11 +26,12 @@ from imagegate.backends.transport import (
 )
 from imagegate.config import Timeouts
 from imagegate.errors import AuthFailed, BackendError, BadResponse, RateLimited
+from imagegate.logging import get_logger
 from imagegate.models import Deadline
 
 __all__ = ["SpaceHttp"]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 RUNTIME_TIMEOUT_S = 10.0  # the Hub API answers in well under a second when it is well
 
