@@ -19,16 +19,18 @@ ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "version": set(),
     "logging": set(),
-    "models": {"errors"},
+    "capabilities": set(),  # plain data that models embeds (BackendHealth, ImageResult)
+    "models": {"errors", "capabilities"},
     "store": {"errors", "models"},
     "config": {"errors", "models"},
-    "backends": {"errors", "models", "config"},
-    "routing": {"errors", "models", "config", "backends"},
-    "diagnose": {"errors", "models", "config", "backends", "version"},
-    "server": {"errors", "models", "config", "backends", "routing", "store", "logging", "version"},
-    "testing": {"errors", "models", "backends"},
+    "backends": {"errors", "models", "config", "capabilities"},
+    "routing": {"errors", "models", "config", "backends", "capabilities"},
+    "diagnose": {"errors", "models", "config", "backends", "version", "capabilities"},
+    "server": {"errors", "models", "config", "backends", "routing", "store", "logging", "version",
+               "capabilities"},
+    "testing": {"errors", "models", "backends", "capabilities"},
     "cli": {"errors", "models", "config", "backends", "routing", "store", "logging", "diagnose",
-            "server", "testing", "version"},
+            "server", "testing", "version", "capabilities"},
 }
 # the public face re-exports from everywhere it needs to
 TOP = {"imagegate", "imagegate.__main__"}

@@ -86,16 +86,16 @@ async def test_wire_fields_match_the_openai_images_api(
     openai_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     async with OPENAI.backend(openai_url, tmp_path, local_ca, model="dall-e-2") as backend:
-        images = await generate(backend, n=2, width=256, height=128, seed=3, steps=4, negative_prompt="fog")
+        images = await generate(backend, n=2, width=256, height=256, seed=3, steps=4, negative_prompt="fog")
     (req,) = [r for r in knobs.requests if r.path == GEN_PATH]
     assert req.method == "POST"
     assert req.headers["Authorization"] == f"Bearer {KEY}"
     assert req.headers["Content-Type"] == "application/json"
     assert req.body == {
-        "model": "dall-e-2", "prompt": "a lighthouse at dusk", "n": 2, "size": "256x128",
+        "model": "dall-e-2", "prompt": "a lighthouse at dusk", "n": 2, "size": "256x256",
         "response_format": "b64_json", "seed": 3, "steps": 4, "negative_prompt": "fog",
     }
-    assert [(i.width, i.height, i.seed) for i in images] == [(256, 128, None), (256, 128, None)]
+    assert [(i.width, i.height, i.seed) for i in images] == [(256, 256, None), (256, 256, None)]
 
 
 def test_gpt_image_models_get_no_response_format_and_output_format_only_when_not_png() -> None:
@@ -263,10 +263,13 @@ async def test_emulator_refuses_invalid_fields_as_rejected_naming_the_field(
     openai_url: str, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     async with OPENAI.backend(openai_url, tmp_path, local_ca, model="gpt-image-1", send_extensions=False) as backend:
-        (image,) = await generate(backend)  # no response_format for gpt-image: accepted
-        assert image.width == 64
+        (image,) = await generate(backend, width=1024, height=1536)  # no response_format: accepted
+        assert (image.width, image.height) == (1024, 1536)
     opened = OPENAI.backend(openai_url, tmp_path, local_ca, model="no-such-model")
     await fails(opened, generate, Rejected, match="model")
+    opened = OPENAI.backend(openai_url, tmp_path, local_ca, model="gpt-image-1")
+    error = await fails(opened, generate, Rejected, match="Supported values are: '1024x1024'")
+    assert error.status == 400  # 64x64 is no GPT image size (the router never sends it: adapt)
 
 
 @retry_after_forms(seconds=7, date_ahead_s=30, date_range=(27, 31))
@@ -317,7 +320,7 @@ async def test_probe_lists_models_with_the_key(openai_url: str, knobs: Knobs, tm
                                                local_ca: LocalCA) -> None:
     async with OPENAI.backend(openai_url, tmp_path, local_ca) as backend:
         health = await backend.probe(timeout=5)
-    assert health.ok and health.detail is not None and health.detail.startswith("4 models: gpt-image-1")
+    assert health.ok and health.detail is not None and health.detail.startswith("7 models: gpt-image-1")
     (req,) = knobs.requests
     assert (req.path, req.headers["Authorization"]) == ("/v1/models", f"Bearer {KEY}")
 

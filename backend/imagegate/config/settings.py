@@ -121,6 +121,9 @@ class ServiceSettings(_Frozen):
     max_wait_s: float = Field(default=10.0, ge=0)
     # HTTP API: OpenAI ``model`` names -> a backend name, or "*" for any backend
     aliases: dict[str, str] = Field(default_factory=dict)
+    # A request a backend cannot serve as asked: "nearest" fits it (size snapped, steps and
+    # guidance clamped, ...; every change reported), "strict" skips that backend instead.
+    adapt: Literal["nearest", "strict"] = "nearest"
 
 
 class Settings(_Frozen):

@@ -209,7 +209,11 @@ class ImageService:
     def health(self) -> list[BackendHealth]:
         """What is known of every backend now, without any network call."""
         now = time.time()
-        return [state.health(now=now) for state in self._states.values()]
+        caps = {name: backend.capabilities for name, backend in self._backends.items()}
+        return [
+            state.health(now=now).model_copy(update={"capabilities": caps.get(name)})
+            for name, state in self._states.items()
+        ]
 
     async def probe_all(self, *, timeout: float | None = None) -> list[BackendHealth]:
         """Probe every backend once, concurrently; feed the breakers; return the health table."""

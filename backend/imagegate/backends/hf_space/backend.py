@@ -32,12 +32,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import io
 import random
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -47,12 +45,15 @@ from gradio_client import Client
 
 from imagegate.backends.base import ImageBackend
 from imagegate.backends.hf_space import gradio as _gradio
+from imagegate.backends.hf_space.discover import interface_capabilities, interface_from_gradio
 from imagegate.backends.hf_space.gradio import ImageRef, map_gradio_errors
 from imagegate.backends.hf_space.http import SpaceHttp
+from imagegate.backends.hf_space.session import Session, cancel_quietly, close_client, png_bytes
 from imagegate.backends.hf_space.settings import HFSpaceSettings
-from imagegate.backends.hf_space.spaces import known_space
+from imagegate.backends.hf_space.spaces import known_interface, known_space
 from imagegate.backends.images import check_image
 from imagegate.backends.transport import error_text, make_ssl_context
+from imagegate.capabilities import Capabilities
 from imagegate.errors import (
     BackendError,
     BadResponse,
@@ -73,15 +74,7 @@ _SEED_MAX = 2**31 - 1  # Spaces' seed sliders stop at int32 max
 # stream timing out (which it reports as a bare CancelledError, printing a traceback).
 _HTTPX_GRACE_S = 2.0
 _CONNECTION_LEVEL = (ConnectFailed, HandshakeTimeout)
-
-
-@dataclass(frozen=True)
-class _Session:
-    """A built client and what was learnt from it once."""
-
-    client: Any
-    api_name: str
-    parameters: list[dict[str, Any]]
+CAPABILITIES_TTL_S = 600.0  # a probe re-reads a Space's /config at most this often
 
 
 class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
@@ -110,8 +103,17 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
         )
         self._slots = asyncio.Semaphore(settings.max_concurrency)
         self._build_lock = asyncio.Lock()
-        self._session: _Session | None = None
+        self._session: Session | None = None
         self._closed = False
+        interface = known_interface(settings.space)
+        usable = interface is not None and interface.api_name == self._api_name
+        self._capabilities = interface_capabilities(interface, self._inputs) if usable else None
+        self._discovered_at: float | None = None
+
+    @property
+    def capabilities(self) -> Capabilities | None:
+        """Built in for a known Space; replaced by what its app says (client built, probes)."""
+        return self._capabilities
 
     # ------------------------------------------------------------ generate
 
@@ -126,12 +128,11 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
     async def _generate_one(
         self, request: ImageRequest, seed: int | None, deadline: Deadline
     ) -> GeneratedImage:
-        arguments = _gradio.build_arguments(
-            request, self._inputs, self._fixed, seed=seed, model=self.settings.model
-        )
         await self._acquire_slot(deadline)
         try:
             session = await self._get_session(deadline)
+            arguments = _gradio.build_arguments(request, self._inputs, self._fixed, seed=seed,
+                                                model=self.settings.model, required=session.required)
             _gradio.check_arguments(
                 arguments, session.parameters, api_name=session.api_name, backend=self.name
             )
@@ -167,7 +168,7 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
             ) from None
 
     async def _run_job(
-        self, session: _Session, arguments: dict[str, Any], deadline: Deadline
+        self, session: Session, arguments: dict[str, Any], deadline: Deadline
     ) -> Any:
         budget = min(self.timeouts.read, deadline.remaining())
         with map_gradio_errors(self.name, self.timeouts):
@@ -200,11 +201,11 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
         if job.done():
             return
         with contextlib.suppress(RuntimeError):  # the executor is already shut down
-            self._executor.submit(_cancel_quietly, job)
+            self._executor.submit(cancel_quietly, job)
 
     # ------------------------------------------------------------ the client
 
-    async def _get_session(self, deadline: Deadline) -> _Session:
+    async def _get_session(self, deadline: Deadline) -> Session:
         if self._session is not None:
             return self._session
         async with self._build_lock:
@@ -248,7 +249,7 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
             )
             return self._session
 
-    def _build_session(self) -> _Session:
+    def _build_session(self) -> Session:
         """Runs in a worker thread: construct the client (network I/O) and read its API."""
         client = Client(
             self.src,
@@ -262,7 +263,7 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
             },
             download_files=False,
             ssl_verify=self._ssl,
-            analytics_enabled=False,
+            **_gradio.client_options(Client),
         )
         try:
             info = client.view_api(print_info=False, return_format="dict")
@@ -278,16 +279,18 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
                 raise Rejected(
                     f"the Space {what} (named endpoints: {named}); set api_name", backend=self.name
                 )
-            return _Session(client, api_name, list(endpoints[api_name].get("parameters") or []))
+            parameters = list(endpoints[api_name].get("parameters") or [])
+            self._learn(getattr(client, "config", None) or {}, info, api_name)
+            return Session(client, api_name, parameters)
         except BaseException:
-            _close_client(client)
+            close_client(client)
             raise
 
-    def _close_orphan(self, future: asyncio.Future[_Session]) -> None:
+    def _close_orphan(self, future: asyncio.Future[Session]) -> None:
         if not future.cancelled() and future.exception() is None:
             self._close_in_background(future.result().client)
 
-    def _drop_session(self, session: _Session) -> None:
+    def _drop_session(self, session: Session) -> None:
         """Forget a client after a connection-level failure; the next call builds a new one."""
         if self._session is session:
             self._session = None
@@ -296,9 +299,9 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
 
     def _close_in_background(self, client: Any) -> None:
         try:
-            self._executor.submit(_close_client, client)
+            self._executor.submit(close_client, client)
         except RuntimeError:  # shut down already: a short-lived thread of its own
-            threading.Thread(target=_close_client, args=(client,), daemon=True).start()
+            threading.Thread(target=close_client, args=(client,), daemon=True).start()
 
     async def aclose(self) -> None:
         self._closed = True
@@ -306,17 +309,17 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
         if session is not None:
             loop = asyncio.get_running_loop()
             with contextlib.suppress(RuntimeError):
-                await loop.run_in_executor(self._executor, _close_client, session.client)
+                await loop.run_in_executor(self._executor, close_client, session.client)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------ the image
 
-    async def _image_bytes(self, ref: ImageRef, session: _Session, deadline: Deadline) -> bytes:
+    async def _image_bytes(self, ref: ImageRef, session: Session, deadline: Deadline) -> bytes:
         if ref.kind == "bytes":
             return bytes(ref.value)
         if ref.kind == "pil":
             return await asyncio.get_running_loop().run_in_executor(
-                self._executor, _png_bytes, ref.value
+                self._executor, png_bytes, ref.value
             )
         root = session.client.src_prefixed
         if ref.kind == "file":
@@ -327,7 +330,7 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
             url = str(ref.value)
         return await self._download(url, root, session, deadline)
 
-    async def _download(self, url: str, root: str, session: _Session, deadline: Deadline) -> bytes:
+    async def _download(self, url: str, root: str, session: Session, deadline: Deadline) -> bytes:
         headers: dict[str, str] = {}
         cookies: dict[str, str] = {}
         token = self._secrets.get("token")
@@ -344,29 +347,24 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
     async def _probe(self, deadline: Deadline, timings: dict[str, float]) -> str:
         """A hub Space: its runtime stage on the Hub. A bare URL: the Gradio app's /config."""
         if self.space is not None:
-            return await self._web.check_runtime(
-                self.settings.hub_url, self.space, deadline, timings
-            )
-        config = await self._web.get_json(f"{self.src}/config", deadline, timings)
-        return f"gradio {config.get('version', '?')} app at {self.src}"
+            detail = await self._web.check_runtime(self.settings.hub_url, self.space, deadline, timings)
+            config = None
+        else:
+            config = await self._web.get_json(f"{self.src}/config", deadline, timings)
+            detail = f"gradio {config.get('version', '?')} app at {self.src}"
+        stale = self._discovered_at is None or time.monotonic() - self._discovered_at > CAPABILITIES_TTL_S
+        if stale or config is not None:
+            try:  # the probe passed: a Space whose API cannot be read keeps what was known
+                config, info = await self._web.gradio_api(self.src, deadline, config=config)
+                self._learn(config, info, self._api_name or _gradio.pick_api_name(info))
+            except BackendError as exc:
+                log.info("capabilities_not_refreshed", backend=self.name, error_kind=exc.kind)
+        return detail
 
-
-def _cancel_quietly(job: Any) -> None:
-    with contextlib.suppress(Exception):  # best effort: the app may already be gone
-        job.cancel()
-
-
-def _close_client(client: Any) -> None:
-    """Stop the heartbeat and shut the client's thread pools down (Client.close() does not)."""
-    with contextlib.suppress(Exception):
-        client.close()
-    for pool in ("executor", "helper_executor", "stream_executor"):
-        executor = getattr(client, pool, None)
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _png_bytes(image: Any) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
+    def _learn(self, config: Mapping[str, Any], info: Mapping[str, Any], api_name: str | None) -> None:
+        """Take the capabilities from the app's own description of ``api_name``."""
+        found = interface_from_gradio(config, info, api_name or "", source=(
+            f"discovered: {api_name} of gradio {config.get('version', '?')} app at {self.src}"))
+        if found is not None:
+            self._capabilities = interface_capabilities(found, self._inputs)
+            self._discovered_at = time.monotonic()
