@@ -319,11 +319,13 @@ async def test_probe_reports_ok_with_timings(a1111_url: str, knobs: Knobs, tmp_p
 async def test_probe_discovers_checkpoints_samplers_schedulers_and_format(
     tmp_path: Path,
 ) -> None:
-    async with serve_app(a1111_emulator.create_app(samples_format="webp")) as url:
-        async with A1111.backend(url, tmp_path) as backend:
-            assert backend.capabilities.source.startswith("built-in")
-            await backend.probe(timeout=2.0)
-            caps = backend.capabilities
+    async with (
+        serve_app(a1111_emulator.create_app(samples_format="webp")) as url,
+        A1111.backend(url, tmp_path) as backend,
+    ):
+        assert backend.capabilities.source.startswith("built-in")
+        await backend.probe(timeout=2.0)
+        caps = backend.capabilities
     assert caps.source.startswith("discovered: checkpoints, samplers")
     assert caps.models == tuple(m["title"] for m in a1111_emulator.MODELS)
     assert {"dreamshaper_8", "879db523c3", "sd_xl_base_1.0"} <= set(caps.model_aliases)
@@ -336,10 +338,12 @@ async def test_a_webui_before_1_9_has_no_schedulers_and_discovery_still_works(
     knobs: Knobs, tmp_path: Path
 ) -> None:
     knobs.arm("status", status=404, path="/sdapi/v1/schedulers", count=10)
-    async with serve_app(a1111_emulator.create_app(knobs=knobs)) as url:
-        async with A1111.backend(url, tmp_path) as backend:
-            await backend.probe(timeout=2.0)
-            caps = backend.capabilities
+    async with (
+        serve_app(a1111_emulator.create_app(knobs=knobs)) as url,
+        A1111.backend(url, tmp_path) as backend,
+    ):
+        await backend.probe(timeout=2.0)
+        caps = backend.capabilities
     assert caps.samplers and caps.scheduler_suffixes == ()
 
 
@@ -347,10 +351,12 @@ async def test_discovery_failing_keeps_the_probe_ok_and_the_old_capabilities(
     knobs: Knobs, tmp_path: Path
 ) -> None:
     knobs.arm("status", status=500, path="/sdapi/v1/samplers", count=10)
-    async with serve_app(a1111_emulator.create_app(knobs=knobs)) as url:
-        async with A1111.backend(url, tmp_path) as backend:
-            health = await backend.probe(timeout=2.0)
-            assert health.ok and backend.capabilities.source.startswith("built-in")
+    async with (
+        serve_app(a1111_emulator.create_app(knobs=knobs)) as url,
+        A1111.backend(url, tmp_path) as backend,
+    ):
+        health = await backend.probe(timeout=2.0)
+        assert health.ok and backend.capabilities.source.startswith("built-in")
 
 
 async def test_probe_of_a_closed_port_reports_connect_failed(tmp_path: Path) -> None:

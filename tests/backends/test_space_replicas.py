@@ -36,7 +36,7 @@ FLUX, SD3 = "black-forest-labs/FLUX.1-schnell", "stabilityai/stable-diffusion-3-
 @pytest.fixture
 async def hub_url() -> AsyncIterator[str]:
     state = hub_emulator.HubState()
-    for _, (space, _) in REPLICAS.items():
+    for space, _ in REPLICAS.values():
         state.set_space(space, "RUNNING", hardware="zero-a10g")
     async with serve_app(hub_emulator.create_app(hub=state)) as url:
         yield url

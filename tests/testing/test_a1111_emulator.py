@@ -134,12 +134,11 @@ async def test_checkpoint_override_is_used_when_known_and_silently_ignored_when_
 
 
 async def test_samples_format_sets_the_image_encoding_and_options_report_it() -> None:
-    async with serve_app(a1111_emulator.create_app(samples_format="webp")) as url:
-        async with aiohttp.ClientSession() as session:
-            async with session.post(url + TXT2IMG, json={"prompt": "x", "width": 64, "height": 64}) as resp:
-                data = base64.b64decode((await resp.json())["images"][0])
-            async with session.get(url + "/sdapi/v1/options") as resp:
-                options = await resp.json()
+    async with serve_app(a1111_emulator.create_app(samples_format="webp")) as url, aiohttp.ClientSession() as s:
+        async with s.post(url + TXT2IMG, json={"prompt": "x", "width": 64, "height": 64}) as resp:
+            data = base64.b64decode((await resp.json())["images"][0])
+        async with s.get(url + "/sdapi/v1/options") as resp:
+            options = await resp.json()
     assert data[:4] == b"RIFF" and data[8:12] == b"WEBP"
     assert options["samples_format"] == "webp"
 

@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate image(s) from a prompt")
     gen.add_argument("prompt")
     gen.add_argument("--negative-prompt", default="")
-    gen.add_argument("--width", type=int, default=1024)
-    gen.add_argument("--height", type=int, default=1024)
+    gen.add_argument("--width", type=int, help="default 1024")  # unset: fitted to a backend
+    gen.add_argument("--height", type=int, help="default 1024")
     gen.add_argument("--steps", type=int)
     gen.add_argument("--guidance", type=float, dest="guidance_scale")
     gen.add_argument("--seed", type=int)

@@ -1,4 +1,5 @@
 """One request's journey: attempts in candidate order, retries, hedging, the deadline.
+Before any I/O each candidate's plan (``adapt.py``) fits the request to it, or skips it.
 
 ``RequestRun`` runs each attempt on a backend as a task ("lane"), so that a hedge can race the
 first attempt and the loser can be cancelled (closing its HTTP request). Everything that

@@ -2,8 +2,9 @@
 
 The pieces: ``breaker.py`` (the circuit breaker), ``prober.py`` (the background probe loop),
 ``policy.py`` (per-backend state, ordering policy, admission, hedge budget; no I/O),
-``run.py`` (one request's attempts, retries and hedges as tasks) and ``waiting.py`` (waiting
-for a breaker to reopen). This module owns their lifetimes.
+``run.py`` (one request's attempts, retries and hedges as tasks), ``adapt.py`` (fitting the
+request to each backend, ``[service] adapt``) and ``waiting.py`` (waiting for a breaker to
+reopen). This module owns their lifetimes.
 """
 
 from __future__ import annotations

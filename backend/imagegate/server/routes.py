@@ -17,7 +17,12 @@ from imagegate.routing import ImageService
 from imagegate.server.errors import API_ERROR, ApiError
 from imagegate.server.metrics import CONTENT_TYPE
 from imagegate.server.state import SERVICE, STATE, ServerState
-from imagegate.server.wire import Generation, images_response, parse_generation
+from imagegate.server.wire import (
+    Generation,
+    adjustments_header,
+    images_response,
+    parse_generation,
+)
 
 __all__ = ["routes"]
 
@@ -63,6 +68,7 @@ async def create_image(request: web.Request) -> web.Response:
     headers = {
         "x-imagegate-backend": result.backend,
         "x-imagegate-attempts": str(len(result.attempts)),
+        **adjustments_header(result),
     }
     body = images_response(result, urls=urls)
     return web.Response(text=json.dumps(body), content_type="application/json", headers=headers)

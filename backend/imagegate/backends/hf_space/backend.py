@@ -106,8 +106,10 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
         self._session: Session | None = None
         self._closed = False
         interface = known_interface(settings.space)
-        usable = interface is not None and interface.api_name == self._api_name
-        self._capabilities = interface_capabilities(interface, self._inputs) if usable else None
+        self._capabilities = (
+            interface_capabilities(interface, self._inputs)
+            if interface is not None and interface.api_name == self._api_name else None
+        )
         self._discovered_at: float | None = None
 
     @property
