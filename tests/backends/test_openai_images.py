@@ -18,6 +18,8 @@ from imagegate.backends.openai_images import (
     build_request,
     endpoint,
     error_from_response,
+    model_family,
+    openai_capabilities,
     parse_response,
 )
 from imagegate.errors import (
@@ -389,3 +391,69 @@ async def test_cli_generate_with_backend_writes_the_image(
     )
     assert doc["backend"] == "oai-emu"
     assert [(i["width"], i["height"]) for i in doc["images"]] == [(128, 96), (128, 96)]  # files too
+
+
+# --- model families and the api.openai.com defaults ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "official", "family"),
+    [
+        ("dall-e-2", False, "dall-e-2"), ("dall-e-3", True, "dall-e-3"),
+        ("gpt-image-1", False, "gpt-image"), ("gpt-image-1.5", False, "gpt-image"),
+        ("chatgpt-image-latest", False, "gpt-image"), ("CHATGPT-IMAGE-latest", True, "gpt-image"),
+        ("gpt-image-2", True, "gpt-image"),
+        ("some-future-image-model", True, "gpt-image"),  # OpenAI serves no other family
+        ("some-future-image-model", False, None),  # another server's own model: no rules
+        (None, True, "dall-e-2"), (None, False, None),
+    ],
+)
+def test_model_family(model: str | None, official: bool, family: str | None) -> None:
+    assert model_family(model, official=official) == family
+
+
+def test_chatgpt_image_and_any_non_dall_e_name_on_api_openai_com_get_no_response_format() -> None:
+    request = ImageRequest(prompt="p")
+    assert "response_format" not in build_request(request, model="chatgpt-image-latest", extensions=False)
+    assert "response_format" not in build_request(request, model="new-model", extensions=False, official=True)
+    assert build_request(request, model="new-model", extensions=False)["response_format"] == "b64_json"
+    assert build_request(request, model="dall-e-3", extensions=False, official=True)["response_format"] == "b64_json"
+
+
+@pytest.mark.parametrize(
+    ("environ", "extensions"),
+    [
+        ({"OPENAI_BASE_URL": "https://api.openai.com/v1", "OPENAI_API_KEY": "sk-x"}, False),
+        ({"OPENAI_BASE_URL": "https://gateway.example.com/v1"}, True),
+        ({"OPENAI_BASE_URL": "https://api.openai.com/v1", "OPENAI_SEND_EXTENSIONS": "true"}, True),
+        ({"OPENAI_BASE_URL": "https://gateway.example.com", "OPENAI_SEND_EXTENSIONS": "0"}, False),
+    ],
+)
+def test_send_extensions_is_off_for_api_openai_com_even_from_the_environment_alone(
+    environ: dict[str, str], extensions: bool
+) -> None:
+    from imagegate.backends.registry import load_settings
+
+    (backend,) = load_settings(None, environ=environ, dotenv=False).backends
+    assert backend.extensions is extensions  # type: ignore[attr-defined]
+
+
+def test_send_extensions_set_in_the_config_wins(tmp_path: Path) -> None:
+    settings = OPENAI.settings("https://api.openai.com", tmp_path, send_extensions=True)
+    assert settings.backends[0].extensions is True  # type: ignore[attr-defined]
+    settings = OPENAI.settings("https://api.openai.com", tmp_path)
+    assert settings.backends[0].extensions is False  # type: ignore[attr-defined]
+
+
+def test_each_family_has_its_sizes_images_per_call_and_prompt_length() -> None:
+    dalle2 = openai_capabilities("dall-e-2", official=True, extensions=False)
+    dalle3 = openai_capabilities("dall-e-3", official=True, extensions=False)
+    gpt = openai_capabilities("chatgpt-image-latest", official=True, extensions=False)
+    assert (dalle2.sizes, dalle2.max_n, dalle2.prompt_max) == (((256, 256), (512, 512), (1024, 1024)), 10, 1000)
+    assert (dalle3.sizes, dalle3.max_n, dalle3.prompt_max) == (
+        ((1024, 1024), (1792, 1024), (1024, 1792)), 1, 4000)
+    assert (gpt.sizes, gpt.max_n, gpt.formats) == (
+        ((1024, 1024), (1536, 1024), (1024, 1536)), 10, ("png", "jpeg", "webp"))
+    assert dalle3.takes == ("size", "model")  # api.openai.com: no seed, steps, ...
+    other = openai_capabilities("flux-dev", official=False, extensions=True)
+    assert other.sizes is None and "seed" in other.takes and other.formats is None

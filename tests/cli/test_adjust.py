@@ -91,6 +91,10 @@ async def test_the_http_api_answers_adjustments_in_a_header_and_the_body(
             http.post(url + "/v1/images/generations", json={"prompt": "a cat", "size": "512x512"}) as resp,
         ):
             status, headers, body = resp.status, resp.headers, await resp.json()
+            async with http.get(url + "/v1/backends") as listing:
+                (row,) = (await listing.json())["data"]
+        assert row["capabilities"]["sizes"] == [[1024, 1024], [1792, 1024], [1024, 1792]]
+        assert row["capabilities"]["source"] == "built-in: dall-e-3 (openai-python image_generate_params)"
         if adapt == "nearest":
             assert status == 200 and body["size"] == "1024x1024"
             assert headers["x-imagegate-adjustments"] == "size 512x512->1024x1024"

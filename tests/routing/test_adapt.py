@@ -243,3 +243,12 @@ def test_no_backend_error_names_the_field_and_what_each_backend_said() -> None:
 def test_every_request_field_a_backend_may_skip_is_known() -> None:
     assert set(REQUEST_FIELDS) == {"negative_prompt", "size", "steps", "guidance_scale", "seed",
                                    "sampler", "model"}
+
+
+def test_an_aspect_ratio_backend_takes_sizes_of_its_ratios_and_fits_the_others() -> None:
+    caps = Capabilities(source="t", takes=("size",), aspect_ratios=("16:9", "1:1", "9:16"))
+    for size in ((1024, 1024), (512, 512), (1344, 768)):  # within 2 % of a ratio
+        assert fitted(req(width=size[0], height=size[1]), caps, "strict").adjustments == ()
+    (row,) = fitted(req(width=1024, height=832), caps).adjustments
+    assert (row.field, row.asked, row.used) == ("size", "1024x832", "1:1")
+    assert refused(req(width=1024, height=832), caps).field == "size"

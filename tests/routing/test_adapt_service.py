@@ -148,3 +148,33 @@ async def test_capabilities_follow_the_model_the_request_names(
     (body,) = bodies(knobs, GENERATIONS)  # dall-e-2 makes 2 per call, 512x512 is its size
     assert (body["model"], body["n"], body["size"]) == ("dall-e-2", 2, "512x512")
     assert health.capabilities is not None and health.capabilities.max_n == 1  # the config's model
+
+
+async def test_stability_takes_a_ratio_drops_steps_and_the_pixels_it_picked_are_reported(
+    tmp_path: Path,
+) -> None:
+    from imagegate.testing import stability as stability_emulator
+
+    async with serve_app(stability_emulator.create_app(api_key=KEY)) as url:
+        table = {"name": "stab", "kind": "stability", "base_url": url}
+        settings = make_settings([table], service={"probe_interval_s": 3600},
+                                 environ={"STABILITY_API_KEY": KEY}, tmp_path=tmp_path)
+        async with ImageService(settings) as svc:
+            result = await svc.generate(ImageRequest(prompt="x", width=1000, height=600, steps=30))
+    rows = {(a.field, a.asked, a.used) for a in result.adjustments}
+    assert rows == {("size", "1000x600", "16:9"), ("steps", 30, None), ("size", "1000x600", "1344x768")}
+    assert (result.images[0].width, result.images[0].height) == (1344, 768)
+
+
+async def test_in_nearest_mode_a_backend_that_cannot_serve_even_adapted_is_skipped_first(
+    openai_url: str, a1111_url: str, knobs: Knobs, tmp_path: Path
+) -> None:
+    dalle2 = {**dalle3(openai_url), "model": "dall-e-2"}
+    async with service(tmp_path, dalle2, a1111(a1111_url, priority=1)) as svc:
+        result = await svc.generate(ImageRequest(prompt="p" * 1200, width=64, height=64))
+        assert svc.breaker("dalle").state == "closed"
+    assert [(a.backend, a.outcome) for a in result.attempts] == [("dalle", "skipped"), ("sd", "ok")]
+    assert result.attempts[0].error == (
+        "cannot serve it: prompt 1200 characters; this backend takes at most 1000"
+    )
+    assert not bodies(knobs, GENERATIONS)

@@ -47,6 +47,8 @@ log = structlog.get_logger()
 
 Mode = Literal["nearest", "strict"]
 _CLIP = 60  # longest text shown in an adjustment
+# A size within 2 % of an aspect ratio is that ratio (1344x768, SDXL's "16:9", is 1.6 % off).
+RATIO_TOLERANCE = 0.02
 
 
 @dataclass(frozen=True)
@@ -137,12 +139,11 @@ class _Fit:
                 self.change("size", asked, None, "this backend takes no size: the provider decides",
                             explicit=True)
             return
-        if caps.aspect_ratios is not None:
-            if explicit:
-                ratio = nearest_ratio(w, h, caps.aspect_ratios)
+        if caps.aspect_ratios is not None:  # the provider picks the pixels for the ratio
+            ratio = nearest_ratio(w, h, caps.aspect_ratios)
+            if _ratio_distance(_ratio_value(ratio), w / h) > RATIO_TOLERANCE:
                 self.change("size", asked, ratio, "this backend takes only an aspect ratio "
-                            f"({', '.join(caps.aspect_ratios)}); the provider picks the pixels",
-                            explicit=True)
+                            f"({', '.join(caps.aspect_ratios)})", explicit=explicit)
             return
         if caps.sizes is not None:
             if (w, h) in caps.sizes:
@@ -325,11 +326,13 @@ def nearest_size(w: int, h: int, sizes: Sequence[tuple[int, int]]) -> tuple[int,
                                      abs(math.log(s[0] * s[1] / (w * h)))))
 
 
+def _ratio_value(ratio: str) -> float:
+    a, b = ratio.split(":")
+    return int(a) / int(b)
+
+
 def nearest_ratio(w: int, h: int, ratios: Sequence[str]) -> str:
-    def value(r: str) -> float:
-        a, b = r.split(":")
-        return int(a) / int(b)
-    return min(ratios, key=lambda r: _ratio_distance(value(r), w / h))
+    return min(ratios, key=lambda r: _ratio_distance(_ratio_value(r), w / h))
 
 
 def fit_spans(w: int, h: int, ws: Span | None, hs: Span | None) -> tuple[int, int]:

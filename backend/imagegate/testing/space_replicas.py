@@ -48,6 +48,16 @@ def _seed(seed: float, randomize_seed: bool) -> int:
     return random.randint(0, MAX_SEED) if randomize_seed else int(seed)
 
 
+def _prompt_row(title: str) -> tuple[gr.Text, gr.Button, gr.Image]:
+    """The top of every one of these app.py files: title, prompt box, Run button, result."""
+    gr.Markdown(f"# {title} (replica)")
+    with gr.Row():
+        prompt = gr.Text(label="Prompt", show_label=False, max_lines=1,
+                         placeholder="Enter your prompt", container=False)
+        run_button = gr.Button("Run", scale=0)
+    return prompt, run_button, gr.Image(label="Result", show_label=False)
+
+
 def build_flux_schnell(calls: SpaceCalls) -> gr.Blocks:
     """black-forest-labs/FLUX.1-schnell: infer(prompt, seed, randomize_seed, width, height,
     num_inference_steps) -> (image, seed); MAX_IMAGE_SIZE = 2048; guidance fixed at 0.0."""
@@ -60,12 +70,7 @@ def build_flux_schnell(calls: SpaceCalls) -> gr.Blocks:
         return _picture(width, height, prompt, used), used
 
     with gr.Blocks() as demo, gr.Column():
-        gr.Markdown("# FLUX.1 [schnell] (replica)")
-        with gr.Row():
-            prompt = gr.Text(label="Prompt", show_label=False, max_lines=1,
-                             placeholder="Enter your prompt", container=False)
-            run_button = gr.Button("Run", scale=0)
-        result = gr.Image(label="Result", show_label=False)
+        prompt, run_button, result = _prompt_row("FLUX.1 [schnell]")
         with gr.Accordion("Advanced Settings", open=False):
             seed = gr.Slider(label="Seed", minimum=0, maximum=MAX_SEED, step=1, value=0)
             randomize_seed = gr.Checkbox(label="Randomize seed", value=True)
@@ -96,12 +101,7 @@ def _sd3(calls: SpaceCalls, *, name: str, size: tuple[int, int, int], guidance: 
         return _picture(width, height, prompt, used), used
 
     with gr.Blocks() as demo, gr.Column():
-        gr.Markdown(f"# {name} (replica)")
-        with gr.Row():
-            prompt = gr.Text(label="Prompt", show_label=False, max_lines=1,
-                             placeholder="Enter your prompt", container=False)
-            run_button = gr.Button("Run", scale=0)
-        result = gr.Image(label="Result", show_label=False)
+        prompt, run_button, result = _prompt_row(name)
         with gr.Accordion("Advanced Settings", open=False):
             negative_prompt = gr.Text(label="Negative prompt", max_lines=1,
                                       placeholder="Enter a negative prompt", visible=negative_visible)

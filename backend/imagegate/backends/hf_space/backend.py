@@ -355,7 +355,7 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
             config = await self._web.get_json(f"{self.src}/config", deadline, timings)
             detail = f"gradio {config.get('version', '?')} app at {self.src}"
         stale = self._discovered_at is None or time.monotonic() - self._discovered_at > CAPABILITIES_TTL_S
-        if stale or config is not None:
+        if stale:
             try:  # the probe passed: a Space whose API cannot be read keeps what was known
                 config, info = await self._web.gradio_api(self.src, deadline, config=config)
                 self._learn(config, info, self._api_name or _gradio.pick_api_name(info))

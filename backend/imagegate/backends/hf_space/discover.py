@@ -64,7 +64,7 @@ def interface_from_gradio(
     components = {c.get("id"): c for c in config.get("components") or [] if isinstance(c, dict)}
     dependency = next(
         (d for d in config.get("dependencies") or []
-         if isinstance(d, dict) and f"/{d.get('api_name')}" == api_name),
+         if isinstance(d, dict) and f"/{str(d.get('api_name')).lstrip('/')}" == api_name),
         None,
     )
     if not isinstance(endpoint, dict) or dependency is None:

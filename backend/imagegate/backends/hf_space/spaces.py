@@ -102,6 +102,21 @@ def _slider(name: str, lo: float, hi: float, step: float, value: float) -> Param
 _SEED = _slider("seed", 0, _MAX_SEED, 1, 0)
 _RANDOMIZE = Param("randomize_seed", "Checkbox", value=True)
 
+
+def _stability_space(name: str, size: tuple[int, int, int], guidance: tuple[float, float],
+                     steps: int) -> Interface:
+    """The Stability Spaces' shared /infer: (prompt, negative_prompt, seed, randomize_seed,
+    width, height, guidance_scale, num_inference_steps), sizes ``(min, max, step)`` with
+    value 1024, guidance ``(max, value)`` from 0 in steps of 0.1, steps 1..50 with ``steps``."""
+    lo, hi, step = size
+    return Interface("/infer", (
+        Param("prompt", "Textbox", required=True), Param("negative_prompt", "Textbox", required=True),
+        _SEED, _RANDOMIZE, _slider("width", lo, hi, step, 1024), _slider("height", lo, hi, step, 1024),
+        _slider("guidance_scale", 0.0, guidance[0], 0.1, guidance[1]),
+        _slider("num_inference_steps", 1, 50, 1, steps),
+    ), "webp", f"built-in: {name}'s app.py")
+
+
 INTERFACES: dict[str, Interface] = {
     # infer(prompt, seed=42, randomize_seed=False, width=1024, height=1024,
     # num_inference_steps=4): the PR-branch page refs/pr/176 of the official Space, its
@@ -118,23 +133,17 @@ INTERFACES: dict[str, Interface] = {
     # (philipp-zettl/stable-diffusion-3-medium@4601bb7) and connor33341/SD3M test.py (sends
     # negative_prompt). The slider rows come from a derivative copy: UNCONFIRMED for the
     # current official file.
-    "stabilityai/stable-diffusion-3-medium": Interface("/infer", (
-        Param("prompt", "Textbox", required=True), Param("negative_prompt", "Textbox", required=True),
-        _SEED, _RANDOMIZE,
-        _slider("width", 256, 1344, 64, 1024), _slider("height", 256, 1344, 64, 1024),
-        _slider("guidance_scale", 0.0, 10.0, 0.1, 5.0), _slider("num_inference_steps", 1, 50, 1, 28),
-    ), "webp", "built-in: stable-diffusion-3-medium's app.py"),
+    "stabilityai/stable-diffusion-3-medium": _stability_space(
+        "stable-diffusion-3-medium", (256, 1344, 64), (10.0, 5.0), 28
+    ),
     # infer(prompt, negative_prompt="", seed=42, ..., guidance_scale=4.5,
     # num_inference_steps=40); MAX_IMAGE_SIZE = 1024; the negative-prompt box is hidden
     # (visible=False) yet still a required API input: the official Space's one commit 6e5e1d5
     # "SD3.5 Large Public Release" (151 lines), its header confirmed by Brian-A/text-to-image
     # @bfc8aa9, the full text from PRITHIVSAKTHIUR/SD3.5-Large-LoRA-Tester app.py.
-    "stabilityai/stable-diffusion-3.5-large": Interface("/infer", (
-        Param("prompt", "Textbox", required=True), Param("negative_prompt", "Textbox", required=True),
-        _SEED, _RANDOMIZE,
-        _slider("width", 512, 1024, 32, 1024), _slider("height", 512, 1024, 32, 1024),
-        _slider("guidance_scale", 0.0, 7.5, 0.1, 4.5), _slider("num_inference_steps", 1, 50, 1, 40),
-    ), "webp", "built-in: stable-diffusion-3.5-large's app.py"),
+    "stabilityai/stable-diffusion-3.5-large": _stability_space(
+        "stable-diffusion-3.5-large", (512, 1024, 32), (7.5, 4.5), 40
+    ),
 }
 
 
