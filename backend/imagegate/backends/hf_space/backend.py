@@ -48,7 +48,10 @@ from imagegate.backends.hf_space import gradio as _gradio
 from imagegate.backends.hf_space.discover import interface_capabilities, interface_from_gradio
 from imagegate.backends.hf_space.gradio import ImageRef, map_gradio_errors
 from imagegate.backends.hf_space.http import SpaceHttp
-from imagegate.backends.hf_space.session import Session, cancel_quietly, close_client, png_bytes
+from imagegate.backends.hf_space.session import Session as _Session
+from imagegate.backends.hf_space.session import cancel_quietly as _cancel_quietly
+from imagegate.backends.hf_space.session import close_client as _close_client
+from imagegate.backends.hf_space.session import png_bytes as _png_bytes
 from imagegate.backends.hf_space.settings import HFSpaceSettings
 from imagegate.backends.hf_space.spaces import known_interface, known_space
 from imagegate.backends.images import check_image
@@ -103,7 +106,7 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
         )
         self._slots = asyncio.Semaphore(settings.max_concurrency)
         self._build_lock = asyncio.Lock()
-        self._session: Session | None = None
+        self._session: _Session | None = None
         self._closed = False
         interface = known_interface(settings.space)
         self._capabilities = (
@@ -170,7 +173,7 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
             ) from None
 
     async def _run_job(
-        self, session: Session, arguments: dict[str, Any], deadline: Deadline
+        self, session: _Session, arguments: dict[str, Any], deadline: Deadline
     ) -> Any:
         budget = min(self.timeouts.read, deadline.remaining())
         with map_gradio_errors(self.name, self.timeouts):
@@ -203,11 +206,11 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
         if job.done():
             return
         with contextlib.suppress(RuntimeError):  # the executor is already shut down
-            self._executor.submit(cancel_quietly, job)
+            self._executor.submit(_cancel_quietly, job)
 
     # ------------------------------------------------------------ the client
 
-    async def _get_session(self, deadline: Deadline) -> Session:
+    async def _get_session(self, deadline: Deadline) -> _Session:
         if self._session is not None:
             return self._session
         async with self._build_lock:
@@ -251,7 +254,7 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
             )
             return self._session
 
-    def _build_session(self) -> Session:
+    def _build_session(self) -> _Session:
         """Runs in a worker thread: construct the client (network I/O) and read its API."""
         client = Client(
             self.src,
@@ -283,16 +286,16 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
                 )
             parameters = list(endpoints[api_name].get("parameters") or [])
             self._learn(getattr(client, "config", None) or {}, info, api_name)
-            return Session(client, api_name, parameters)
+            return _Session(client, api_name, parameters)
         except BaseException:
-            close_client(client)
+            _close_client(client)
             raise
 
-    def _close_orphan(self, future: asyncio.Future[Session]) -> None:
+    def _close_orphan(self, future: asyncio.Future[_Session]) -> None:
         if not future.cancelled() and future.exception() is None:
             self._close_in_background(future.result().client)
 
-    def _drop_session(self, session: Session) -> None:
+    def _drop_session(self, session: _Session) -> None:
         """Forget a client after a connection-level failure; the next call builds a new one."""
         if self._session is session:
             self._session = None
@@ -301,9 +304,9 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
 
     def _close_in_background(self, client: Any) -> None:
         try:
-            self._executor.submit(close_client, client)
+            self._executor.submit(_close_client, client)
         except RuntimeError:  # shut down already: a short-lived thread of its own
-            threading.Thread(target=close_client, args=(client,), daemon=True).start()
+            threading.Thread(target=_close_client, args=(client,), daemon=True).start()
 
     async def aclose(self) -> None:
         self._closed = True
@@ -311,17 +314,17 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
         if session is not None:
             loop = asyncio.get_running_loop()
             with contextlib.suppress(RuntimeError):
-                await loop.run_in_executor(self._executor, close_client, session.client)
+                await loop.run_in_executor(self._executor, _close_client, session.client)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------ the image
 
-    async def _image_bytes(self, ref: ImageRef, session: Session, deadline: Deadline) -> bytes:
+    async def _image_bytes(self, ref: ImageRef, session: _Session, deadline: Deadline) -> bytes:
         if ref.kind == "bytes":
             return bytes(ref.value)
         if ref.kind == "pil":
             return await asyncio.get_running_loop().run_in_executor(
-                self._executor, png_bytes, ref.value
+                self._executor, _png_bytes, ref.value
             )
         root = session.client.src_prefixed
         if ref.kind == "file":
@@ -332,7 +335,7 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
             url = str(ref.value)
         return await self._download(url, root, session, deadline)
 
-    async def _download(self, url: str, root: str, session: Session, deadline: Deadline) -> bytes:
+    async def _download(self, url: str, root: str, session: _Session, deadline: Deadline) -> bytes:
         headers: dict[str, str] = {}
         cookies: dict[str, str] = {}
         token = self._secrets.get("token")
