@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -187,6 +188,7 @@ def model_family(model: str | None, *, official: bool = False) -> Family | None:
     return None
 
 
+@functools.lru_cache(maxsize=64)
 def openai_capabilities(model: str | None, *, official: bool, extensions: bool) -> Capabilities:
     """What an OpenAI-shaped server takes for ``model`` (see ``_FAMILIES`` for sources)."""
     family = model_family(model, official=official)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -111,6 +112,7 @@ def from_env(env: Mapping[str, str], have_others: bool) -> list[dict[str, Any]]:
     return [{"name": "stability", "kind": "stability", "priority": 20}]
 
 
+@functools.lru_cache(maxsize=64)
 def stability_capabilities(engine: str, model: str | None) -> Capabilities:
     """What v2beta takes (the OpenAPI above): an aspect ratio, never pixels; a negative prompt
     (not sd3-large-turbo); seed 0..4294967294; png|jpeg|webp (sd3: png|jpeg); prompt up to
