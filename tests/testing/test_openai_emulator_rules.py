@@ -144,3 +144,24 @@ async def test_the_model_list_is_openais_on_the_official_flavour(
     names = [m.id async for m in official.models.list()]
     assert "emulator-image" not in names and {"chatgpt-image-latest", "dall-e-3"} <= set(names)
     assert "emulator-image" in [m.id async for m in compatible.models.list()]
+
+
+async def test_the_command_line_serves_the_official_flavour() -> None:
+    import asyncio
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "imagegate.testing", "openai", "--port", "0", "--official", "--api-key", KEY,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), timeout=30)).decode()
+        url = line.split("listening on ")[1].strip()
+        client = AsyncOpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+        error = await refused(client, model="gpt-image-1", extra_body={"seed": 7})
+        await client.close()
+    finally:
+        proc.terminate()
+        await proc.wait()
+    assert (error.code, error.param) == ("unknown_parameter", "seed")

@@ -15,6 +15,7 @@ import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from imagegate.backends.registry import REGISTRY
 from imagegate.testing.knobs import Knobs
@@ -48,6 +49,8 @@ def main(argv: Sequence[str] | None = None, *, kind: str | None = None) -> int:
     parser.add_argument("--username", help="a1111: require HTTP Basic auth")
     parser.add_argument("--password")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--official", action="store_true",
+                        help="openai: behave as api.openai.com (OpenAI's models, no extension fields)")
     args = parser.parse_args(argv)
     args.kind = kind or args.kind
     try:
@@ -60,10 +63,12 @@ def main(argv: Sequence[str] | None = None, *, kind: str | None = None) -> int:
 async def _serve(args: argparse.Namespace) -> None:
     module = importlib.import_module(EMULATORS[args.kind])
     accepted = inspect.signature(module.create_app).parameters
-    options = {"knobs": Knobs(latency_s=args.latency)}
+    options: dict[str, Any] = {"knobs": Knobs(latency_s=args.latency)}
     for name in ("api_key", "username", "password"):
         if name in accepted and getattr(args, name) is not None:
             options[name] = getattr(args, name)
+    if args.official and "official" in accepted:
+        options["official"] = True
     app = module.create_app(**options)
     ca = LocalCA() if args.tls else None
     async with serve_app(app, tls=ca, host=args.host, port=args.port) as url:
