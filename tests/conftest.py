@@ -53,6 +53,19 @@ def knobs() -> Knobs:
     return Knobs()
 
 
+@pytest.fixture(scope="session")
+def replicas() -> Any:
+    """The Gradio stand-in with its replicas of real Spaces (``space.replicas[name]``),
+    launched once per session when a test asks for it."""
+    from imagegate.testing.gradio_space import launch_space
+
+    running = launch_space(replicas=True)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
 @pytest.fixture
 async def a1111_url(knobs: Knobs) -> AsyncIterator[str]:
     """A running A1111 emulator (plain HTTP, like a local webui) controlled by ``knobs``."""

@@ -19,17 +19,19 @@ ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "version": set(),
     "logging": set(),
-    "models": {"errors"},
+    "capabilities": set(),  # plain data that models embeds (BackendHealth, ImageResult)
+    "models": {"errors", "capabilities"},
     "store": {"errors", "models"},
     # logging is a leaf (structlog and stdlib only): every part logs through its get_logger
     "config": {"errors", "models", "logging"},
-    "backends": {"errors", "models", "config", "logging"},
-    "routing": {"errors", "models", "config", "backends", "logging"},
-    "diagnose": {"errors", "models", "config", "backends", "logging", "version"},
-    "server": {"errors", "models", "config", "backends", "routing", "store", "logging", "version"},
-    "testing": {"errors", "models", "backends"},
+    "backends": {"errors", "models", "config", "capabilities", "logging"},
+    "routing": {"errors", "models", "config", "backends", "capabilities", "logging"},
+    "diagnose": {"errors", "models", "config", "backends", "capabilities", "logging", "version"},
+    "server": {"errors", "models", "config", "backends", "routing", "store", "logging", "version",
+               "capabilities"},
+    "testing": {"errors", "models", "backends", "capabilities"},
     "cli": {"errors", "models", "config", "backends", "routing", "store", "logging", "diagnose",
-            "server", "testing", "version"},
+            "server", "testing", "version", "capabilities"},
 }
 # the public face re-exports from everywhere it needs to
 TOP = {"imagegate", "imagegate.__main__"}

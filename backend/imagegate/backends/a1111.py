@@ -7,9 +7,24 @@ string>"}``; the real seeds are ``json.loads(info)["all_seeds"]``. Probe:
 ``GET /sdapi/v1/progress?skip_current_image=true`` (cheap, works with and without
 ``--nowebui``, behind ``--api-auth`` when that is set).
 
-Decided: ``steps`` and ``guidance_scale`` are sent only when the caller set them (the webui's
-own defaults apply otherwise); ``model`` from the request or the config becomes
-``override_settings.sd_model_checkpoint`` (slow: the webui reloads weights).
+The API's defaults are not the UI's: an omitted ``steps`` is 50 (``StableDiffusionProcessing``),
+while the UI's slider starts at 20. An unknown ``sampler_name`` silently becomes the first
+sampler (1.9+: ``sd_samplers.get_sampler_and_scheduler`` falls back to ``samplers[0]``), and an
+unknown ``override_settings.sd_model_checkpoint`` is silently dropped
+(``processing.process_images``): the webui never says it used something else.
+
+Decided:
+
+- ``steps`` the caller left unset is sent as 20 (``DEFAULT_STEPS``, the UI's default: what a
+  webui user expects, 2.5x faster than the API's 50); ``guidance_scale`` is sent only when
+  set (the API's 7.0 is also the UI's).
+- ``model`` from the request or the config becomes ``override_settings.sd_model_checkpoint``
+  (slow: the webui reloads weights).
+- Capabilities are discovered with each probe (``GET /sdapi/v1/sd-models``, ``/samplers``,
+  ``/schedulers`` (1.9+; absent before), ``/options`` for ``samples_format``), so that the
+  router checks a sampler and a checkpoint against what this webui has before sending (it
+  would not say): see :func:`discovered_capabilities`. The API itself enforces no size,
+  steps or guidance range.
 """
 
 from __future__ import annotations
@@ -21,19 +36,43 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import aiohttp
+import structlog
 from pydantic import Field
 
-from imagegate.backends.http import HttpBackend
+from imagegate.backends.http import HttpBackend, gather_all
 from imagegate.backends.images import check_image
+from imagegate.capabilities import REQUEST_FIELDS, Capabilities
 from imagegate.config import HttpBackendSettings, url_from_env
-from imagegate.errors import BadResponse
+from imagegate.errors import BackendError, BadResponse
 from imagegate.models import Deadline, GeneratedImage, ImageRequest
 
-__all__ = ["A1111Backend", "A1111Settings", "build_request", "from_env", "parse_response"]
+__all__ = [
+    "BUILT_IN",
+    "DEFAULT_STEPS",
+    "A1111Backend",
+    "A1111Settings",
+    "build_request",
+    "discovered_capabilities",
+    "from_env",
+    "parse_response",
+]
+
+log = structlog.get_logger()
 
 _TXT2IMG = "/sdapi/v1/txt2img"
 _PROGRESS = "/sdapi/v1/progress?skip_current_image=true"
+_LISTS = ("/sdapi/v1/sd-models", "/sdapi/v1/samplers", "/sdapi/v1/schedulers", "/sdapi/v1/options")
 _PROBE_CAP = 1024 * 1024
+_LIST_CAP = 8 * 1024 * 1024  # /options and a big model folder are tens of KB; generous
+DEFAULT_STEPS = 20  # the UI's steps slider default (the API's own is 50)
+_FORMATS = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}
+# What the API takes before anything is discovered: every field, no ranges (the API checks
+# none), PNG (``samples_format`` defaults to png, modules/shared_options.py).
+BUILT_IN = Capabilities(
+    source="built-in: AUTOMATIC1111 API (modules/api/models.py: no ranges enforced)",
+    takes=REQUEST_FIELDS, formats=("png",),
+    defaults={"steps": DEFAULT_STEPS, "guidance_scale": 7.0, "sampler": "Euler", "width": 512},
+)
 
 
 class A1111Settings(HttpBackendSettings):
@@ -80,8 +119,7 @@ def build_request(request: ImageRequest, *, model: str | None) -> dict[str, Any]
         "send_images": True,
         "save_images": False,
     }
-    if request.steps is not None:
-        payload["steps"] = request.steps
+    payload["steps"] = request.steps if request.steps is not None else DEFAULT_STEPS
     if request.guidance_scale is not None:
         payload["cfg_scale"] = request.guidance_scale
     if request.sampler:
@@ -123,6 +161,49 @@ def parse_response(body: Any, *, backend: str) -> list[tuple[bytes, int | None]]
     return out
 
 
+def discovered_capabilities(
+    models: Any, samplers: Any, schedulers: Any, options: Any
+) -> Capabilities:
+    """What this webui has, from its list endpoints' answers (pure; None: not answered).
+
+    A checkpoint answers to every name in ``CheckpointInfo.ids`` (modules/sd_models.py:
+    hash, model_name, title, name, file stem, ``name [hash]``, short and full sha256); a
+    sampler to its exact name, optionally followed by a scheduler's label, name or alias
+    (``get_sampler_and_scheduler``, 1.9+).
+    """
+    titles: list[str] | None = None
+    aliases: list[str] = []
+    if isinstance(models, list):
+        titles = []
+        for m in (m for m in models if isinstance(m, dict) and m.get("title")):
+            title = str(m["title"])
+            name = title.rsplit(" [", 1)[0]
+            stem = str(m.get("filename") or name).replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+            sha = str(m.get("sha256") or "")
+            ids = [m.get("hash"), m.get("model_name"), name, stem, f"{name} [{m.get('hash')}]"]
+            if sha:
+                ids += [sha[:10], sha, f"{name} [{sha[:10]}]", f"{stem} [{sha[:10]}]"]
+            titles.append(title)
+            aliases += [str(i) for i in ids if i and str(i) != title]
+    names = [str(x["name"]) for x in samplers if isinstance(x, dict) and x.get("name")] \
+        if isinstance(samplers, list) else None
+    suffixes: list[str] = []
+    for x in schedulers if isinstance(schedulers, list) else []:
+        if isinstance(x, dict):
+            suffixes += [str(v) for v in (x.get("label"), x.get("name"), *(x.get("aliases") or [])) if v]
+    fmt = _FORMATS.get(str((options or {}).get("samples_format", "png")).lower(), "png") \
+        if isinstance(options, dict) else "png"
+    found = [what for what, value in (("checkpoints", titles), ("samplers", names)) if value is not None]
+    return BUILT_IN.model_copy(update={
+        "source": "discovered: " + (", ".join(found) or "nothing") + " from the webui's API",
+        "models": tuple(titles) if titles is not None else None,
+        "model_aliases": tuple(dict.fromkeys(aliases)),
+        "samplers": tuple(names) if names is not None else None,
+        "scheduler_suffixes": tuple(dict.fromkeys(suffixes)),
+        "formats": (fmt,),
+    })
+
+
 def _basic_auth_headers(user: str | None, password: str | None) -> dict[str, str]:
     """``--api-auth`` credentials as an Authorization header (aiohttp's BasicAuth is deprecated)."""
     if not user:
@@ -141,6 +222,11 @@ class A1111Backend(HttpBackend[A1111Settings]):
     ) -> None:
         super().__init__(settings, secrets=secrets, session=session)
         self._headers = _basic_auth_headers(secrets.get("username"), secrets.get("password"))
+        self._capabilities = BUILT_IN
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
 
     async def generate(self, request: ImageRequest, *, deadline: Deadline) -> list[GeneratedImage]:
         payload = build_request(request, model=self.settings.model)
@@ -160,4 +246,19 @@ class A1111Backend(HttpBackend[A1111Settings]):
         if not isinstance(body, dict):
             raise BadResponse("progress answer is not a JSON object", backend=self.name)
         job = (body.get("state") or {}).get("job") or "idle"
+        await self._discover(deadline)
         return f"progress {float(body.get('progress') or 0):.0%}, job: {job}"
+
+    async def _discover(self, deadline: Deadline) -> None:
+        """Refresh the capabilities from the list endpoints; a failure keeps the old ones
+        (the probe itself passed: the webui answers)."""
+        async def get(path: str) -> Any:
+            answer = await self.send("GET", self.base_url + path, deadline=deadline, cap=_LIST_CAP,
+                                     ok=(200, 404))
+            return answer.json(backend=self.name) if answer.status == 200 else None
+        try:
+            lists = await gather_all(get(path) for path in _LISTS)
+        except BackendError as exc:
+            log.info("capabilities_not_refreshed", backend=self.name, error_kind=exc.kind, error=str(exc))
+            return
+        self._capabilities = discovered_capabilities(*lists)

@@ -2,7 +2,8 @@
 
 A backend is one small class: ``generate(request, deadline=...)`` makes one provider call and
 raises only ``imagegate.errors`` types; ``probe()`` is a cheap health check that spends no
-credits; ``aclose()`` releases what the backend owns. It is generic in its settings class, so
+credits; ``capabilities`` says what it accepts (built in, or discovered by its probes; the
+router fits each request to it before calling); ``aclose()`` releases what the backend owns. It is generic in its settings class, so
 ``self.settings`` is that kind's own typed settings. The HTTP machinery most backends share
 is in ``http.py``; image checks in ``images.py``.
 """
@@ -14,6 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import ClassVar, Generic, TypeVar
 
+from imagegate.capabilities import Capabilities
 from imagegate.config import BackendSettings, Timeouts
 from imagegate.errors import BackendError
 from imagegate.models import BackendHealth, Deadline, GeneratedImage, ImageRequest
@@ -39,6 +41,15 @@ class ImageBackend(abc.ABC, Generic[SettingsT]):
     @property
     def timeouts(self) -> Timeouts:
         return self.settings.timeouts
+
+    @property
+    def capabilities(self) -> Capabilities | None:
+        """What this backend accepts now (None: unknown; the router then sends as asked)."""
+        return None
+
+    def capabilities_for(self, request: ImageRequest) -> Capabilities | None:
+        """What it accepts for ``request`` (a request may name a model with other rules)."""
+        return self.capabilities
 
     @abc.abstractmethod
     async def generate(self, request: ImageRequest, *, deadline: Deadline) -> list[GeneratedImage]:

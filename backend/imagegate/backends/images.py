@@ -11,7 +11,7 @@ from imagegate.backends.transport import error_text
 from imagegate.errors import BackendError, BadResponse
 from imagegate.models import GeneratedImage, ImageFormat
 
-__all__ = ["MAX_IMAGE_PIXELS", "check_image", "sniff_format"]
+__all__ = ["MAX_IMAGE_PIXELS", "check_image", "convert_image", "sniff_format"]
 
 # Pillow refuses images above this many pixels (a decompression bomb), as bad_response.
 MAX_IMAGE_PIXELS = 4096 * 4096
@@ -58,3 +58,27 @@ def check_image(
     except Exception as exc:  # Pillow raises many types for a corrupt stream
         raise BadResponse(f"image does not decode: {type(exc).__name__}: {exc}", backend=backend) from exc
     return GeneratedImage(data=data, format=fmt, width=width, height=height, seed=seed, info=info or {})
+
+
+_PIL_FORMATS = {ImageFormat.PNG: "PNG", ImageFormat.JPEG: "JPEG", ImageFormat.WEBP: "WEBP"}
+
+
+def convert_image(image: GeneratedImage, fmt: ImageFormat) -> GeneratedImage:
+    """``image`` re-encoded as ``fmt`` with Pillow (for a provider that cannot answer in it).
+
+    PNG and WebP are written losslessly (the pixels the provider made, no second loss); JPEG
+    at quality 95, with any alpha channel dropped. ``info["converted_from"]`` names the
+    provider's format. The store embeds the generation parameters afterwards, as for any image.
+    """
+    if image.format is fmt:
+        return image
+    with Image.open(io.BytesIO(image.data)) as img:
+        img.load()
+        pixels = img.convert("RGB") if fmt is ImageFormat.JPEG and img.mode not in ("RGB", "L") else img
+        out = io.BytesIO()
+        options: dict[str, Any] = {"quality": 95} if fmt is ImageFormat.JPEG else {}
+        if fmt is ImageFormat.WEBP:
+            options["lossless"] = True
+        pixels.save(out, format=_PIL_FORMATS[fmt], **options)
+    info = {**image.info, "converted_from": image.format.value}
+    return image.model_copy(update={"data": out.getvalue(), "format": fmt, "info": info})

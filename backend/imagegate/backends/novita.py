@@ -55,6 +55,7 @@ from pydantic import Field
 from imagegate.backends.http import Answer, Failed, HttpBackend, Pending, gather_all
 from imagegate.backends.images import check_image
 from imagegate.backends.transport import error_for_status, error_text, parse_retry_after
+from imagegate.capabilities import Capabilities, Span
 from imagegate.config import HttpBackendSettings
 from imagegate.errors import (
     AuthFailed,
@@ -70,6 +71,8 @@ from imagegate.logging import get_logger
 from imagegate.models import Deadline, GeneratedImage, ImageRequest
 
 __all__ = [
+    "CAPABILITIES",
+    "SAMPLERS",
     "NovitaBackend",
     "NovitaSettings",
     "build_request",
@@ -89,6 +92,29 @@ _DEFAULT_GUIDANCE = 7.5
 _DEFAULT_SAMPLER = "Euler a"
 _POLL_READ_S = 30.0  # one task-result GET is small: it never needs the whole read budget
 _JSON_CAP = 1024 * 1024  # submit, task-result and user answers are small JSON
+# The sampler_name enum of Novita's txt2img docs (the v2 reference page lists it; v3 takes
+# the same A1111 names: UNCONFIRMED beyond the docs' examples, "Euler a").
+SAMPLERS = (
+    "DPM++ 2M Karras", "DPM++ SDE Karras", "DPM++ 2M SDE Exponential", "DPM++ 2M SDE Karras",
+    "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ SDE",
+    "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2M SDE Heun Karras", "DPM++ 2M SDE Heun Exponential",
+    "DPM++ 3M SDE", "DPM++ 3M SDE Karras", "DPM++ 3M SDE Exponential", "DPM fast", "DPM adaptive",
+    "LMS Karras", "DPM2 Karras", "DPM2 a Karras", "DPM++ 2S a Karras", "Restart", "DDIM", "PLMS",
+    "UniPC",
+)
+# v3 txt2img limits: width/height [128, 2048] (novita.ai docs guides/model-apis-v2-to-v3-
+# migration, "Range Change: [128, 2048]"), guidance_scale [1, 30] (model-apis-image-to-image,
+# the same request model), response_image_type png|webp|jpeg (the migration guide: "V3 adds
+# support for webp"); prompt 1..1024 characters, image_num 1..8, steps 1..100 as the v3
+# reference lists them (providers.md §2; the stored copy of that page shows no ranges:
+# UNCONFIRMED here).
+CAPABILITIES = Capabilities(
+    source="built-in: Novita v3 txt2img docs",
+    width=Span(min=128, max=2048), height=Span(min=128, max=2048),
+    steps=Span(min=1, max=100, step=1), guidance_scale=Span(min=1, max=30),
+    max_n=8, formats=("png", "jpeg", "webp"), prompt_max=1024, samplers=SAMPLERS,
+    defaults={"steps": 20, "guidance_scale": 7.5, "sampler": "Euler a"},
+)
 SUCCEED = "TASK_STATUS_SUCCEED"
 FAILED = "TASK_STATUS_FAILED"
 
@@ -218,6 +244,10 @@ class NovitaBackend(HttpBackend[NovitaSettings]):
     """Novita AI's async txt2img API."""
 
     kind = "novita"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return CAPABILITIES
 
     async def generate(self, request: ImageRequest, *, deadline: Deadline) -> list[GeneratedImage]:
         payload = build_request(request, model=self.settings.model, backend=self.name)

@@ -155,6 +155,9 @@ class ServiceSettings(_Frozen):
     url_ttl_s: int = Field(default=3600, ge=1, le=366 * 86400)
     # ``serve``: delete images older than this many days from output_dir (none: keep them)
     retention_days: float | None = Field(default=None, gt=0)
+    # A request a backend cannot serve as asked: "nearest" fits it (size snapped, steps and
+    # guidance clamped, ...; every change reported), "strict" skips that backend instead.
+    adapt: Literal["nearest", "strict"] = "nearest"
 
 
 class Settings(_Frozen):

@@ -1,4 +1,5 @@
 """One request's journey: attempts in candidate order, retries, hedging, the deadline.
+Before any I/O each candidate's plan (``adapt.py``) fits the request to it, or skips it.
 
 ``RequestRun`` runs each attempt on a backend as a task ("lane"), so that a hedge can race the
 first attempt and the loser can be cancelled (closing its HTTP request). Everything that
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imagegate.backends.base import ImageBackend
+from imagegate.capabilities import Adjustment
 from imagegate.config import ServiceSettings
 from imagegate.errors import (
     AllBackendsFailed,
@@ -35,6 +37,7 @@ from imagegate.errors import (
 )
 from imagegate.logging import get_logger
 from imagegate.models import Attempt, Deadline, GeneratedImage, ImageRequest, ImageResult, Outcome
+from imagegate.routing.adapt import execute, plan_all, skip_rows
 from imagegate.routing.breaker import Permit
 from imagegate.routing.policy import (
     Admission,
@@ -88,10 +91,12 @@ class RequestRun:
         self.rt = rt
         self.request = request
         self.deadline = deadline
-        self.attempts: list[Attempt] = []
+        self.plans, refused = plan_all(request, candidates, rt.backends, rt.settings.adapt)
+        self.attempts: list[Attempt] = skip_rows(refused)  # before any I/O: no breaker effect
+        self._adjusted: dict[str, list[Adjustment]] = {}
         self.used = 0
         self._waited_s = 0.0
-        self.admission = Admission(candidates, self._skipped)
+        self.admission = Admission([c for c in candidates if c.name in self.plans], self._skipped)
         self._lanes: dict[asyncio.Task[list[GeneratedImage]], _Lane] = {}
         self._hedged = False
         self._hedge_at: float | None = None
@@ -237,7 +242,8 @@ class RequestRun:
             elapsed_s=round(elapsed, 4),
         )
         return ImageResult(
-            images=task.result(), backend=lane.state.name, attempts=self.attempts, elapsed_s=elapsed
+            images=task.result(), backend=lane.state.name, attempts=self.attempts, elapsed_s=elapsed,
+            adjustments=self._adjusted.get(lane.state.name, []),
         )
 
     def _exhausted(self) -> AllBackendsFailed:
@@ -318,7 +324,7 @@ class RequestRun:
         backend = self.rt.backends[name]
         try:
             async with asyncio.timeout(self.deadline.remaining() + GRACE_S):
-                images = await backend.generate(self.request, deadline=self.deadline)
+                images, self._adjusted[name] = await execute(backend, self.plans[name], self.deadline)
         except BackendError:
             raise
         except TimeoutError as exc:

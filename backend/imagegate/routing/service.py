@@ -2,8 +2,9 @@
 
 The pieces: ``breaker.py`` (the circuit breaker), ``prober.py`` (the background probe loop),
 ``policy.py`` (per-backend state, ordering policy, admission, hedge budget; no I/O),
-``run.py`` (one request's attempts, retries and hedges as tasks) and ``waiting.py`` (waiting
-for a breaker to reopen). This module owns their lifetimes.
+``run.py`` (one request's attempts, retries and hedges as tasks), ``adapt.py`` (fitting the
+request to each backend, ``[service] adapt``) and ``waiting.py`` (waiting for a breaker to
+reopen). This module owns their lifetimes.
 """
 
 from __future__ import annotations
@@ -209,7 +210,11 @@ class ImageService:
     def health(self) -> list[BackendHealth]:
         """What is known of every backend now, without any network call."""
         now = time.time()
-        return [state.health(now=now) for state in self._states.values()]
+        caps = {name: backend.capabilities for name, backend in self._backends.items()}
+        return [
+            state.health(now=now).model_copy(update={"capabilities": caps.get(name)})
+            for name, state in self._states.items()
+        ]
 
     async def probe_all(self, *, timeout: float | None = None) -> list[BackendHealth]:
         """Probe every backend once, concurrently; feed the breakers; return the health table."""

@@ -21,6 +21,7 @@ from imagegate.server.state import SERVICE, STATE, ServerState
 from imagegate.server.wire import (
     IGNORED_HEADER,
     Generation,
+    adjustments_header,
     ignored_header,
     images_response,
     parse_generation,
@@ -73,6 +74,7 @@ async def create_image(request: web.Request) -> web.Response:
     headers = {
         "x-imagegate-backend": result.backend,
         "x-imagegate-attempts": str(len(result.attempts)),
+        **adjustments_header(result),
     }
     if generation.ignored:
         headers[IGNORED_HEADER] = ignored_header(generation.ignored)

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from imagegate.capabilities import Adjustment
 from imagegate.errors import InvalidRequest
 from imagegate.models import MAX_SEED, ImageRequest, ImageResult, validation_message
 
@@ -41,6 +42,7 @@ __all__ = [
     "Generation",
     "GenerationBody",
     "ImagesResponse",
+    "adjustments_header",
     "ignored_header",
     "images_response",
     "parse_generation",
@@ -101,12 +103,14 @@ class ImageDatum(BaseModel):
 
 
 class ImagesResponse(BaseModel):
-    """The answer: OpenAI's ``ImagesResponse`` (plus ``size`` and ``output_format``)."""
+    """The answer: OpenAI's ``ImagesResponse`` (plus ``size``, ``output_format`` and
+    ``adjustments``: what was changed to fit the backend that served it)."""
 
     created: int
     data: list[ImageDatum]
     size: str | None = None
     output_format: str | None = None
+    adjustments: list[Adjustment] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,8 @@ def parse_generation(
     if body.stream:
         raise InvalidRequest("stream: streaming answers are not supported", field="stream")
     width, height = parse_size(body.size)
+    # "auto" or no size: the request's default, which the router may fit to a backend
+    size = {} if body.size in (None, "auto") else {"width": width, "height": height}
     fields = {
         "prompt": body.prompt,
         "n": body.n,
@@ -152,7 +158,7 @@ def parse_generation(
     }
     data = {k: v for k, v in fields.items() if v is not None}
     try:
-        request = ImageRequest.parse({**data, "width": width, "height": height})
+        request = ImageRequest.parse({**data, **size})
     except InvalidRequest as exc:
         if exc.field in ("width", "height"):
             raise InvalidRequest(
@@ -249,4 +255,15 @@ def images_response(
         "data": data,
         "size": f"{first.width}x{first.height}",
         "output_format": first.format.value,
+        "adjustments": [a.model_dump(mode="json") for a in result.adjustments],
     }
+
+
+def adjustments_header(result: ImageResult) -> dict[str, str]:
+    """``x-imagegate-adjustments: size 128x128->256x256; steps 150->50`` when anything was
+    changed (ASCII only: anything else is backslash-escaped), else no header."""
+    if not result.adjustments:
+        return {}
+    text = "; ".join(a.short() for a in result.adjustments)
+    safe = text.encode("ascii", "backslashreplace").decode("ascii")
+    return {"x-imagegate-adjustments": "".join(c if c.isprintable() else " " for c in safe)[:1024]}

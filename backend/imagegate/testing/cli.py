@@ -54,6 +54,8 @@ def main(argv: Sequence[str] | None = None, *, kind: str | None = None) -> int:
         "--render", action="store_true",
         help="draw every image anew instead of from a cache (as a real provider does)",
     )
+    parser.add_argument("--official", action="store_true",
+                        help="openai: behave as api.openai.com (OpenAI's models, no extension fields)")
     args = parser.parse_args(argv)
     args.kind = kind or args.kind
     try:
@@ -78,6 +80,8 @@ async def _serve(args: argparse.Namespace) -> None:
         if "render" not in accepted:
             raise SystemExit(f"python -m imagegate.testing {args.kind}: --render is not supported")
         options["render"] = True
+    if args.official and "official" in accepted:
+        options["official"] = True
     app = module.create_app(**options)
     ca = LocalCA() if args.tls else None
     async with serve_app(app, tls=ca, host=args.host, port=args.port) as url:

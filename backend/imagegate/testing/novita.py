@@ -30,6 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
+from imagegate.backends import novita as novita_backend
 from imagegate.testing.images import make_image
 from imagegate.testing.knobs import Knobs, misbehaviour_middleware, record_json_body, send_junk
 
@@ -38,7 +39,7 @@ __all__ = ["KNOBS_KEY", "STATE_KEY", "create_app", "error_body", "validate"]
 KNOBS_KEY = web.AppKey("knobs", Knobs)
 QUEUED, PROCESSING = "TASK_STATUS_QUEUED", "TASK_STATUS_PROCESSING"
 SUCCEED, FAILED = "TASK_STATUS_SUCCEED", "TASK_STATUS_FAILED"
-SAMPLERS = ("Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ SDE Karras", "DDIM", "LMS")
+SAMPLERS = novita_backend.SAMPLERS  # the docs' sampler_name enum (sources there)
 MODELS = ("sd_xl_base_1.0.safetensors", "dreamshaper_8_93211.safetensors")
 _REASONS = {
     400: "INVALID_REQUEST_BODY", 401: "INVALID_API_KEY", 402: "BILLING_BALANCE_NOT_ENOUGH",

@@ -32,12 +32,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import io
 import random
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -46,12 +44,18 @@ from gradio_client import Client
 
 from imagegate.backends.base import ImageBackend
 from imagegate.backends.hf_space import gradio as _gradio
+from imagegate.backends.hf_space.discover import interface_capabilities, interface_from_gradio
 from imagegate.backends.hf_space.gradio import ImageRef, map_gradio_errors
 from imagegate.backends.hf_space.http import SpaceHttp
+from imagegate.backends.hf_space.session import Session as _Session
+from imagegate.backends.hf_space.session import cancel_quietly as _cancel_quietly
+from imagegate.backends.hf_space.session import close_client as _close_client
+from imagegate.backends.hf_space.session import png_bytes as _png_bytes
 from imagegate.backends.hf_space.settings import HFSpaceSettings
-from imagegate.backends.hf_space.spaces import known_space
+from imagegate.backends.hf_space.spaces import known_interface, known_space
 from imagegate.backends.images import check_image
 from imagegate.backends.transport import error_text, make_ssl_context
+from imagegate.capabilities import Capabilities
 from imagegate.errors import (
     BackendError,
     BadResponse,
@@ -73,15 +77,7 @@ _SEED_MAX = 2**31 - 1  # Spaces' seed sliders stop at int32 max
 # stream timing out (which it reports as a bare CancelledError, printing a traceback).
 _HTTPX_GRACE_S = 2.0
 _CONNECTION_LEVEL = (ConnectFailed, HandshakeTimeout)
-
-
-@dataclass(frozen=True)
-class _Session:
-    """A built client and what was learnt from it once."""
-
-    client: Any
-    api_name: str
-    parameters: list[dict[str, Any]]
+CAPABILITIES_TTL_S = 600.0  # a probe re-reads a Space's /config at most this often
 
 
 class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
@@ -112,6 +108,17 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
         self._build_lock = asyncio.Lock()
         self._session: _Session | None = None
         self._closed = False
+        interface = known_interface(settings.space)
+        self._capabilities = (
+            interface_capabilities(interface, self._inputs)
+            if interface is not None and interface.api_name == self._api_name else None
+        )
+        self._discovered_at: float | None = None
+
+    @property
+    def capabilities(self) -> Capabilities | None:
+        """Built in for a known Space; replaced by what its app says (client built, probes)."""
+        return self._capabilities
 
     # ------------------------------------------------------------ generate
 
@@ -126,12 +133,11 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
     async def _generate_one(
         self, request: ImageRequest, seed: int | None, deadline: Deadline
     ) -> GeneratedImage:
-        arguments = _gradio.build_arguments(
-            request, self._inputs, self._fixed, seed=seed, model=self.settings.model
-        )
         await self._acquire_slot(deadline)
         try:
             session = await self._get_session(deadline)
+            arguments = _gradio.build_arguments(request, self._inputs, self._fixed, seed=seed,
+                                                model=self.settings.model, required=session.required)
             _gradio.check_arguments(
                 arguments, session.parameters, api_name=session.api_name, backend=self.name
             )
@@ -262,7 +268,7 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
             },
             download_files=False,
             ssl_verify=self._ssl,
-            analytics_enabled=False,
+            **_gradio.client_options(Client),
         )
         try:
             info = client.view_api(print_info=False, return_format="dict")
@@ -278,7 +284,9 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
                 raise Rejected(
                     f"the Space {what} (named endpoints: {named}); set api_name", backend=self.name
                 )
-            return _Session(client, api_name, list(endpoints[api_name].get("parameters") or []))
+            parameters = list(endpoints[api_name].get("parameters") or [])
+            self._learn(getattr(client, "config", None) or {}, info, api_name)
+            return _Session(client, api_name, parameters)
         except BaseException:
             _close_client(client)
             raise
@@ -344,29 +352,24 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
     async def _probe(self, deadline: Deadline, timings: dict[str, float]) -> str:
         """A hub Space: its runtime stage on the Hub. A bare URL: the Gradio app's /config."""
         if self.space is not None:
-            return await self._web.check_runtime(
-                self.settings.hub_url, self.space, deadline, timings
-            )
-        config = await self._web.get_json(f"{self.src}/config", deadline, timings)
-        return f"gradio {config.get('version', '?')} app at {self.src}"
+            detail = await self._web.check_runtime(self.settings.hub_url, self.space, deadline, timings)
+            config = None
+        else:
+            config = await self._web.get_json(f"{self.src}/config", deadline, timings)
+            detail = f"gradio {config.get('version', '?')} app at {self.src}"
+        stale = self._discovered_at is None or time.monotonic() - self._discovered_at > CAPABILITIES_TTL_S
+        if stale:
+            try:  # the probe passed: a Space whose API cannot be read keeps what was known
+                config, info = await self._web.gradio_api(self.src, deadline, config=config)
+                self._learn(config, info, self._api_name or _gradio.pick_api_name(info))
+            except BackendError as exc:
+                log.info("capabilities_not_refreshed", backend=self.name, error_kind=exc.kind)
+        return detail
 
-
-def _cancel_quietly(job: Any) -> None:
-    with contextlib.suppress(Exception):  # best effort: the app may already be gone
-        job.cancel()
-
-
-def _close_client(client: Any) -> None:
-    """Stop the heartbeat and shut the client's thread pools down (Client.close() does not)."""
-    with contextlib.suppress(Exception):
-        client.close()
-    for pool in ("executor", "helper_executor", "stream_executor"):
-        executor = getattr(client, pool, None)
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _png_bytes(image: Any) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
+    def _learn(self, config: Mapping[str, Any], info: Mapping[str, Any], api_name: str | None) -> None:
+        """Take the capabilities from the app's own description of ``api_name``."""
+        found = interface_from_gradio(config, info, api_name or "", source=(
+            f"discovered: {api_name} of gradio {config.get('version', '?')} app at {self.src}"))
+        if found is not None:
+            self._capabilities = interface_capabilities(found, self._inputs)
+            self._discovered_at = time.monotonic()

@@ -96,6 +96,18 @@ class SpaceHttp:
             raise BadResponse(f"{url} did not answer a JSON object", backend=self.backend)
         return doc
 
+    async def gradio_api(
+        self, src: str, deadline: Deadline, *, config: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The app's ``/config`` (unless given) and its API info (``{api_prefix}/info``, what
+        ``Client.view_api`` reads): the two halves of what it takes (``discover.py``)."""
+        read = min(RUNTIME_TIMEOUT_S, max(deadline.remaining(), 0.001))
+        if config is None:
+            config = await self.get_json(f"{src}/config", deadline, read=read)
+        prefix = str(config.get("api_prefix") or "")
+        info = await self.get_json(f"{src}{prefix}/info", deadline, read=read)
+        return config, info
+
     async def download(
         self,
         url: str,
