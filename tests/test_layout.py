@@ -14,21 +14,24 @@ PACKAGE = Path(__file__).resolve().parents[1] / "backend" / "imagegate"
 MAX_LINES = 400
 
 # What each part may import (besides itself). The arrows run one way:
-# cli/server/diagnose -> routing -> backends -> config -> models -> errors.
+# cli/server/diagnose -> routing -> backends -> config -> models -> errors;
+# events (the progress model) sits beside models: backends report through it, routing emits.
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "version": set(),
     "logging": set(),
     "models": {"errors"},
     "store": {"errors", "models"},
+    "events": {"errors", "models"},
     "config": {"errors", "models"},
-    "backends": {"errors", "models", "config"},
-    "routing": {"errors", "models", "config", "backends"},
+    "backends": {"errors", "models", "config", "events"},
+    "routing": {"errors", "models", "config", "backends", "events"},
     "diagnose": {"errors", "models", "config", "backends", "version"},
-    "server": {"errors", "models", "config", "backends", "routing", "store", "logging", "version"},
+    "server": {"errors", "models", "config", "backends", "routing", "store", "logging", "version",
+               "events"},
     "testing": {"errors", "models", "backends"},
     "cli": {"errors", "models", "config", "backends", "routing", "store", "logging", "diagnose",
-            "server", "testing", "version"},
+            "server", "testing", "version", "events"},
 }
 # the public face re-exports from everywhere it needs to
 TOP = {"imagegate", "imagegate.__main__"}

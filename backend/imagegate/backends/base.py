@@ -5,6 +5,11 @@ raises only ``imagegate.errors`` types; ``probe()`` is a cheap health check that
 credits; ``aclose()`` releases what the backend owns. It is generic in its settings class, so
 ``self.settings`` is that kind's own typed settings. The HTTP machinery most backends share
 is in ``http.py``; image checks in ``images.py``.
+
+Progress is optional and needs no change to ``generate``'s signature: a backend whose provider
+reports queue position, steps or previews tells ``self.reporter`` (the current attempt's
+:class:`~imagegate.events.Reporter`, silent when nobody listens); one that does not is
+still seen to start and end, because routing emits those events.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import ClassVar, Generic, TypeVar
 
 from imagegate.config import BackendSettings, Timeouts
 from imagegate.errors import BackendError
+from imagegate.events import Reporter, current_reporter
 from imagegate.models import BackendHealth, Deadline, GeneratedImage, ImageRequest
 
 __all__ = ["ImageBackend", "SettingsT"]
@@ -39,6 +45,12 @@ class ImageBackend(abc.ABC, Generic[SettingsT]):
     @property
     def timeouts(self) -> Timeouts:
         return self.settings.timeouts
+
+    @property
+    def reporter(self) -> Reporter:
+        """Where the running attempt's progress goes; check ``reporter.listening`` before
+        polling a provider for progress (nobody may be listening)."""
+        return current_reporter()
 
     @abc.abstractmethod
     async def generate(self, request: ImageRequest, *, deadline: Deadline) -> list[GeneratedImage]:

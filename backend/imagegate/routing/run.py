@@ -36,15 +36,9 @@ from imagegate.errors import (
     ServerError,
 )
 from imagegate.models import Attempt, Deadline, GeneratedImage, ImageRequest, ImageResult, Outcome
+from imagegate.routing.announce import QUIET, Announcer
 from imagegate.routing.breaker import Permit
-from imagegate.routing.policy import (
-    Admission,
-    Admitted,
-    BackendState,
-    HedgeBudget,
-    Skip,
-    full_jitter,
-)
+from imagegate.routing.policy import Admission, Admitted, BackendState, HedgeBudget, Skip, full_jitter
 from imagegate.routing.waiting import wait_for
 
 __all__ = ["RequestRun", "Runtime"]
@@ -85,8 +79,10 @@ class RequestRun:
         request: ImageRequest,
         deadline: Deadline,
         candidates: list[BackendState],
+        tell: Announcer = QUIET,
     ) -> None:
         self.rt = rt
+        self.tell = tell  # what a listener hears: announce.py
         self.request = request
         self.deadline = deadline
         self.attempts: list[Attempt] = []
@@ -181,6 +177,7 @@ class RequestRun:
     def _start_lane(self, admitted: Admitted, *, hedge: bool) -> None:
         st = admitted.state
         lane = _Lane(st, admitted.permit, hedge, holds_slot=not admitted.wait)
+        self.tell.lane(st.name, hedge=hedge)
         self.used += 1
         log.debug("attempt_started", backend=st.name, kind="hedge" if hedge else "attempt",
                   permit=admitted.permit, number=self.used)
@@ -279,6 +276,7 @@ class RequestRun:
         retry = 0
         while True:
             lane.started = time.monotonic()
+            self.tell.started(st.name, hedge=lane.hedge)
             try:
                 images = await self._call(st.name)
             except BackendError as exc:
@@ -301,6 +299,7 @@ class RequestRun:
             return images
 
     async def _queue_for_slot(self, lane: _Lane) -> None:
+        self.tell.waiting_for_slot(lane.state)
         try:
             async with asyncio.timeout(self.deadline.remaining()):
                 await lane.state.enter()
@@ -378,6 +377,7 @@ class RequestRun:
                 timings={"total_s": round(elapsed, 6)},
             )
         )
+        self.tell.recorded(lane.state.name, outcome, error)
         emit = log.warning if outcome not in ("ok", "cancelled") else log.info
         emit(
             "backend_attempt",

@@ -48,6 +48,8 @@ def main(argv: Sequence[str] | None = None, *, kind: str | None = None) -> int:
     parser.add_argument("--username", help="a1111: require HTTP Basic auth")
     parser.add_argument("--password")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--step-s", type=float, dest="step_s",
+                        help="a1111: seconds per sampling step (progress and previews over time)")
     args = parser.parse_args(argv)
     args.kind = kind or args.kind
     try:
@@ -61,7 +63,7 @@ async def _serve(args: argparse.Namespace) -> None:
     module = importlib.import_module(EMULATORS[args.kind])
     accepted = inspect.signature(module.create_app).parameters
     options = {"knobs": Knobs(latency_s=args.latency)}
-    for name in ("api_key", "username", "password"):
+    for name in ("api_key", "username", "password", "step_s"):
         if name in accepted and getattr(args, name) is not None:
             options[name] = getattr(args, name)
     app = module.create_app(**options)
