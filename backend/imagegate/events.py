@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_serializer, field_validator
 
 from imagegate.models import Attempt, ImageResult
 
@@ -114,6 +114,11 @@ class PreviewEvent(_Event):
     @field_serializer("image", when_used="json")
     def _b64(self, value: bytes) -> str:
         return base64.b64encode(value).decode("ascii")
+
+    @field_validator("image", mode="before")
+    @classmethod
+    def _from_b64(cls, value: Any) -> Any:
+        return base64.b64decode(value, validate=True) if isinstance(value, str) else value
 
 
 class FailoverEvent(_Event):
