@@ -12,6 +12,9 @@ Its parameter names differ from imagegate's on purpose (``text``, ``num_inferenc
 - at ``{url}/busy-space``, a second Gradio app on the same server: ``/busy(text, delay)``,
   like ``/slow`` with ``concurrency_limit=1`` and a queue of ``queue_size`` (default 1)
   waiting events: with one call running and one waiting, the next gets "queue full"
+- at ``{url}/progress-space``, a third: ``/steps`` (``gr.Progress`` steps behind a real
+  one-at-a-time queue) and ``/steps_preview`` (a generator yielding previews); see
+  ``gradio_progress.py``
 
 Every call is recorded in ``SpaceCalls`` (in-process), so tests assert the arguments that
 reached the app. Launch it on loopback in a background thread:
@@ -43,6 +46,7 @@ import gradio as gr
 import uvicorn
 from PIL import Image
 
+from imagegate.testing.gradio_progress import build_progress_space
 from imagegate.testing.images import make_image
 
 __all__ = ["RunningSpace", "SpaceCalls", "build_space", "launch_space", "running_space"]
@@ -235,6 +239,7 @@ class RunningSpace:
     calls: SpaceCalls
     server: uvicorn.Server
     thread: threading.Thread
+    progress_url: str = ""
 
     def close(self) -> None:
         self.server.should_exit = True
@@ -247,6 +252,7 @@ def launch_space(*, host: str = "127.0.0.1", port: int = 0, queue_size: int = 1)
     calls = SpaceCalls()
     app = fastapi.FastAPI()
     app = gr.mount_gradio_app(app, build_busy_space(calls, queue_size=queue_size), "/busy-space")
+    app = gr.mount_gradio_app(app, build_progress_space(calls), "/progress-space")
     app = gr.mount_gradio_app(app, build_space(calls), "")
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
@@ -261,7 +267,8 @@ def launch_space(*, host: str = "127.0.0.1", port: int = 0, queue_size: int = 1)
     bound = server.servers[0].sockets[0].getsockname()[1]
     url = f"http://{host}:{bound}"
     return RunningSpace(
-        url=url, busy_url=f"{url}/busy-space", calls=calls, server=server, thread=thread
+        url=url, busy_url=f"{url}/busy-space", calls=calls, server=server, thread=thread,
+        progress_url=f"{url}/progress-space",
     )
 
 
