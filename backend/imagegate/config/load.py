@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from imagegate.config.settings import BackendSettings, ServiceSettings, Settings
+from imagegate.config.settings import SERVICE_SECRETS, BackendSettings, ServiceSettings, Settings
 from imagegate.config.sources import environment, errors_text, read_toml
 from imagegate.errors import ConfigError
 
@@ -72,6 +72,7 @@ def read_settings(
     _check_unique(backends, source)
     backends = [b for b in backends if b.enabled]
     secrets = _resolve_secrets(backends, env, source, require=require_secrets)
+    secrets.update(_service_secrets(service, env, source, require=require_secrets))
     backends.sort(key=lambda b: b.priority)
     return Settings(service=service, backends=tuple(backends), secrets=secrets, source=source)
 
@@ -135,3 +136,19 @@ def _resolve_secrets(
                 )
         secrets[b.name] = found
     return secrets
+
+
+def _service_secrets(
+    service: ServiceSettings, env: Mapping[str, str], source: str, *, require: bool
+) -> dict[str, dict[str, str]]:
+    """``[service] webhook_secret_env``'s value, under SERVICE_SECRETS."""
+    var = service.webhook_secret_env
+    if var is None:
+        return {}
+    value = env.get(var, "").strip()
+    if not value and require:
+        raise ConfigError(
+            f"{source}: [service] key 'webhook_secret_env': the environment variable {var} "
+            "is not set (set it, or put it in .env)"
+        )
+    return {SERVICE_SECRETS: {"webhook_secret": value}} if value else {}

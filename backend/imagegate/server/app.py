@@ -17,18 +17,23 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 import structlog
 from aiohttp import web
 
-from imagegate.config import Settings
+from imagegate.config import SERVICE_SECRETS, Settings
 from imagegate.errors import ConfigError
 from imagegate.routing import ImageService
 from imagegate.server.errors import Redactor
+from imagegate.server.job_routes import job_routes
+from imagegate.server.jobs import JOBS, JobRunner
+from imagegate.server.jobstore import MemoryJobStore
 from imagegate.server.metrics import ServerMetrics
 from imagegate.server.middleware import MIDDLEWARES
 from imagegate.server.openapi import openapi_document
-from imagegate.server.routes import routes
+from imagegate.server.routes import routes, store_images
 from imagegate.server.state import OPTIONS, SERVICE, STATE, FileIndex, ServerOptions, ServerState
+from imagegate.server.webhooks import Webhooks
 from imagegate.server.wire import ANY_BACKEND
 from imagegate.store import ImageStore
 from imagegate.version import __version__
@@ -56,8 +61,10 @@ def create_app(settings: Settings, options: ServerOptions | None = None) -> web.
         openapi=openapi_document(version=__version__, server_url=options.public_url),
     )
     app.cleanup_ctx.append(_service_context(settings))
+    app.cleanup_ctx.append(_jobs_context(settings))
     app.on_shutdown.append(_begin_shutdown)
     app.add_routes(routes)
+    app.add_routes(job_routes)
     return app
 
 
@@ -81,6 +88,28 @@ def _service_context(settings: Settings) -> Callable[[web.Application], AsyncIte
             if state.abort_timer is not None:
                 state.abort_timer.cancel()
         log.info("service_stopped")
+
+    return context
+
+
+def _jobs_context(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Async jobs: the store (memory: ``jobs_max``, ``jobs_ttl_s``), the runner, webhooks."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        svc = settings.service
+        store = MemoryJobStore(max_jobs=svc.jobs_max, ttl_s=svc.jobs_ttl_s)
+        secret = settings.secret(SERVICE_SECRETS, "webhook_secret")
+        session = aiohttp.ClientSession() if svc.webhook_hosts and secret else None
+        webhooks = (
+            Webhooks(session, secret, backoff_s=svc.webhook_backoff_s)
+            if session is not None and secret else None
+        )
+        app[JOBS] = JobRunner(store, app[SERVICE], app[STATE], store_images, webhooks)
+        yield
+        await app[JOBS].aclose()
+        await store.aclose()
+        if session is not None:
+            await session.close()
 
     return context
 

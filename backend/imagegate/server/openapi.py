@@ -9,11 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from imagegate.models import BackendHealth
+from imagegate.server.jobs import JobRecord
 from imagegate.server.wire import GenerationBody, ImagesResponse
 
 __all__ = ["openapi_document"]
 
 _REF = "#/components/schemas/{model}"
+_SSE = "text/event-stream"
 
 
 def _schema(model: Any) -> dict[str, Any]:
@@ -64,10 +66,21 @@ def _generations() -> dict[str, Any]:
         "x-imagegate-backend": _header("the backend that produced the images"),
         "x-imagegate-attempts": _header("how many backend attempts were made", kind="string"),
     }
+    accepted = _json("JobAccepted", "with Prefer: respond-async: the job, started", {
+        "Location": _header("the job's URL"),
+        "Preference-Applied": _header("respond-async"),
+    })
+    images = _json("ImagesResponse", "the images", ok_headers)
+    images["content"][_SSE] = {"schema": {"type": "string"}}
+    images["description"] = 'the images; with "stream": true, OpenAI\'s image event stream'
     return {
         "post": {
             "operationId": "createImage",
-            "summary": "Generate images (OpenAI-compatible)",
+            "summary": "Generate images (OpenAI-compatible; streamed; or as an async job)",
+            "parameters": [{
+                "name": "Prefer", "in": "header", "required": False, "schema": {"type": "string"},
+                "description": "respond-async: answer 202 with a job to follow (RFC 7240)",
+            }],
             "requestBody": {
                 "required": True,
                 "content": {
@@ -77,15 +90,45 @@ def _generations() -> dict[str, Any]:
                 },
             },
             "responses": {
-                "200": _json("ImagesResponse", "the images", ok_headers),
+                "200": images,
+                "202": accepted,
                 "400": _error("malformed JSON, or a field failed validation (`param` names it)"),
                 **_AUTH_ERRORS,
                 "413": _error("body larger than the limit (IMAGEGATE_MAX_BODY_BYTES)"),
                 "502": _error("every backend failed; the message and `attempts` hold the trail"),
-                "503": _error("the server is shutting down"),
+                "503": _error("the server is shutting down, or too many jobs run (jobs_full)"),
                 "504": _error("the deadline passed before any backend answered"),
             },
         }
+    }
+
+
+def _job_paths() -> dict[str, Any]:
+    job_id = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    record = _json("JobRecord", "the job")
+    missing = _error("no such job (or it expired)")
+    events = {
+        "description": "Server-Sent Events: id, event (queued, started, progress, preview, "
+        "failover, completed, failed, cancelled) and JSON data; ends after the terminal one",
+        "content": {_SSE: {"schema": {"type": "string"}}},
+    }
+    return {
+        "/v1/jobs/{job_id}": {"get": {
+            "operationId": "getJob", "summary": "An async job's record", "parameters": job_id,
+            "responses": {"200": record, **_AUTH_ERRORS, "404": missing}}},
+        "/v1/jobs/{job_id}/events": {"get": {
+            "operationId": "getJobEvents", "summary": "An async job's events (resume with "
+            "Last-Event-ID)", "parameters": [*job_id, {
+                "name": "Last-Event-ID", "in": "header", "required": False,
+                "schema": {"type": "string"}, "description": "resume after this event id"}],
+            "responses": {"200": events, "204": {"description": "nothing after Last-Event-ID"},
+                          "400": _error("Last-Event-ID is not an event id"), **_AUTH_ERRORS,
+                          "404": missing}}},
+        "/v1/jobs/{job_id}/cancel": {"post": {
+            "operationId": "cancelJob", "summary": "Cancel an async job", "parameters": job_id,
+            "responses": {"200": _json("JobRecord", "the cancelled job"), **_AUTH_ERRORS,
+                          "404": missing, "409": _error("the job already succeeded or failed"),
+                          "504": _error("the job did not stop in time")}}},
     }
 
 
@@ -105,6 +148,7 @@ def _paths() -> dict[str, Any]:
     text = {"text/plain": {"schema": {"type": "string"}}}
     return {
         "/v1/images/generations": _generations(),
+        **_job_paths(),
         "/v1/files/{file_id}": {
             "get": {
                 "operationId": "getFile",
@@ -184,10 +228,17 @@ def _paths() -> dict[str, Any]:
 def _components() -> dict[str, Any]:
     request = _schema(GenerationBody)
     response = _schema(ImagesResponse)
-    schemas: dict[str, Any] = {**response.pop("$defs", {})}
+    job = _schema(JobRecord)
+    schemas: dict[str, Any] = {**response.pop("$defs", {}), **job.pop("$defs", {})}
     schemas.update(
         ImageGenerationRequest=request,
         ImagesResponse=response,
+        JobRecord=job,
+        JobAccepted=_plain_schema({
+            "id": {"type": "string"}, "object": {"type": "string"}, "status": {"type": "string"},
+            "created_at": {"type": "number"},
+            "urls": _plain_schema({k: {"type": "string"} for k in ("get", "events", "cancel")}),
+        }),
         Error=_ERROR_SCHEMA,
         BackendHealth=_schema(BackendHealth),
         BackendList=_plain_schema(

@@ -17,9 +17,10 @@ from imagegate.routing import ImageService
 from imagegate.server.errors import API_ERROR, ApiError
 from imagegate.server.metrics import CONTENT_TYPE
 from imagegate.server.state import SERVICE, STATE, ServerState
+from imagegate.server.streaming import other_answer
 from imagegate.server.wire import Generation, images_response, parse_generation
 
-__all__ = ["routes"]
+__all__ = ["routes", "store_images"]
 
 log = structlog.get_logger()
 routes = web.RouteTableDef()
@@ -54,6 +55,9 @@ async def create_image(request: web.Request) -> web.Response:
         backends=[b.name for b in service.backends],
         aliases=service.settings.service.aliases,
     )
+    other = await other_answer(request, generation)  # stream: true, or an async job
+    if other is not None:
+        return other
     result = await _generate(state, service, generation)
     urls = (
         await _store(request, state, generation, result)
@@ -80,6 +84,7 @@ async def _generate(
     except asyncio.CancelledError:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
+            log.info("generation_cancelled_client_gone")  # the provider call is cancelled too
             raise  # the handler itself is being cancelled (client gone, hard shutdown)
         state.metrics.observe_generation(None, "cancelled", time.monotonic() - started, [])
         log.warning("generation_cancelled_for_shutdown")
@@ -97,7 +102,14 @@ async def _generate(
 async def _store(
     request: web.Request, state: ServerState, generation: Generation, result: ImageResult
 ) -> list[str]:
-    """Save the images (in a thread: the store fsyncs) and return their URLs."""
+    base = state.options.public_url or str(request.url.origin())
+    return await store_images(base, state, generation, result)
+
+
+async def store_images(
+    base: str, state: ServerState, generation: Generation, result: ImageResult
+) -> list[str]:
+    """Save the images (in a thread: the store fsyncs) and return their URLs under ``base``."""
 
     def save_all() -> list[Path]:
         return [
@@ -106,7 +118,6 @@ async def _store(
         ]
 
     paths = await asyncio.to_thread(save_all)
-    base = state.options.public_url or str(request.url.origin())
     return [f"{base}/v1/files/{state.files.add(path)}" for path in paths]
 
 

@@ -7,7 +7,10 @@ naming the field; ``images_response(...)`` builds the OpenAI answer.
 Decided: validation is strict JSON typing (``"n": "2"`` is refused, as the OpenAPI document
 says); OpenAI-only knobs we cannot honour (``quality``, ``style``, ``background``,
 ``moderation``, ``output_compression``, ``safety_identifier``) are accepted and ignored so that
-existing SDK calls work unchanged; ``stream: true`` is refused; any other field is refused.
+existing SDK calls work unchanged; any other field is refused. ``stream: true`` answers
+Server-Sent Events in OpenAI's shapes (``sse.py``); ``partial_images`` (0-3) is how many
+previews become partial images (and, for an async job, whether it asks for previews at
+all); ``webhook_url`` is for async jobs only (``Prefer: respond-async``, ``jobs.py``).
 """
 
 from __future__ import annotations
@@ -67,7 +70,16 @@ class GenerationBody(BaseModel):
     steps: int | None = Field(default=None, ge=1, le=150)
     guidance_scale: float | None = Field(default=None, ge=0, le=30)
     output_format: Literal["png", "jpeg", "webp"] | None = None
-    stream: bool | None = Field(default=None, description="only false is supported")
+    stream: bool | None = Field(
+        default=None, description="true: answer text/event-stream in OpenAI's image stream shape"
+    )
+    partial_images: int | None = Field(
+        default=None, ge=0, le=3, description="previews sent as partial images (stream, jobs)"
+    )
+    webhook_url: str | None = Field(
+        default=None, max_length=2048,
+        description="async jobs: POSTed the signed job record when it ends ([service] webhook_hosts)",
+    )
     quality: str | None = Field(default=None, max_length=32, description="accepted, ignored")
     style: str | None = Field(default=None, max_length=32, description="accepted, ignored")
     background: str | None = Field(default=None, max_length=32, description="accepted, ignored")
@@ -99,6 +111,9 @@ class Generation:
     backend: str | None
     response_format: Literal["b64_json", "url"]
     user: str | None = None
+    stream: bool = False
+    partial_images: int = 0
+    webhook_url: str | None = None
 
 
 def parse_generation(
@@ -106,8 +121,6 @@ def parse_generation(
 ) -> Generation:
     """Validate the request body; raise InvalidRequest naming the field on any problem."""
     body = _validate_body(raw)
-    if body.stream:
-        raise InvalidRequest("stream: streaming answers are not supported", field="stream")
     width, height = parse_size(body.size)
     fields = {
         "prompt": body.prompt,
@@ -128,7 +141,11 @@ def parse_generation(
             ) from None
         raise
     backend = resolve_model(body.model, backends, aliases)
-    return Generation(request, backend, body.response_format or "b64_json", body.user)
+    return Generation(
+        request, backend, body.response_format or "b64_json", body.user,
+        stream=bool(body.stream), partial_images=body.partial_images or 0,
+        webhook_url=body.webhook_url,
+    )
 
 
 def _validate_body(raw: bytes) -> GenerationBody:
