@@ -21,8 +21,8 @@ from imagegate.cli.output import (
     EXIT_OK,
     print_failure,
     print_result,
-    progress,
 )
+from imagegate.cli.live import listener
 from imagegate.errors import AllBackendsFailed, ConfigError, InvalidRequest
 from imagegate.logging import configure_logging
 from imagegate.models import ImageRequest
@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(gen)
     gen.add_argument("--out", type=Path, help="output directory (default: [service] output_dir)")
     gen.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    gen.add_argument("--events", action="store_true",
+                     help="print the request's events (queued, progress, ...) as JSON lines on stdout")
 
     bk = sub.add_parser("backends", help="probe every configured backend once and print the table")
     _common(bk)
@@ -136,9 +138,11 @@ async def _generate(args: argparse.Namespace) -> int:
     request = request_from_args(args)  # before any config or network: bad input costs nothing
     service = ImageService.from_config(args.config)
     out_dir = args.out or service.settings.service.output_dir
-    async with service, progress(sys.stderr):
+    async with service, listener(sys.stderr, events=args.events) as on_event:
         try:
-            result = await service.generate(request, backend=args.backend, deadline_s=args.deadline)
+            result = await service.generate(
+                request, backend=args.backend, deadline_s=args.deadline, on_event=on_event
+            )
         except AllBackendsFailed as exc:
             print_failure(exc, as_json=args.json)
             return EXIT_FAILED
