@@ -33,11 +33,20 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_serializer, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_serializer,
+    field_validator,
+)
 
 from imagegate.models import Attempt, ImageResult
 
 __all__ = [
+    "SILENT",
     "TERMINAL",
     "CancelledEvent",
     "CompletedEvent",
@@ -50,7 +59,6 @@ __all__ = [
     "ProgressEvent",
     "QueuedEvent",
     "Reporter",
-    "SILENT",
     "StartedEvent",
     "current_reporter",
     "event_json",
@@ -125,7 +133,7 @@ class FailoverEvent(_Event):
     """The request moves on from one backend (``from``) to another (``to``)."""
 
     type: Literal["failover"] = "failover"
-    from_: str = Field(alias="from")
+    from_: str = Field(serialization_alias="from", validation_alias=AliasChoices("from", "from_"))
     to: str
     reason: str
     error_kind: str | None = None

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from imagegate import ImageRequest, ImageService
 from gradio_client import Client
+from imagegate import ImageRequest, ImageService
 from imagegate.backends.hf_space.jobs import report_status
 from imagegate.events import PreviewEvent, ProgressEvent, QueuedEvent, Reporter
 from imagegate.testing.gradio_space import RunningSpace, launch_space

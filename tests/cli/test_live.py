@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from imagegate.cli.live import LiveLine, Status, describe, ordinal
 from imagegate.events import FailoverEvent, ProgressEvent, QueuedEvent, StartedEvent
-from imagegate.testing import serve_app
 from imagegate.testing import a1111 as a1111_emulator
+from imagegate.testing import serve_app
 from imagegate.testing.a1111_webui import Webui
 
 from tests.cli.test_main import PROVIDER_VARS, imagegate

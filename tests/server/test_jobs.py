@@ -227,11 +227,11 @@ async def test_a_webhook_to_a_host_not_allowed_is_refused(
 ) -> None:
     settings = a1111_settings(slow_a1111, tmp_path, webhook_hosts=["hooks.example.com"],
                               webhook_secret_env="HOOK_SECRET", environ={"HOOK_SECRET": SECRET})
-    async with gateway(settings) as (url, _):
-        async with http.post(url + "/v1/images/generations", headers=ASYNC, json={
-            "prompt": "x", "webhook_url": "http://169.254.169.254/latest/meta-data"
-        }) as resp:
-            error = (await resp.json())["error"]
+    body = {"prompt": "x", "webhook_url": "http://169.254.169.254/latest/meta-data"}
+    async with gateway(settings) as (url, _), http.post(
+        url + "/v1/images/generations", headers=ASYNC, json=body
+    ) as resp:
+        error = (await resp.json())["error"]
     assert resp.status == 400 and error["param"] == "webhook_url" and "webhook_hosts" in error["message"]
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from imagegate.errors import InvalidRequest
 from imagegate.server.jobstore import JobsFull, MemoryJobStore, StoredEvent
 from imagegate.server.webhooks import check_webhook_url, sign, verify
-from imagegate.errors import InvalidRequest
 
 from tests.routing.support import FakeClock
 

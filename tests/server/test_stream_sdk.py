@@ -173,12 +173,13 @@ async def test_a_failure_after_the_stream_opened_raises_in_the_sdk(
                  "ca_bundle": str(local_ca.ca_file)}
         settings = make_settings([table], service={"output_dir": str(tmp_path / "o")},
                                  environ={"NOVITA_API_KEY": "nk"}, tmp_path=tmp_path)
-        async with gateway(settings) as (url, _):
-            async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0) as client:
-                stream = await client.images.generate(prompt="x", stream=True, size="256x256")
-                with pytest.raises(openai.APIError, match="caught fire"):
-                    async for _ in stream:
-                        pass
+        async with gateway(settings) as (url, _), openai.AsyncOpenAI(
+            base_url=url + "/v1", api_key="x", max_retries=0
+        ) as client:
+            stream = await client.images.generate(prompt="x", stream=True, size="256x256")
+            with pytest.raises(openai.APIError, match="caught fire"):
+                async for _ in stream:
+                    pass
 
 
 async def test_a_client_that_leaves_the_stream_interrupts_the_webui(

@@ -11,8 +11,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from imagegate.testing import serve_app
 from imagegate.testing import a1111 as a1111_emulator
+from imagegate.testing import serve_app
 from imagegate.testing.a1111_webui import Webui
 
 from tests.routing.support import eventually
@@ -27,9 +27,11 @@ def webui() -> Webui:
 
 @pytest.fixture
 async def http(webui: Webui) -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:
-    async with serve_app(a1111_emulator.create_app(webui=webui)) as url:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
-            yield session, url
+    timeout = aiohttp.ClientTimeout(total=20)
+    async with serve_app(a1111_emulator.create_app(webui=webui)) as url, aiohttp.ClientSession(
+        timeout=timeout
+    ) as session:
+        yield session, url
 
 
 async def progress(http: tuple[aiohttp.ClientSession, str], **body: Any) -> dict[str, Any]:

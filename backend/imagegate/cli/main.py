@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from imagegate.cli.live import listener
 from imagegate.cli.output import (
     EXIT_DOWN,
     EXIT_FAILED,
@@ -22,7 +23,6 @@ from imagegate.cli.output import (
     print_failure,
     print_result,
 )
-from imagegate.cli.live import listener
 from imagegate.errors import AllBackendsFailed, ConfigError, InvalidRequest
 from imagegate.logging import configure_logging
 from imagegate.models import ImageRequest

@@ -1,8 +1,8 @@
 """What routing tells a listener about one request: ``started``, ``failover``, the slot queue,
 and exactly one terminal event (``completed``, ``failed`` or ``cancelled``).
 
-``RequestRun`` calls an :class:`Announcer` at four places (a lane starts, an attempt starts, an
-attempt is recorded, a lane waits for a slot); ``ImageService`` wraps the run with
+``RequestRun`` calls an :class:`Announcer` at three places (a lane starts, perhaps to wait for
+a slot; an attempt starts; an attempt is recorded); ``ImageService`` wraps the run with
 :meth:`Announcer.around` for the terminal event. :data:`QUIET` is the announcer when nobody
 listens: each call is one attribute test, so the overhead benchmark does not move.
 
@@ -59,27 +59,29 @@ class Announcer:
 
     # -- what RequestRun calls ----------------------------------------------------------
 
-    def lane(self, backend: str, *, hedge: bool) -> None:
-        """A lane starts on ``backend``: after a failure, or racing the first one, a failover."""
+    def lane(self, state: BackendState, *, hedge: bool, waits: bool = False) -> None:
+        """A lane starts on ``state``'s backend: after a failure, or racing the first one, a
+        failover; ``waits``: every slot is busy, it queues for one (``queue = true``)."""
         if not self.enabled:
             return
+        backend = state.name
         if hedge and self._primary is not None:
             first, since = self._primary
-            waited = time.monotonic() - since
             self._send(FailoverEvent(
                 from_=first, to=backend, hedge=True, backend=backend,
-                reason=f"no answer from {first} after {waited:.2f} s: racing it",
+                reason=f"no answer from {first} after {time.monotonic() - since:.2f} s: racing it",
             ))
-            return
-        if self._primary is None:
-            self._primary = (backend, time.monotonic())
-        if self._last_failure is not None:
+        elif self._last_failure is not None:
             failed, kind, error = self._last_failure
             self._last_failure = None
             self._send(FailoverEvent(
                 from_=failed, to=backend, error_kind=kind, backend=backend,
                 reason=f"{kind}: {error}" if error else kind,
             ))
+        if self._primary is None:
+            self._primary = (backend, time.monotonic())
+        if waits:
+            self._send(QueuedEvent(backend=backend, position=state.waiting + 1))
 
     def started(self, backend: str, *, hedge: bool) -> None:
         """An attempt begins in this task: say so, and bind the task's reporter."""
@@ -93,11 +95,6 @@ class Announcer:
         """An attempt ended: a failure is the reason of the next failover."""
         if self.enabled and outcome not in _OUTCOMES_NOT_FAILED:
             self._last_failure = (backend, outcome, error)
-
-    def waiting_for_slot(self, state: BackendState) -> None:
-        """Every slot of the backend is busy and the request queues for one (``queue = true``)."""
-        if self.enabled:
-            self._send(QueuedEvent(backend=state.name, position=state.waiting + 1))
 
     # -- the terminal event -------------------------------------------------------------
 

@@ -38,7 +38,14 @@ from imagegate.errors import (
 from imagegate.models import Attempt, Deadline, GeneratedImage, ImageRequest, ImageResult, Outcome
 from imagegate.routing.announce import QUIET, Announcer
 from imagegate.routing.breaker import Permit
-from imagegate.routing.policy import Admission, Admitted, BackendState, HedgeBudget, Skip, full_jitter
+from imagegate.routing.policy import (
+    Admission,
+    Admitted,
+    BackendState,
+    HedgeBudget,
+    Skip,
+    full_jitter,
+)
 from imagegate.routing.waiting import wait_for
 
 __all__ = ["RequestRun", "Runtime"]
@@ -177,7 +184,7 @@ class RequestRun:
     def _start_lane(self, admitted: Admitted, *, hedge: bool) -> None:
         st = admitted.state
         lane = _Lane(st, admitted.permit, hedge, holds_slot=not admitted.wait)
-        self.tell.lane(st.name, hedge=hedge)
+        self.tell.lane(st, hedge=hedge, waits=admitted.wait)
         self.used += 1
         log.debug("attempt_started", backend=st.name, kind="hedge" if hedge else "attempt",
                   permit=admitted.permit, number=self.used)
@@ -299,7 +306,6 @@ class RequestRun:
             return images
 
     async def _queue_for_slot(self, lane: _Lane) -> None:
-        self.tell.waiting_for_slot(lane.state)
         try:
             async with asyncio.timeout(self.deadline.remaining()):
                 await lane.state.enter()

@@ -20,7 +20,7 @@ import re
 from aiohttp import web
 
 from imagegate.errors import InvalidRequest
-import imagegate.server.sse as sse
+from imagegate.server import sse
 from imagegate.server.errors import API_ERROR, ApiError
 from imagegate.server.jobs import JOBS
 from imagegate.server.jobstore import JobsFull

@@ -45,7 +45,7 @@ def _shutting_down() -> ApiError:
 
 
 @routes.post("/v1/images/generations")
-async def create_image(request: web.Request) -> web.Response:
+async def create_image(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     if state.closing:
         raise _shutting_down()

@@ -32,7 +32,7 @@ from imagegate.events import (
     event_json,
 )
 from imagegate.models import ImageResult
-import imagegate.server.sse as sse
+from imagegate.server import sse
 from imagegate.server.errors import API_ERROR, ApiError, api_error_for
 from imagegate.server.job_routes import prefers_async, submit_job
 from imagegate.server.state import SERVICE, STATE

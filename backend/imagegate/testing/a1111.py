@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from imagegate.testing.a1111_webui import Webui, Latent, add_progress_routes
+from imagegate.testing.a1111_webui import Latent, Webui, add_progress_routes
 from imagegate.testing.images import make_image
 from imagegate.testing.knobs import Knobs, misbehaviour_middleware, record_json_body
 
