@@ -17,6 +17,7 @@ from imagegate.server.webhooks import verify
 from imagegate.testing import Knobs, serve_app
 from imagegate.testing import a1111 as a1111_emulator
 from imagegate.testing.a1111_webui import Webui
+from structlog.testing import capture_logs
 
 from tests.routing.support import eventually
 from tests.server.kit import a1111_settings, gateway
@@ -252,3 +253,16 @@ async def test_a_client_that_disconnects_cancels_the_provider_call(
     await eventually(lambda: [i.task for i in webui.interrupts] == [running], timeout=5)
     await eventually(lambda: webui.current_task is None)
     assert webui.sampling_step < 150  # the paid call did not run on
+
+
+async def test_a_listener_that_leaves_mid_stream_is_let_go_cleanly(
+    server: str, http: aiohttp.ClientSession
+) -> None:
+    job = await submit(http, server, steps=100)
+    with capture_logs() as logs:
+        async with http.get(job["urls"]["events"]) as resp:
+            await resp.content.readline()  # connected, then gone while the job runs
+        await asyncio.sleep(0.3)
+        async with http.post(job["urls"]["cancel"]) as resp:
+            assert resp.status == 200
+    assert not [e for e in logs if e["log_level"] == "error"], logs

@@ -102,8 +102,9 @@ async def job_events(request: web.Request) -> web.StreamResponse:
             event = nxt  # type: ignore[assignment]
         await response.write_eof()
     finally:
-        if pending is not None:
+        if pending is not None:  # the listener left mid-wait: stop the read, then the generator
             pending.cancel()
+            await asyncio.wait([pending])
         aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()

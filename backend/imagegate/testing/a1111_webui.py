@@ -94,6 +94,8 @@ class Webui:
     current_image_sampling_step: int = 0
     latent: Latent | None = None
     interrupts: list[Interrupt] = field(default_factory=list)
+    # monotonic times, per task, for the benchmarks: its first step done, its first report
+    first_step_at: dict[str, float] = field(default_factory=dict)
     first_progress_at: dict[str, float] = field(default_factory=dict)
     _jobs: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -142,6 +144,7 @@ class Webui:
                         if self.step_s:
                             await asyncio.sleep(self.step_s)
                         self.sampling_step += 1
+                        self.first_step_at.setdefault(task_id, time.monotonic())
                     if self.interrupted:
                         break
                 images = render()
