@@ -27,8 +27,8 @@ from typing import Any
 import aiohttp
 from imagegate import ImageRequest, ImageService
 from imagegate.server import ServerOptions, create_app, running
-from imagegate.testing import serve_app
 from imagegate.testing import a1111 as a1111_emulator
+from imagegate.testing import serve_app
 from imagegate.testing.a1111_webui import Webui
 
 from benchlib.common import a1111_backend, a1111_settings, machine, print_table, stats_ms

@@ -30,8 +30,8 @@ import aiohttp
 from imagegate import ImageRequest, ImageService
 from imagegate.events import ProgressEvent, StartedEvent
 from imagegate.server import ServerOptions, create_app, running
-from imagegate.testing import serve_app
 from imagegate.testing import a1111 as a1111_emulator
+from imagegate.testing import serve_app
 from imagegate.testing.a1111_webui import Webui
 
 from benchlib.common import (

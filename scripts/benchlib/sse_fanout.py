@@ -62,7 +62,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "flat_out": {"events_per_s": round(events_s, 1),
                      "deliveries_per_s": round(events_s * args.listeners, 1),
                      "seconds": round(flat_s, 3), "server_cpu_s": flat["cpu"],
-                     "deliveries_per_server_cpu_s": round(args.events * args.listeners / flat["cpu"]),
+                     "deliveries_per_server_cpu_s": (
+                         round(args.events * args.listeners / flat["cpu"]) if flat["cpu"] else None),
                      "every_listener_got_every_event": flat["complete"]},
         "steady": {"latency_ms": stats_ms(steady["latencies"]),
                    "every_listener_got_every_event": steady["complete"]},
