@@ -20,10 +20,12 @@ import re
 from aiohttp import web
 
 from imagegate.errors import InvalidRequest
-from imagegate.server import sse
 from imagegate.server.errors import API_ERROR, ApiError
 from imagegate.server.jobs import JOBS
 from imagegate.server.jobstore import JobsFull
+from imagegate.server.sse import HEADERS as SSE_HEADERS
+from imagegate.server.sse import comment as sse_comment
+from imagegate.server.sse import event as sse_event
 from imagegate.server.state import SERVICE, STATE
 from imagegate.server.webhooks import check_webhook_url
 from imagegate.server.wire import Generation
@@ -81,13 +83,13 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     first = await anext(events, None)  # before the headers: a finished stream is a 204
     if first is None:
         return web.Response(status=204)
-    response = web.StreamResponse(headers=sse.HEADERS)
+    response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
     pending: asyncio.Task[object] | None = None
     event = first
     try:
         while True:
-            await response.write(sse.event(event.type, event.data, event_id=event.id))
+            await response.write(sse_event(event.type, event.data, event_id=event.id))
             if event.final:
                 break
             while True:  # wait for the next one, a keep-alive comment meanwhile
@@ -95,7 +97,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                 done, _ = await asyncio.wait([pending], timeout=KEEPALIVE_S)
                 if done:
                     break
-                await response.write(sse.comment("keep-alive"))
+                await response.write(sse_comment("keep-alive"))
             nxt, pending = pending.result(), None
             if nxt is None:
                 break

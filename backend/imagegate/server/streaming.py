@@ -32,9 +32,11 @@ from imagegate.events import (
     event_json,
 )
 from imagegate.models import ImageResult
-from imagegate.server import sse
 from imagegate.server.errors import API_ERROR, ApiError, api_error_for
 from imagegate.server.job_routes import prefers_async, submit_job
+from imagegate.server.sse import DONE, completed_event, error_event, partial_image_event
+from imagegate.server.sse import HEADERS as SSE_HEADERS
+from imagegate.server.sse import comment as sse_comment
 from imagegate.server.state import SERVICE, STATE
 from imagegate.server.wire import Generation
 
@@ -79,7 +81,7 @@ async def stream_images(request: web.Request, generation: Generation) -> web.Str
             try:
                 event = await asyncio.wait_for(queue.get(), timeout)
             except TimeoutError:
-                await writer.send(sse.comment("keep-alive"))
+                await writer.send(sse_comment("keep-alive"))
                 continue
             if event is None or isinstance(event, FailedEvent | CancelledEvent):
                 await asyncio.wait([task])
@@ -121,7 +123,7 @@ class _Writer:
 
     async def send(self, data: bytes) -> None:
         if self.response is None:
-            self.response = web.StreamResponse(headers=sse.HEADERS)
+            self.response = web.StreamResponse(headers=SSE_HEADERS)
             await self.response.prepare(self._request)
         await self.response.write(data)
 
@@ -129,19 +131,19 @@ class _Writer:
         if isinstance(event, PreviewEvent):
             if self._sent_partials < self._partial_images:
                 b64 = base64.b64encode(event.image).decode("ascii")
-                await self.send(sse.partial_image_event(
+                await self.send(partial_image_event(
                     b64, index=self._sent_partials, image_format=event.format,
                     width=event.width, height=event.height))
                 self._sent_partials += 1
             return
         if event.type in _COMMENTS and (self.open or event.type in _ANNOUNCE):
             note = json.dumps(event_json(event), separators=(",", ":"))
-            await self.send(sse.comment(f"imagegate.{event.type} {note}"))
+            await self.send(sse_comment(f"imagegate.{event.type} {note}"))
 
     async def complete(self, result: ImageResult) -> web.StreamResponse:
         for image in result.images:
-            await self.send(sse.completed_event(image, base64.b64encode(image.data).decode("ascii")))
-        await self.send(sse.DONE)
+            await self.send(completed_event(image, base64.b64encode(image.data).decode("ascii")))
+        await self.send(DONE)
         assert self.response is not None
         await self.response.write_eof()
         return self.response
@@ -159,7 +161,7 @@ class _Writer:
         error = api_error_for(exc, request.app[STATE].redact)
         if task.cancelled():
             error.message, error.code = "the generation was cancelled (shutting down)", "cancelled"
-        await self.send(sse.error_event(error.body()["error"]))
+        await self.send(error_event(error.body()["error"]))
         assert self.response is not None
         await self.response.write_eof()
         return self.response
