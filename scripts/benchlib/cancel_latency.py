@@ -101,23 +101,21 @@ async def _job_cancel(http: aiohttp.ClientSession, base: str) -> float:
 
 
 async def _client_gone(http: aiohttp.ClientSession, base: str, webui: Webui) -> float:
-    call = asyncio.create_task(http.post(base + "/v1/images/generations", json=BODY))
+    return await _give_up(asyncio.create_task(http.post(base + "/v1/images/generations", json=BODY)), webui)
+
+
+async def _library(service: ImageService, webui: Webui) -> float:
+    request = ImageRequest(prompt="bench", width=64, height=64, steps=150)
+    return await _give_up(asyncio.create_task(service.generate(request)), webui)
+
+
+async def _give_up(call: asyncio.Task[Any], webui: Webui) -> float:
+    """Cancel ``call`` once the webui works on it; when that was."""
     await _started(webui)
     sent = time.monotonic()
     call.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await call
-    return sent
-
-
-async def _library(service: ImageService, webui: Webui) -> float:
-    task = asyncio.create_task(service.generate(ImageRequest(prompt="bench", width=64, height=64,
-                                                             steps=150)))
-    await _started(webui)
-    sent = time.monotonic()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
     return sent
 
 

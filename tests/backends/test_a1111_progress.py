@@ -8,7 +8,6 @@ interrupt is global; a client that goes away does not stop its job.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,7 @@ import pytest
 from imagegate import AllBackendsFailed, ImageRequest, ImageService
 from imagegate.backends.a1111 import TaskProgress, parse_global_progress, parse_internal_progress
 from imagegate.events import PreviewEvent, ProgressEvent, QueuedEvent
-from imagegate.testing import Knobs, make_image, serve_app
-from imagegate.testing import a1111 as a1111_emulator
+from imagegate.testing import Knobs, make_image
 from imagegate.testing.a1111_webui import Webui
 
 from tests.conftest import make_settings
@@ -32,21 +30,12 @@ def settings(url: str, tmp_path: Path, **keys: Any) -> Any:
     return make_settings([table], service={"probe_interval_s": 3600}, tmp_path=tmp_path)
 
 
-@pytest.fixture
-def webui() -> Webui:
-    return Webui(step_s=0.02)
-
-
-@pytest.fixture
-async def url(webui: Webui, knobs: Knobs) -> AsyncIterator[str]:
-    async with serve_app(a1111_emulator.create_app(knobs=knobs, webui=webui)) as served:
-        yield served
 
 
 async def test_steps_become_progress_events_and_live_previews_become_preview_events(
-    url: str, knobs: Knobs, tmp_path: Path
+    slow_a1111_url: str, knobs: Knobs, tmp_path: Path
 ) -> None:
-    async with ImageService(settings(url, tmp_path)) as service:
+    async with ImageService(settings(slow_a1111_url, tmp_path)) as service:
         events = [e async for e in service.stream(SLOW, previews=True)]
     progress = [e for e in events if isinstance(e, ProgressEvent)]
     assert len(progress) >= 3
@@ -64,8 +53,10 @@ async def test_steps_become_progress_events_and_live_previews_become_preview_eve
     assert body["force_task_id"].startswith("task(imagegate-")
 
 
-async def test_without_previews_none_is_asked_for(url: str, knobs: Knobs, tmp_path: Path) -> None:
-    async with ImageService(settings(url, tmp_path)) as service:
+async def test_without_previews_none_is_asked_for(
+    slow_a1111_url: str, knobs: Knobs, tmp_path: Path
+) -> None:
+    async with ImageService(settings(slow_a1111_url, tmp_path)) as service:
         events = [e async for e in service.stream(SLOW)]
     assert not [e for e in events if isinstance(e, PreviewEvent)]
     polls = [r.body for r in knobs.requests if r.path == "/internal/progress"]
@@ -73,17 +64,17 @@ async def test_without_previews_none_is_asked_for(url: str, knobs: Knobs, tmp_pa
 
 
 async def test_nobody_listening_means_no_progress_poll_at_all(
-    url: str, knobs: Knobs, tmp_path: Path
+    slow_a1111_url: str, knobs: Knobs, tmp_path: Path
 ) -> None:
-    async with ImageService(settings(url, tmp_path)) as service:
+    async with ImageService(settings(slow_a1111_url, tmp_path)) as service:
         await service.generate(SLOW)
     assert [r.path for r in knobs.requests] == ["/sdapi/v1/txt2img"]
 
 
 async def test_a_task_waiting_for_the_gpu_is_queued_with_its_place(
-    url: str, webui: Webui, tmp_path: Path
+    slow_a1111_url: str, webui: Webui, tmp_path: Path
 ) -> None:
-    async with ImageService(settings(url, tmp_path)) as service:
+    async with ImageService(settings(slow_a1111_url, tmp_path)) as service:
         first = asyncio.create_task(service.generate(SLOW))
         await eventually(lambda: webui.current_task is not None)
         events = [e async for e in service.stream(SLOW)]
@@ -96,9 +87,9 @@ async def test_a_task_waiting_for_the_gpu_is_queued_with_its_place(
 
 @pytest.mark.parametrize("webui", [Webui(step_s=0.02, internal_api=False)], ids=["nowebui"])
 async def test_without_internal_progress_the_global_progress_is_read(
-    url: str, knobs: Knobs, tmp_path: Path
+    slow_a1111_url: str, knobs: Knobs, tmp_path: Path
 ) -> None:
-    async with ImageService(settings(url, tmp_path)) as service:
+    async with ImageService(settings(slow_a1111_url, tmp_path)) as service:
         events = [e async for e in service.stream(SLOW, previews=True)]
         again = [e async for e in service.stream(SLOW)]
     progress = [e for e in events if isinstance(e, ProgressEvent)]
@@ -112,16 +103,18 @@ async def test_without_internal_progress_the_global_progress_is_read(
 
 @pytest.mark.parametrize("webui", [Webui(step_s=0.02, honours_force_task_id=False)], ids=["old"])
 async def test_a_webui_that_ignores_force_task_id_falls_back_to_the_global_progress(
-    url: str, knobs: Knobs, tmp_path: Path
+    slow_a1111_url: str, knobs: Knobs, tmp_path: Path
 ) -> None:
-    async with ImageService(settings(url, tmp_path)) as service:
+    async with ImageService(settings(slow_a1111_url, tmp_path)) as service:
         events = [e async for e in service.stream(ImageRequest(prompt="x", width=64, height=64, steps=40))]
     assert [e for e in events if isinstance(e, ProgressEvent)]
     assert "/sdapi/v1/progress" in [r.path for r in knobs.requests]
 
 
-async def test_cancelling_interrupts_our_running_task(url: str, webui: Webui, tmp_path: Path) -> None:
-    async with ImageService(settings(url, tmp_path)) as service:
+async def test_cancelling_interrupts_our_running_task(
+    slow_a1111_url: str, webui: Webui, tmp_path: Path
+) -> None:
+    async with ImageService(settings(slow_a1111_url, tmp_path)) as service:
         task = asyncio.create_task(service.generate(ImageRequest(prompt="x", steps=150)))
         await eventually(lambda: webui.sampling_step > 2)
         running = webui.current_task
@@ -134,9 +127,9 @@ async def test_cancelling_interrupts_our_running_task(url: str, webui: Webui, tm
 
 
 async def test_a_cancelled_task_that_is_still_queued_interrupts_nothing(
-    url: str, webui: Webui, tmp_path: Path
+    slow_a1111_url: str, webui: Webui, tmp_path: Path
 ) -> None:
-    async with ImageService(settings(url, tmp_path)) as service:
+    async with ImageService(settings(slow_a1111_url, tmp_path)) as service:
         other = asyncio.create_task(service.generate(ImageRequest(prompt="other", steps=30)))
         await eventually(lambda: webui.current_task is not None)
         ours = asyncio.create_task(service.generate(ImageRequest(prompt="ours", steps=30)))
@@ -149,9 +142,9 @@ async def test_a_cancelled_task_that_is_still_queued_interrupts_nothing(
 
 
 async def test_a_timed_out_call_interrupts_the_job_it_left_running(
-    url: str, webui: Webui, tmp_path: Path
+    slow_a1111_url: str, webui: Webui, tmp_path: Path
 ) -> None:
-    async with ImageService(settings(url, tmp_path, read_timeout_s=0.3)) as service:
+    async with ImageService(settings(slow_a1111_url, tmp_path, read_timeout_s=0.3)) as service:
         with pytest.raises(AllBackendsFailed, match="generation_timeout"):
             await service.generate(ImageRequest(prompt="x", steps=150))
     assert len(webui.interrupts) == 1 and webui.interrupts[0].task is not None

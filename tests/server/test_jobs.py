@@ -15,7 +15,6 @@ import pytest
 from aiohttp import web
 from imagegate.server.webhooks import verify
 from imagegate.testing import Knobs, serve_app
-from imagegate.testing import a1111 as a1111_emulator
 from imagegate.testing.a1111_webui import Webui
 from structlog.testing import capture_logs
 
@@ -26,20 +25,11 @@ ASYNC = {"Prefer": "respond-async"}
 SECRET = "whsec-test-0123456789"
 
 
-@pytest.fixture
-def webui() -> Webui:
-    return Webui(step_s=0.02)
 
 
 @pytest.fixture
-async def slow_a1111(webui: Webui, knobs: Knobs) -> AsyncIterator[str]:
-    async with serve_app(a1111_emulator.create_app(knobs=knobs, webui=webui)) as url:
-        yield url
-
-
-@pytest.fixture
-async def server(slow_a1111: str, tmp_path: Path) -> AsyncIterator[str]:
-    settings = a1111_settings(slow_a1111, tmp_path, backend={"progress_interval_s": 0.03})
+async def server(slow_a1111_url: str, tmp_path: Path) -> AsyncIterator[str]:
+    settings = a1111_settings(slow_a1111_url, tmp_path, backend={"progress_interval_s": 0.03})
     async with gateway(settings) as (url, _):
         yield url
 
@@ -169,9 +159,9 @@ async def test_async_refuses_stream_and_webhooks_when_off(
 
 
 async def test_too_many_running_jobs_is_503_jobs_full(
-    slow_a1111: str, tmp_path: Path, http: aiohttp.ClientSession
+    slow_a1111_url: str, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    settings = a1111_settings(slow_a1111, tmp_path, jobs_max=1)
+    settings = a1111_settings(slow_a1111_url, tmp_path, jobs_max=1)
     async with gateway(settings) as (url, _):
         first = await submit(http, url, steps=100)
         async with http.post(url + "/v1/images/generations", json={"prompt": "x"}, headers=ASYNC) as resp:
@@ -202,13 +192,13 @@ async def receiver() -> AsyncIterator[tuple[str, list[tuple[dict[str, str], byte
 
 
 async def test_a_webhook_is_signed_and_retried_until_delivered(
-    slow_a1111: str, tmp_path: Path, http: aiohttp.ClientSession,
+    slow_a1111_url: str, tmp_path: Path, http: aiohttp.ClientSession,
     receiver: tuple[str, list[tuple[dict[str, str], bytes]], Knobs],
 ) -> None:
     hook_url, got, hook_knobs = receiver
     hook_knobs.arm("status", status=503)  # the first delivery fails: retried
     settings = a1111_settings(
-        slow_a1111, tmp_path, webhook_hosts=["127.0.0.1"], webhook_secret_env="HOOK_SECRET",
+        slow_a1111_url, tmp_path, webhook_hosts=["127.0.0.1"], webhook_secret_env="HOOK_SECRET",
         webhook_backoff_s=0.05, environ={"HOOK_SECRET": SECRET},
     )
     async with gateway(settings) as (url, _):
@@ -224,9 +214,9 @@ async def test_a_webhook_is_signed_and_retried_until_delivered(
 
 
 async def test_a_webhook_to_a_host_not_allowed_is_refused(
-    slow_a1111: str, tmp_path: Path, http: aiohttp.ClientSession
+    slow_a1111_url: str, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    settings = a1111_settings(slow_a1111, tmp_path, webhook_hosts=["hooks.example.com"],
+    settings = a1111_settings(slow_a1111_url, tmp_path, webhook_hosts=["hooks.example.com"],
                               webhook_secret_env="HOOK_SECRET", environ={"HOOK_SECRET": SECRET})
     body = {"prompt": "x", "webhook_url": "http://169.254.169.254/latest/meta-data"}
     async with gateway(settings) as (url, _), http.post(

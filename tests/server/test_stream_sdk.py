@@ -21,7 +21,6 @@ import pytest
 from aiohttp import web
 from imagegate.server import ServerOptions
 from imagegate.testing import Knobs, LocalCA, serve_app
-from imagegate.testing import a1111 as a1111_emulator
 from imagegate.testing import novita as novita_emulator
 from imagegate.testing.a1111_webui import Webui
 from PIL import Image
@@ -86,20 +85,11 @@ async def test_the_sdk_does_not_skip_a_typed_event_of_another_type_but_skips_com
 # -- imagegate's stream ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def webui() -> Webui:
-    return Webui(step_s=0.02)
 
 
 @pytest.fixture
-async def slow_a1111(webui: Webui, knobs: Knobs) -> AsyncIterator[str]:
-    async with serve_app(a1111_emulator.create_app(knobs=knobs, webui=webui)) as url:
-        yield url
-
-
-@pytest.fixture
-async def base_url(slow_a1111: str, tmp_path: Path) -> AsyncIterator[str]:
-    settings = a1111_settings(slow_a1111, tmp_path, backend={"progress_interval_s": 0.03})
+async def base_url(slow_a1111_url: str, tmp_path: Path) -> AsyncIterator[str]:
+    settings = a1111_settings(slow_a1111_url, tmp_path, backend={"progress_interval_s": 0.03})
     async with gateway(settings, ServerOptions(api_keys=(KEY,))) as (url, _):
         yield f"{url}/v1"
 

@@ -71,7 +71,7 @@ _INTERRUPT = "/sdapi/v1/interrupt"
 _PROBE_CAP = 1024 * 1024
 _PROGRESS_CAP = 8 * 1024 * 1024  # a progress answer may carry a full-size preview
 _UNKNOWN_POLLS = 3  # polls the webui may not know our task id before we read the global one
-_INTERRUPT_BUDGET_S = 2.0
+_INTERRUPT_BUDGET_S = 1.0  # best effort: a cancelled request waits at most this for it
 _IN_QUEUE = re.compile(r"In queue: (\d+)/(\d+)")
 
 

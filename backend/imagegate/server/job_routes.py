@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
 from imagegate.errors import InvalidRequest
 from imagegate.server.errors import API_ERROR, ApiError
-from imagegate.server.jobs import JOBS
-from imagegate.server.jobstore import JobsFull
+from imagegate.server.jobs import JOBS, JobRunner
+from imagegate.server.jobstore import JobsFull, StoredEvent
 from imagegate.server.sse import HEADERS as SSE_HEADERS
 from imagegate.server.sse import comment as sse_comment
 from imagegate.server.sse import event as sse_event
@@ -66,59 +68,55 @@ async def submit_job(request: web.Request, generation: Generation) -> web.Respon
 
 @job_routes.get("/v1/jobs/{job_id}")
 async def get_job(request: web.Request) -> web.Response:
-    record = await request.app[JOBS].store.get(request.match_info["job_id"])
-    if record is None:
-        raise _not_found()
+    _, _, record = await _job(request)
     return web.json_response(record)
 
 
 @job_routes.get("/v1/jobs/{job_id}/events")
 async def job_events(request: web.Request) -> web.StreamResponse:
-    runner, job_id = request.app[JOBS], request.match_info["job_id"]
-    record = await runner.store.get(job_id)
-    if record is None:
-        raise _not_found()
-    after = _resume_after(request)
-    events = runner.store.events(job_id, after)
-    first = await anext(events, None)  # before the headers: a finished stream is a 204
-    if first is None:
-        return web.Response(status=204)
-    response = web.StreamResponse(headers=SSE_HEADERS)
-    await response.prepare(request)
-    pending: asyncio.Task[object] | None = None
-    event = first
+    runner, job_id, _ = await _job(request)
+    events = runner.store.events(job_id, _resume_after(request))
+    try:
+        first = await anext(events, None)  # before the headers: a finished stream is a 204
+        if first is None:
+            return web.Response(status=204)
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        await response.prepare(request)
+        await _follow(response, first, events)
+        await response.write_eof()
+        return response
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def _follow(
+    response: web.StreamResponse, event: StoredEvent, events: AsyncIterator[StoredEvent]
+) -> None:
+    """Write ``event`` and the ones after it up to the final one, a keep-alive meanwhile."""
+    pending: asyncio.Future[StoredEvent | None] | None = None
     try:
         while True:
             await response.write(sse_event(event.type, event.data, event_id=event.id))
             if event.final:
-                break
-            while True:  # wait for the next one, a keep-alive comment meanwhile
-                pending = pending or asyncio.ensure_future(anext(events, None))
-                done, _ = await asyncio.wait([pending], timeout=KEEPALIVE_S)
-                if done:
-                    break
+                return
+            pending = asyncio.ensure_future(anext(events, None))
+            while not (await asyncio.wait([pending], timeout=KEEPALIVE_S))[0]:
                 await response.write(sse_comment("keep-alive"))
             nxt, pending = pending.result(), None
             if nxt is None:
-                break
-            event = nxt  # type: ignore[assignment]
-        await response.write_eof()
+                return
+            event = nxt
     finally:
-        if pending is not None:  # the listener left mid-wait: stop the read, then the generator
+        if pending is not None:  # the listener left mid-wait: stop the read before the generator
             pending.cancel()
             await asyncio.wait([pending])
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
-    return response
 
 
 @job_routes.post("/v1/jobs/{job_id}/cancel")
 async def cancel_job(request: web.Request) -> web.Response:
-    runner, job_id = request.app[JOBS], request.match_info["job_id"]
-    before = await runner.store.get(job_id)
-    if before is None:
-        raise _not_found()
+    runner, job_id, before = await _job(request)
     if before["status"] in ("succeeded", "failed"):
         raise ApiError(409, f"the job has already {before['status']}", code="job_finished",
                        extra={"status": before["status"]})
@@ -130,6 +128,15 @@ async def cancel_job(request: web.Request) -> web.Response:
     if record is None:
         raise _not_found()
     return web.json_response(record)
+
+
+async def _job(request: web.Request) -> tuple[JobRunner, str, dict[str, Any]]:
+    """The runner, the job id of the path and its record; 404 when there is none."""
+    runner, job_id = request.app[JOBS], request.match_info["job_id"]
+    record = await runner.store.get(job_id)
+    if record is None:
+        raise _not_found()
+    return runner, job_id, record
 
 
 def _resume_after(request: web.Request) -> int:
