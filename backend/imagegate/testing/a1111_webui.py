@@ -158,6 +158,14 @@ class Webui:
         self.latent, self.current_image, self.current_image_sampling_step = None, None, 0
         self.id_live_preview, self.interrupted, self.job = 0, False, "scripts_txt2img"
 
+    async def stop(self, app: web.Application | None = None) -> None:
+        """The process ends: its jobs with it (an ``on_cleanup`` hook)."""
+        jobs = list(self._jobs)
+        for job in jobs:
+            job.cancel()
+        if jobs:
+            await asyncio.wait(jobs)
+
     def interrupt(self) -> None:
         self.interrupts.append(Interrupt(time.monotonic(), self.current_task))
         self.interrupted = True
@@ -235,6 +243,7 @@ def add_progress_routes(app: web.Application, webui: Webui) -> None:
     """``/sdapi/v1/progress``, ``/sdapi/v1/interrupt`` and, unless ``--nowebui``,
     ``/internal/progress`` and ``/internal/pending-tasks``."""
     app[WEBUI_KEY] = webui
+    app.on_cleanup.append(webui.stop)
     app.router.add_get("/sdapi/v1/progress", _global_progress)
     app.router.add_post("/sdapi/v1/interrupt", _interrupt)
     if webui.internal_api:
