@@ -86,6 +86,8 @@ async def test_a_job_streams_progress_ends_with_completed_and_succeeds(
     assert set(record["result"]) == {"created", "data", "size", "output_format"}  # the sync shape
     assert record["result"]["data"][0]["b64_json"] and record["result"]["size"] == "128x128"
     assert events[-1]["data"]["result"] == record["result"]
+    async with http.get(server + "/metrics") as resp:  # counted like a synchronous generation
+        assert 'imagegate_generations_total{backend="local",outcome="ok"} 1.0' in await resp.text()
 
 
 async def test_events_resume_after_last_event_id_and_a_finished_stream_is_204(

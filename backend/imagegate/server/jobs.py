@@ -194,6 +194,7 @@ class JobRunner:
                 await self.store.append(record.id, event.type, data, record.model_dump(mode="json"),
                                         final=final)
                 if final:
+                    self._observe(event)
                     break
         finally:
             cancel.cancel()
@@ -206,6 +207,18 @@ class JobRunner:
         log.info("job_ended", job=record.id, status=record.status, backend=record.backend)
         if self._webhooks is not None and record.webhook_url:
             self._webhooks.send(record.webhook_url, record.id, record.model_dump_json().encode())
+
+    def _observe(self, event: Event) -> None:
+        """The job's generation in the metrics, as a synchronous one is counted."""
+        metrics = self._state.metrics
+        if isinstance(event, CompletedEvent):
+            result = event.result
+            metrics.observe_generation(result.backend, "ok", result.elapsed_s, result.attempts)
+        elif isinstance(event, FailedEvent):
+            outcome = "deadline_exceeded" if event.deadline_exceeded else "all_backends_failed"
+            metrics.observe_generation(None, outcome, 0.0, event.attempts)
+        else:
+            metrics.observe_generation(None, "cancelled", 0.0, [])
 
     async def _answer(self, event: Event, generation: Generation, base: str) -> dict[str, Any] | None:
         """A completed job's answer, in the synchronous answer's shape (``url``: saved first)."""
