@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "backend" / "imagegate"
 MAX_LINES = 400
 
 # What each part may import (besides itself). The arrows run one way:
-# cli/server/diagnose -> routing -> backends -> config -> models -> errors.
+# cli/server/diagnose -> routing -> backends -> config -> models -> errors;
+# events (the progress model) sits beside models: backends report through it, routing emits.
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "version": set(),
@@ -23,15 +24,16 @@ ALLOWED: dict[str, set[str]] = {
     "models": {"errors", "capabilities"},
     "store": {"errors", "models"},
     # logging is a leaf (structlog and stdlib only): every part logs through its get_logger
+    "events": {"errors", "models", "logging"},
     "config": {"errors", "models", "logging"},
-    "backends": {"errors", "models", "config", "capabilities", "logging"},
-    "routing": {"errors", "models", "config", "backends", "capabilities", "logging"},
+    "backends": {"errors", "models", "config", "capabilities", "events", "logging"},
+    "routing": {"errors", "models", "config", "backends", "capabilities", "events", "logging"},
     "diagnose": {"errors", "models", "config", "backends", "capabilities", "logging", "version"},
     "server": {"errors", "models", "config", "backends", "routing", "store", "logging", "version",
-               "capabilities"},
+               "capabilities", "events"},
     "testing": {"errors", "models", "backends", "capabilities"},
     "cli": {"errors", "models", "config", "backends", "routing", "store", "logging", "diagnose",
-            "server", "testing", "version", "capabilities"},
+            "server", "testing", "version", "capabilities", "events"},
 }
 # the public face re-exports from everywhere it needs to
 TOP = {"imagegate", "imagegate.__main__"}

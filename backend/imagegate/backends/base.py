@@ -6,6 +6,11 @@ credits; ``capabilities`` says what it accepts (built in, or discovered by its p
 router fits each request to it before calling); ``aclose()`` releases what the backend owns. It is generic in its settings class, so
 ``self.settings`` is that kind's own typed settings. The HTTP machinery most backends share
 is in ``http.py``; image checks in ``images.py``.
+
+Progress is optional and needs no change to ``generate``'s signature: a backend whose provider
+reports queue position, steps or previews tells ``self.reporter`` (the current attempt's
+:class:`~imagegate.events.Reporter`, silent when nobody listens); one that does not is
+still seen to start and end, because routing emits those events.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import ClassVar, Generic, TypeVar
 from imagegate.capabilities import Capabilities
 from imagegate.config import BackendSettings, Timeouts
 from imagegate.errors import BackendError
+from imagegate.events import Reporter, current_reporter
 from imagegate.models import BackendHealth, Deadline, GeneratedImage, ImageRequest
 
 __all__ = ["ImageBackend", "SettingsT"]
@@ -50,6 +56,12 @@ class ImageBackend(abc.ABC, Generic[SettingsT]):
     def capabilities_for(self, request: ImageRequest) -> Capabilities | None:
         """What it accepts for ``request`` (a request may name a model with other rules)."""
         return self.capabilities
+
+    @property
+    def reporter(self) -> Reporter:
+        """Where the running attempt's progress goes; check ``reporter.listening`` before
+        polling a provider for progress (nobody may be listening)."""
+        return current_reporter()
 
     @abc.abstractmethod
     async def generate(self, request: ImageRequest, *, deadline: Deadline) -> list[GeneratedImage]:

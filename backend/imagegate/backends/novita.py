@@ -31,6 +31,9 @@ Decided:
   inappropriate-content reason (ILLEGAL_*, NSFW) -> content_filtered; one about the parameters
   (invalid, not found/exist, unsupported, out of range) -> rejected; anything else ->
   server_error (the provider broke on valid input).
+- Progress (only while someone listens): each poll's ``task.progress_percent`` (0-100) and
+  ``task.eta`` (seconds) become a progress event, TASK_STATUS_QUEUED a queued one (Novita
+  gives no position). Both fields are optional in the SDK's model (an older one had neither).
 - Images are downloaded as soon as the task succeeds, concurrently, each capped at
   ``max_image_bytes``, and *without* the Authorization header (the URL is presigned and lives on
   a storage host: the key must not travel there). 403/404 on a download (an expired or refused
@@ -67,6 +70,7 @@ from imagegate.errors import (
     Rejected,
     ServerError,
 )
+from imagegate.events import Reporter
 from imagegate.logging import get_logger
 from imagegate.models import Deadline, GeneratedImage, ImageRequest
 
@@ -80,6 +84,7 @@ __all__ = [
     "failed_task_error",
     "from_env",
     "parse_task",
+    "task_progress",
 ]
 
 log = get_logger(__name__)
@@ -117,6 +122,7 @@ CAPABILITIES = Capabilities(
 )
 SUCCEED = "TASK_STATUS_SUCCEED"
 FAILED = "TASK_STATUS_FAILED"
+QUEUED = "TASK_STATUS_QUEUED"
 
 _REASON_KINDS: dict[str, type[BackendError]] = {
     "INVALID_API_KEY": AuthFailed,
@@ -210,6 +216,18 @@ def parse_task(body: Any, *, backend: str) -> tuple[str, str, list[str], int | N
     return status, reason, urls, seed
 
 
+def task_progress(body: Any) -> tuple[str, float | None, float | None]:
+    """(status, fraction 0..1, eta seconds) from a task-result answer; Nones when absent (pure)."""
+    task = body.get("task") if isinstance(body, dict) else None
+    if not isinstance(task, dict):
+        return "", None, None
+    percent, eta = task.get("progress_percent"), task.get("eta")
+    number = (int, float)
+    fraction = percent / 100 if isinstance(percent, number) and not isinstance(percent, bool) else None
+    eta_s = float(eta) if isinstance(eta, number) and not isinstance(eta, bool) else None
+    return str(task.get("status") or ""), fraction, eta_s
+
+
 def failed_task_error(task_id: str, reason: str, *, backend: str) -> BackendError:
     """The error for a TASK_STATUS_FAILED task, its kind read from the reason (pure)."""
     text = reason or "no reason given"
@@ -292,7 +310,10 @@ class NovitaBackend(HttpBackend[NovitaSettings]):
             "GET", self.base_url + _TASK_RESULT, params={"task_id": task_id}, deadline=deadline,
             cap=_JSON_CAP, read=min(self.timeouts.read, _POLL_READ_S),
         )
-        status, reason, urls, seed = parse_task(answer.json(backend=self.name), backend=self.name)
+        body = answer.json(backend=self.name)
+        status, reason, urls, seed = parse_task(body, backend=self.name)
+        if self.reporter.listening:
+            _report(self.reporter, *task_progress(body))
         if status == SUCCEED:
             return urls, seed
         if status == FAILED:
@@ -323,3 +344,10 @@ class NovitaBackend(HttpBackend[NovitaSettings]):
         if not isinstance(balance, int | float):
             raise BadResponse("/v3/user answer has no numeric 'credit_balance'", backend=self.name)
         return f"credit balance ${balance / 10000:.2f}"
+
+
+def _report(reporter: Reporter, status: str, fraction: float | None, eta_s: float | None) -> None:
+    if status == QUEUED:
+        reporter.queued(eta_s=eta_s)
+    elif status not in (SUCCEED, FAILED):
+        reporter.progress(fraction=fraction, eta_s=eta_s)

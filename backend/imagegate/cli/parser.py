@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, metavar="DIR", help="output directory (default: [service] output_dir)"
     )
     _json(gen, "one object with the files and the attempt trail")
+    gen.add_argument(
+        "--events", action="store_true",
+        help="print the request's events (queued, progress, failover, ...) as JSON lines on stdout",
+    )
 
     bk = _sub(sub, "backends", "probe every configured backend once and print the table")
     _config(bk)

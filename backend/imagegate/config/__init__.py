@@ -6,6 +6,7 @@ loader to call: it is :func:`read_settings` with the provider registry as its ki
 
 from imagegate.config.load import CONFIG_ENV, KindTable, read_settings
 from imagegate.config.settings import (
+    SERVICE_SECRETS,
     BackendSettings,
     HttpBackendSettings,
     ServiceSettings,
@@ -19,6 +20,7 @@ from imagegate.config.sources import environment
 
 __all__ = [
     "CONFIG_ENV",
+    "SERVICE_SECRETS",
     "BackendSettings",
     "HttpBackendSettings",
     "KindTable",

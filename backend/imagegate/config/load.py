@@ -22,7 +22,13 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from imagegate.config.settings import BackendSettings, ServiceSettings, Settings, check_pem
+from imagegate.config.settings import (
+    SERVICE_SECRETS,
+    BackendSettings,
+    ServiceSettings,
+    Settings,
+    check_pem,
+)
 from imagegate.config.sources import environment, errors_text, read_toml
 from imagegate.errors import ConfigError
 from imagegate.logging import get_logger
@@ -95,6 +101,7 @@ def read_settings(
     if disabled and len(disabled) == len(backends):
         raise ConfigError(f"{source}: no backend is usable: " + "; ".join(disabled.values()))
     backends = sorted((b for b in backends if b.name not in disabled), key=lambda b: b.priority)
+    secrets.update(_service_secrets(service, env, source, require=require_secrets))
     return Settings(
         service=service, backends=tuple(backends), secrets=secrets, source=source, disabled=disabled
     )
@@ -186,3 +193,19 @@ def _resolve_secrets(
                 )
         secrets[b.name] = found
     return secrets, disabled
+
+
+def _service_secrets(
+    service: ServiceSettings, env: Mapping[str, str], source: str, *, require: bool
+) -> dict[str, dict[str, str]]:
+    """``[service] webhook_secret_env``'s value, under SERVICE_SECRETS."""
+    var = service.webhook_secret_env
+    if var is None:
+        return {}
+    value = env.get(var, "").strip()
+    if not value and require:
+        raise ConfigError(
+            f"{source}: [service] key 'webhook_secret_env': the environment variable {var} "
+            "is not set (set it, or put it in .env)"
+        )
+    return {SERVICE_SECRETS: {"webhook_secret": value}} if value else {}

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
 from imagegate.errors import ConfigError
 
 __all__ = [
+    "SERVICE_SECRETS",
     "BackendSettings",
     "HttpBackendSettings",
     "ServiceSettings",
@@ -31,6 +32,11 @@ __all__ = [
     "check_url",
     "url_from_env",
 ]
+
+
+SERVICE_SECRETS = "[service]"
+"""The key of ``Settings.secrets`` holding the service's own secrets (``webhook_secret``); no
+backend can have this name."""
 
 
 class Timeouts(BaseModel):
@@ -158,6 +164,23 @@ class ServiceSettings(_Frozen):
     # A request a backend cannot serve as asked: "nearest" fits it (size snapped, steps and
     # guidance clamped, ...; every change reported), "strict" skips that backend instead.
     adapt: Literal["nearest", "strict"] = "nearest"
+    # HTTP API async jobs (``Prefer: respond-async``): kept in memory, at most this many, each
+    # for this long after it ended
+    jobs_max: int = Field(default=1000, ge=1)
+    jobs_ttl_s: float = Field(default=3600.0, gt=0)
+    # Job webhooks: the variable holding the HMAC-SHA256 key, the hosts a webhook_url may
+    # name (none: webhooks are off), and the base of the backoff between delivery attempts
+    webhook_secret_env: str | None = None
+    webhook_hosts: list[str] = Field(default_factory=list)
+    webhook_backoff_s: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _webhooks_are_signed(self) -> ServiceSettings:
+        if self.webhook_hosts and not self.webhook_secret_env:
+            raise ValueError(
+                "webhook_hosts needs webhook_secret_env: every webhook is signed (HMAC-SHA256)"
+            )
+        return self
 
 
 class Settings(_Frozen):

@@ -30,20 +30,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-import structlog
-
 from imagegate.backends.base import ImageBackend
 from imagegate.backends.http import gather_all
 from imagegate.backends.images import convert_image
 from imagegate.capabilities import Adjustment, Capabilities, Span
 from imagegate.errors import InvalidRequest
+from imagegate.logging import get_logger
 from imagegate.models import Attempt, Deadline, GeneratedImage, ImageFormat, ImageRequest
 
 __all__ = [
     "Mode", "Plan", "Refusal", "execute", "no_backend_error", "plan", "plan_all", "skip_rows",
 ]
 
-log = structlog.get_logger()
+log = get_logger(__name__)
 
 Mode = Literal["nearest", "strict"]
 _CLIP = 60  # longest text shown in an adjustment

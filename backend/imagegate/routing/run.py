@@ -36,8 +36,9 @@ from imagegate.errors import (
     ServerError,
 )
 from imagegate.logging import get_logger
-from imagegate.models import Attempt, Deadline, GeneratedImage, ImageRequest, ImageResult, Outcome
+from imagegate.models import Deadline, GeneratedImage, ImageRequest, ImageResult, Outcome
 from imagegate.routing.adapt import execute, plan_all, skip_rows
+from imagegate.routing.announce import QUIET, Announcer
 from imagegate.routing.breaker import Permit
 from imagegate.routing.policy import (
     Admission,
@@ -47,6 +48,7 @@ from imagegate.routing.policy import (
     Skip,
     full_jitter,
 )
+from imagegate.routing.trail import Trail
 from imagegate.routing.waiting import wait_for
 
 __all__ = ["RequestRun", "Runtime"]
@@ -87,16 +89,18 @@ class RequestRun:
         request: ImageRequest,
         deadline: Deadline,
         candidates: list[BackendState],
+        tell: Announcer = QUIET,
     ) -> None:
         self.rt = rt
+        self.tell = tell  # what a listener hears: announce.py
         self.request = request
         self.deadline = deadline
         self.plans, refused = plan_all(request, candidates, rt.backends, rt.settings.adapt)
-        self.attempts: list[Attempt] = skip_rows(refused)  # before any I/O: no breaker effect
+        self.trail = Trail(skip_rows(refused), tell)  # refused before any I/O: no breaker effect
         self._adjusted: dict[str, list[Adjustment]] = {}
         self.used = 0
         self._waited_s = 0.0
-        self.admission = Admission([c for c in candidates if c.name in self.plans], self._skipped)
+        self.admission = Admission([c for c in candidates if c.name in self.plans], self.trail.skipped)
         self._lanes: dict[asyncio.Task[list[GeneratedImage]], _Lane] = {}
         self._hedged = False
         self._hedge_at: float | None = None
@@ -152,7 +156,7 @@ class RequestRun:
         if admitted is None:
             return False
         if admitted.permit == "forced":
-            self._unskip(admitted.state)
+            self.trail.unskip(admitted.state.name)
         self._start_lane(admitted, hedge=hedge)
         return True
 
@@ -167,24 +171,17 @@ class RequestRun:
             if plan.wait_s > 0:
                 waited = await wait_for(plan, self.rt.sleep)
                 self._waited_s += waited.elapsed_s
-                self.attempts.append(waited)
+                self.trail.waited(waited)
             admitted = self.admission.readmit(plan)
             if admitted is not None:
                 self._start_lane(admitted, hedge=False)
                 return True
         return False
 
-    def _unskip(self, st: BackendState) -> None:
-        """Every candidate was blocked: the one let through is an attempt, not a skip."""
-        for i in range(len(self.attempts) - 1, -1, -1):
-            if self.attempts[i].backend == st.name and self.attempts[i].outcome == "skipped":
-                why = self.attempts.pop(i).error
-                log.info("breaker_bypassed", backend=st.name, kind="forced", reason=why)
-                return
-
     def _start_lane(self, admitted: Admitted, *, hedge: bool) -> None:
         st = admitted.state
         lane = _Lane(st, admitted.permit, hedge, holds_slot=not admitted.wait)
+        self.tell.lane(st, hedge=hedge, waits=admitted.wait)
         self.used += 1
         log.debug("attempt_started", backend=st.name, kind="hedge" if hedge else "attempt",
                   permit=admitted.permit, number=self.used)
@@ -238,31 +235,31 @@ class RequestRun:
             backend=lane.state.name,
             kind="ok",
             hedge=lane.hedge,
-            attempts=len(self.attempts),
+            attempts=len(self.trail.attempts),
             elapsed_s=round(elapsed, 4),
         )
         return ImageResult(
-            images=task.result(), backend=lane.state.name, attempts=self.attempts, elapsed_s=elapsed,
+            images=task.result(), backend=lane.state.name, attempts=self.trail.attempts, elapsed_s=elapsed,
             adjustments=self._adjusted.get(lane.state.name, []),
         )
 
     def _exhausted(self) -> AllBackendsFailed:
         expired = self.deadline.expired
-        tried = {a.backend for a in self.attempts}
+        tried = self.trail.tried()
         why = "deadline spent" if expired else f"max_attempts ({self.rt.settings.max_attempts}) reached"
         for st in self.admission.untried():
             if st.name not in tried:
-                self._skipped(Skip(st, why, "not_tried"))
+                self.trail.skipped(Skip(st, why, "not_tried"))
         elapsed = time.monotonic() - self._started
         log.warning(
             "all_backends_failed",
             kind="all_backends_failed",
-            attempts=len(self.attempts),
+            attempts=len(self.trail.attempts),
             deadline_exceeded=expired,
             elapsed_s=round(elapsed, 4),
         )
         message = "no backend produced an image" + (" before the deadline" if expired else "")
-        return AllBackendsFailed(message, attempts=self.attempts, deadline_exceeded=expired)
+        return AllBackendsFailed(message, attempts=self.trail.attempts, deadline_exceeded=expired)
 
     async def _cancel_all(self) -> None:
         tasks = list(self._lanes)
@@ -284,6 +281,7 @@ class RequestRun:
         retry = 0
         while True:
             lane.started = time.monotonic()
+            self.tell.started(st.name, hedge=lane.hedge)
             try:
                 images = await self._call(st.name)
             except BackendError as exc:
@@ -366,33 +364,8 @@ class RequestRun:
             lane.state.breaker.release(lane.permit)
             self._record(lane, "cancelled", error=self._cancel_reason)
 
-    # -- the trail ----------------------------------------------------------------------
-
     def _record(
         self, lane: _Lane, outcome: Outcome, *, error: str | None = None, status: int | None = None
     ) -> None:
-        elapsed = time.monotonic() - lane.started
-        self.attempts.append(
-            Attempt(
-                backend=lane.state.name,
-                outcome=outcome,
-                elapsed_s=elapsed,
-                error=error,
-                status=status,
-                hedge=lane.hedge,
-                timings={"total_s": round(elapsed, 6)},
-            )
-        )
-        emit = log.warning if outcome not in ("ok", "cancelled") else log.info
-        emit(
-            "backend_attempt",
-            backend=lane.state.name,
-            kind=outcome,
-            elapsed_s=round(elapsed, 4),
-            hedge=lane.hedge,
-            error=error,
-        )
-
-    def _skipped(self, skip: Skip) -> None:
-        self.attempts.append(Attempt(backend=skip.state.name, outcome="skipped", error=skip.why))
-        log.info("backend_skipped", backend=skip.state.name, kind=skip.kind, reason=skip.why)
+        self.trail.record(lane.state.name, outcome, started=lane.started, hedge=lane.hedge,
+                          error=error, status=status)

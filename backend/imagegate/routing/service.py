@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -24,8 +24,10 @@ from imagegate.backends.registry import create_backend, load_settings
 from imagegate.backends.transport import timing_trace_config
 from imagegate.config import BackendSettings, Settings
 from imagegate.errors import ConfigError, HealthEffect, error_class_for_kind
+from imagegate.events import TERMINAL, Event, EventSink
 from imagegate.logging import get_logger
 from imagegate.models import BackendHealth, Deadline, ImageRequest, ImageResult
+from imagegate.routing.announce import QUIET, Announcer
 from imagegate.routing.breaker import BreakerPolicy, CircuitBreaker, Transition
 from imagegate.routing.policy import BackendState, HedgeBudget, order
 from imagegate.routing.prober import HealthProber
@@ -187,11 +189,16 @@ class ImageService:
         *,
         backend: str | None = None,
         deadline_s: float | None = None,
+        on_event: EventSink | None = None,
+        previews: bool = False,
     ) -> ImageResult:
         """Generate ``request``: candidates in policy order, failing over on the taxonomy,
         retrying and hedging as configured, all inside one deadline.
 
-        Raises AllBackendsFailed (with the whole attempt trail) when no backend answered.
+        ``on_event`` (called on the event loop, must not block) hears the request's events
+        (``imagegate.events``), the last one terminal; ``previews=True`` asks the backends
+        that can for preview images. Raises AllBackendsFailed (with the whole attempt trail)
+        when no backend answered.
         """
         if self._runtime is None:
             raise RuntimeError("ImageService is not started: use 'async with ImageService...'")
@@ -203,7 +210,44 @@ class ImageService:
             self._turn += 1
             candidates = order(list(self._states.values()), self.settings.service.order, self._turn)
         self._runtime.budget.on_request()
-        return await RequestRun(self._runtime, request, deadline, candidates).run()
+        if on_event is None:
+            return await RequestRun(self._runtime, request, deadline, candidates, QUIET).run()
+        tell = Announcer(on_event, previews=previews)
+        return await tell.around(RequestRun(self._runtime, request, deadline, candidates, tell).run())
+
+    async def stream(
+        self,
+        request: ImageRequest,
+        *,
+        backend: str | None = None,
+        deadline_s: float | None = None,
+        previews: bool = False,
+    ) -> AsyncIterator[Event]:
+        """Generate ``request`` and yield its events as they happen, ending with the terminal
+        one (``completed`` carries the result; a failure is a ``failed`` event, not an
+        exception). Leaving the loop early cancels the generation.
+
+            async for event in service.stream(ImageRequest(prompt="a fox"), previews=True):
+                print(event.type)
+        """
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        task = asyncio.create_task(self.generate(
+            request, backend=backend, deadline_s=deadline_s, on_event=queue.put_nowait,
+            previews=previews,
+        ))
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+                if event.type in TERMINAL:
+                    return
+            await task  # ended without a terminal event: raise what ended it (not started, ...)
+        finally:
+            if not task.done():
+                task.cancel("the stream's consumer stopped reading")
+            await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # retrieved: it was told as a ``failed`` event
 
     # -- health -------------------------------------------------------------------------
 

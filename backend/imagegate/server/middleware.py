@@ -20,11 +20,14 @@ from imagegate.server.errors import ApiError, api_error_for
 from imagegate.server.files import SIGNED_FILE
 from imagegate.server.state import OPTIONS, STATE
 
-__all__ = ["MIDDLEWARES", "auth", "body_limit", "errors", "key_matches", "observe"]
+__all__ = [
+    "MIDDLEWARES", "auth", "body_limit", "errors", "key_matches", "observe", "request_id_header",
+]
 
 log = get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_ID = "imagegate_request_id"  # the request's key for it
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
@@ -38,6 +41,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id (bound for every log line of the request), access log, HTTP metrics."""
     given = request.headers.get("x-request-id", "")
     request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id  # a streamed answer sends it before the handler returns
     metrics = request.app[STATE].metrics
     started = time.monotonic()
     status = 500
@@ -47,8 +51,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             response = await handler(request)
             status, served = response.status, response.headers
-            response.headers["x-request-id"] = request_id
-            return response
+            return response  # its x-request-id: request_id_header, when it is prepared
         finally:
             elapsed = time.monotonic() - started
             metrics.in_flight.dec()
@@ -63,6 +66,14 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
                 attempts=int(served.get("x-imagegate-attempts") or 0) or None,
                 duration_s=round(elapsed, 4),
             )
+
+
+async def request_id_header(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every answer carries its request id, a streamed one included
+    (its headers go out before the handler returns)."""
+    request_id = request.get(REQUEST_ID)
+    if isinstance(request_id, str):
+        response.headers["x-request-id"] = request_id
 
 
 @web.middleware

@@ -18,6 +18,7 @@ from imagegate.server.errors import API_ERROR, ApiError
 from imagegate.server.files import SIGNED_FILE, STORED
 from imagegate.server.metrics import CONTENT_TYPE
 from imagegate.server.state import SERVICE, STATE, ServerState
+from imagegate.server.streaming import other_answer
 from imagegate.server.wire import (
     IGNORED_HEADER,
     Generation,
@@ -27,7 +28,7 @@ from imagegate.server.wire import (
     parse_generation,
 )
 
-__all__ = ["routes"]
+__all__ = ["routes", "store_images"]
 
 log = get_logger(__name__)
 routes = web.RouteTableDef()
@@ -52,7 +53,7 @@ def _shutting_down() -> ApiError:
 
 
 @routes.post("/v1/images/generations")
-async def create_image(request: web.Request) -> web.Response:
+async def create_image(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     if state.closing:
         raise _shutting_down()
@@ -65,6 +66,9 @@ async def create_image(request: web.Request) -> web.Response:
         unknown_model=svc.unknown_model,
         strict_fields=svc.strict_fields,
     )
+    other = await other_answer(request, generation)  # stream: true, or an async job
+    if other is not None:
+        return other
     result = await _generate(state, service, generation)
     urls = (
         await _store(request, state, generation, result)
@@ -94,6 +98,7 @@ async def _generate(
     except asyncio.CancelledError:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
+            log.info("generation_cancelled_client_gone")  # the provider call is cancelled too
             raise  # the handler itself is being cancelled (client gone, hard shutdown)
         state.metrics.observe_generation(None, "cancelled", time.monotonic() - started, [])
         log.warning("generation_cancelled_for_shutdown")
@@ -111,7 +116,15 @@ async def _generate(
 async def _store(
     request: web.Request, state: ServerState, generation: Generation, result: ImageResult
 ) -> list[str]:
-    """Save the images (in a thread: the store fsyncs) and return their signed links."""
+    base = state.options.public_url or str(request.url.origin())
+    return await store_images(base, state, generation, result)
+
+
+async def store_images(
+    base: str, state: ServerState, generation: Generation, result: ImageResult
+) -> list[str]:
+    """Save the images (in a thread: the store fsyncs) and return their signed links under
+    ``base``."""
 
     def save_all() -> list[Path]:
         return [
@@ -120,7 +133,6 @@ async def _store(
         ]
 
     paths = await asyncio.to_thread(save_all)
-    base = state.options.public_url or str(request.url.origin())
     links = []
     for path in paths:
         relpath = path.relative_to(state.store.root).as_posix()

@@ -80,8 +80,9 @@ async def running(
     """Serve ``app`` in this loop (tests, embedding) and yield its base URL; on exit, the same
     graceful shutdown as ``serve``."""
     options = app[OPTIONS]
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=options.shutdown_grace_s + 2.0
+    runner = web.AppRunner(  # handler_cancellation: a client that goes away cancels its work
+        app, access_log=None, handle_signals=False, shutdown_timeout=options.shutdown_grace_s + 2.0,
+        handler_cancellation=True,
     )
     await runner.setup()
     try:

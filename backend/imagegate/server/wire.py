@@ -17,7 +17,10 @@ sources, are in tests/server/test_clients.py):
   ``output_compression``, ``safety_identifier``) are accepted and ignored;
 - any other field is ignored and named in the ``x-imagegate-ignored`` answer header
   (``[service] strict_fields = true``: refused, as api.openai.com refuses it);
-- ``stream: true`` is refused.
+- ``stream: true`` answers Server-Sent Events in OpenAI's shapes (``sse.py``);
+  ``partial_images`` (0-3) is how many previews become partial images (and, for an async job,
+  whether it asks for previews at all); ``webhook_url`` is for async jobs only
+  (``Prefer: respond-async``, ``jobs.py``).
 """
 
 from __future__ import annotations
@@ -87,7 +90,16 @@ class GenerationBody(BaseModel):
     cfg_scale: float | None = Field(default=None, ge=0, le=30, description="= guidance_scale")
     sampler_name: str | None = Field(default=None, min_length=1, max_length=100)
     output_format: Literal["png", "jpeg", "webp"] | None = None
-    stream: bool | None = Field(default=None, description="only false is supported")
+    stream: bool | None = Field(
+        default=None, description="true: answer text/event-stream in OpenAI's image stream shape"
+    )
+    partial_images: int | None = Field(
+        default=None, ge=0, le=3, description="previews sent as partial images (stream, jobs)"
+    )
+    webhook_url: str | None = Field(
+        default=None, max_length=2048,
+        description="async jobs: POSTed the signed job record when it ends ([service] webhook_hosts)",
+    )
     quality: str | None = Field(default=None, max_length=32, description="accepted, ignored")
     style: str | None = Field(default=None, max_length=32, description="accepted, ignored")
     background: str | None = Field(default=None, max_length=32, description="accepted, ignored")
@@ -122,6 +134,9 @@ class Generation:
     response_format: Literal["b64_json", "url"]
     user: str | None = None
     ignored: tuple[str, ...] = ()  # unknown body fields, left out
+    stream: bool = False
+    partial_images: int = 0
+    webhook_url: str | None = None
 
 
 def parse_generation(
@@ -141,8 +156,6 @@ def parse_generation(
         raise InvalidRequest(
             f"Unknown parameter: {shown!r} ([service] strict_fields = true)", field=shown
         )
-    if body.stream:
-        raise InvalidRequest("stream: streaming answers are not supported", field="stream")
     width, height = parse_size(body.size)
     # "auto" or no size: the request's default, which the router may fit to a backend
     size = {} if body.size in (None, "auto") else {"width": width, "height": height}
@@ -166,7 +179,11 @@ def parse_generation(
             ) from None
         raise
     backend = resolve_model(body.model, backends, aliases, unknown_model=unknown_model)
-    return Generation(request, backend, body.response_format or "b64_json", body.user, ignored)
+    return Generation(
+        request, backend, body.response_format or "b64_json", body.user, ignored,
+        stream=bool(body.stream), partial_images=body.partial_images or 0,
+        webhook_url=body.webhook_url,
+    )
 
 
 def _one_of(body: GenerationBody, ours: str, theirs: str) -> Any:

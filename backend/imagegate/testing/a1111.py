@@ -21,7 +21,12 @@ generations are serialised by one lock like the real webui. Optional HTTP Basic 
 ``GET /sdapi/v1/samplers``, ``/schedulers`` (1.9+) and ``/sd-models`` list what the
 emulator knows, in the webui's shapes.
 
-    python -m imagegate.testing a1111 --port 7860
+Progress is the webui's own (``a1111_webui.py``, with sources): ``force_task_id``, sampling
+steps over time (``step_s`` seconds each; 0 by default: instant), ``/internal/progress`` with
+live previews, the global ``/sdapi/v1/progress``, and ``/sdapi/v1/interrupt``. A client that
+goes away does not stop its job, as in the webui; an interrupt does.
+
+    python -m imagegate.testing a1111 --port 7860 [--step-s 0.05]
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import Any
 
 from aiohttp import web
 
+from imagegate.testing.a1111_webui import Latent, Webui, add_progress_routes
 from imagegate.testing.images import make_image
 from imagegate.testing.knobs import Knobs, misbehaviour_middleware, record_json_body
 
@@ -123,13 +129,18 @@ def create_app(
     username: str | None = None,
     password: str | None = None,
     samples_format: str = "png",
+    webui: Webui | None = None,
+    step_s: float | None = None,
 ) -> web.Application:
-    """The emulator app; pass ``username``/``password`` to require Basic auth, and
-    ``samples_format`` (png, jpg, webp) for the webui's image format setting."""
+    """The emulator app; pass ``username``/``password`` to require Basic auth,
+    ``samples_format`` (png, jpg, webp) for the webui's image format setting, and ``webui``
+    (or just ``step_s``, seconds per sampling step) to shape its progress."""
     knobs = knobs or Knobs()
     fmt = _FORMATS[samples_format]
     loaded = MODELS[0]
-    lock = asyncio.Lock()
+    webui = webui or Webui()
+    if step_s is not None:
+        webui.step_s = step_s
     routes = web.RouteTableDef()
     expected_auth = (
         "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode() if username else None
@@ -163,14 +174,20 @@ def create_app(
         if seed == -1:
             seed = random.randrange(2**32)
         prompt = body.get("prompt", "")
-        async with lock:  # the webui's queue_lock: one generation at a time
+
+        def render() -> list[str]:
             if knobs.take("not_image", request.path) is not None:
-                images = [base64.b64encode(b"<html>not an image</html>").decode()]
-            else:
-                images = [
-                    base64.b64encode(make_image(width, height, prompt, seed + i, fmt)).decode()
-                    for i in range(count)
-                ]
+                return [base64.b64encode(b"<html>not an image</html>").decode()]
+            return [
+                base64.b64encode(make_image(width, height, prompt, seed + i, fmt)).decode()
+                for i in range(count)
+            ]
+
+        job = webui.submit(  # the webui's queue_lock: one generation at a time
+            webui.task_id(body), steps=body.get("steps", 50), n_iter=body.get("n_iter", 1),
+            latent=Latent(prompt, seed, width, height), render=render,
+        )
+        images = await asyncio.shield(job)  # a client that goes away leaves the job running
         info = {
             "prompt": prompt,
             "all_prompts": [prompt] * count,
@@ -192,20 +209,6 @@ def create_app(
             "infotexts": [f"{prompt}\nSteps: {body.get('steps', 50)}, Seed: {seed + i}" for i in range(count)],
         }
         return web.json_response({"images": images, "parameters": body, "info": json.dumps(info)})
-
-    @routes.get("/sdapi/v1/progress")
-    async def progress(request: web.Request) -> web.Response:
-        busy = lock.locked()
-        return web.json_response(
-            {
-                "progress": 0.5 if busy else 0.0,
-                "eta_relative": 1.0 if busy else 0.0,
-                "state": {"job": "txt2img" if busy else "", "job_count": int(busy), "interrupted": False,
-                          "skipped": False, "sampling_step": 0, "sampling_steps": 0},
-                "current_image": None,
-                "textinfo": None,
-            }
-        )
 
     @routes.get("/sdapi/v1/options")
     async def options(request: web.Request) -> web.Response:
@@ -241,6 +244,7 @@ def create_app(
     )
     app[KNOBS_KEY] = knobs
     app.add_routes(routes)
+    add_progress_routes(app, webui)
     return app
 
 

@@ -15,6 +15,9 @@ Its parameter names differ from imagegate's on purpose (``text``, ``num_inferenc
 - with ``replicas=True`` (``--replicas``), at ``{url}/replica/<name>``
   (``space.replicas[name]``), replicas of real Spaces' interfaces: ``flux-schnell``, ``sd3-medium``, ``sd3.5-large`` (``space_replicas.py``:
   their sliders' real ranges, a negative-prompt box with no value, WebP ``(image, seed)``)
+- at ``{url}/progress-space``, a third: ``/steps`` (``gr.Progress`` steps behind a real
+  one-at-a-time queue) and ``/steps_preview`` (a generator yielding previews); see
+  ``gradio_progress.py``
 
 Every call is recorded in ``SpaceCalls`` (in-process), so tests assert the arguments that
 reached the app. Launch it on loopback in a background thread:
@@ -49,6 +52,7 @@ import uvicorn
 from PIL import Image
 
 from imagegate.errors import listen_failed, port_number
+from imagegate.testing.gradio_progress import build_progress_space
 from imagegate.testing.images import make_image
 from imagegate.testing.space_replicas import REPLICAS
 
@@ -243,6 +247,7 @@ class RunningSpace:
     server: uvicorn.Server
     thread: threading.Thread
     replicas: dict[str, str] = field(default_factory=dict)  # replica name -> its URL
+    progress_url: str = ""
 
     def close(self) -> None:
         self.server.should_exit = True
@@ -260,6 +265,7 @@ def launch_space(
     app = gr.mount_gradio_app(app, build_busy_space(calls, queue_size=queue_size), "/busy-space")
     for name, (_, build) in REPLICAS.items() if replicas else ():
         app = gr.mount_gradio_app(app, build(calls), f"/replica/{name}")
+    app = gr.mount_gradio_app(app, build_progress_space(calls), "/progress-space")
     app = gr.mount_gradio_app(app, build_space(calls), "")
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
@@ -276,6 +282,7 @@ def launch_space(
     return RunningSpace(
         url=url, busy_url=f"{url}/busy-space", calls=calls, server=server, thread=thread,
         replicas={name: f"{url}/replica/{name}" for name in REPLICAS} if replicas else {},
+        progress_url=f"{url}/progress-space",
     )
 
 

@@ -7,7 +7,10 @@ by this emulator under ``/files/<token>.<ext>`` with no auth (like a presigned U
 TTL runs out (then 403 with an S3-style XML body); ``GET /v3/user`` reports a credit balance.
 Errors use Novita's shape ``{"code", "reason", "message", "metadata"}``.
 
-A task succeeds at its first poll unless told otherwise:
+A task succeeds at its first poll unless told otherwise. While it runs, ``task.progress_percent``
+(0-100) grows with each poll along its plan and ``task.eta`` (seconds) shrinks (the fields of
+``V3TaskResponseTask`` in novitalabs/python-sdk ``src/novita_client/proto.py``; their units are
+inferred from names and ints, no doc text states them):
 
     knobs.arm("task_slow", polls=3)        # QUEUED, PROCESSING, then SUCCEED at the 3rd poll
     knobs.arm("task_plan", statuses=[...])  # any status sequence; the last one repeats
@@ -262,8 +265,20 @@ def _render(task: _Task, files: dict[str, _File], origin: str) -> list[dict[str,
     return out
 
 
+def _progress(task: _Task, status: str) -> tuple[int, int]:
+    """(progress_percent, eta) of the poll just answered: along the plan, 0 while queued."""
+    if status in (SUCCEED, FAILED):
+        return 100, 0
+    if status == QUEUED:
+        return 0, len(task.plan)
+    last = max(1, len(task.plan) - 1)
+    done = min(task.polls - 1, last)
+    return round(100 * done / last), last - done
+
+
 def _task_json(task: _Task, status: str) -> dict[str, Any]:
     done = status in (SUCCEED, FAILED)
+    percent, eta = _progress(task, status)
     now_ms = str(int(time.time() * 1000))
     return {
         "extra": {
@@ -281,8 +296,8 @@ def _task_json(task: _Task, status: str) -> dict[str, Any]:
             "task_type": "TXT_TO_IMG",
             "status": status,
             "reason": task.reason if status == FAILED else "",
-            "eta": 0 if done else 2,
-            "progress_percent": 100 if done else (0 if status == QUEUED else 50),
+            "eta": eta,
+            "progress_percent": percent,
         },
         "images": task.images if status == SUCCEED else [],
         "videos": [],

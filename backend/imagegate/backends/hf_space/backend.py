@@ -9,7 +9,9 @@ gradio_client is synchronous: its constructor does network I/O, and a prediction
 - a job is awaited through ``asyncio.wrap_future(job.future)`` (the Job's inner future:
   wrapping the Job itself would make a cancelled await call ``Job.cancel()`` -- an HTTP POST
   -- on the event loop) under ``min(read_timeout_s, deadline)``; on time-out or cancellation
-  the job is cancelled from a worker thread;
+  the job is cancelled from a worker thread, unless another job of this client runs (gradio
+  would cancel it too: ``jobs.py``); while someone listens, ``jobs.py`` turns the Job's status
+  into queued/progress events and a generator's outputs into previews;
 - every httpx call gradio_client makes, its SSE result stream included, is bounded by
   ``httpx.Timeout(read_timeout_s + 2, connect=connect_timeout_s)``, so no thread waits
   forever (the 2 s let our own ``read_timeout_s`` budget fire first and cancel cleanly);
@@ -47,6 +49,7 @@ from imagegate.backends.hf_space import gradio as _gradio
 from imagegate.backends.hf_space.discover import interface_capabilities, interface_from_gradio
 from imagegate.backends.hf_space.gradio import ImageRef, map_gradio_errors
 from imagegate.backends.hf_space.http import SpaceHttp
+from imagegate.backends.hf_space.jobs import JobWatch, safe_to_cancel
 from imagegate.backends.hf_space.session import Session as _Session
 from imagegate.backends.hf_space.session import cancel_quietly as _cancel_quietly
 from imagegate.backends.hf_space.session import close_client as _close_client
@@ -114,6 +117,7 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
             if interface is not None and interface.api_name == self._api_name else None
         )
         self._discovered_at: float | None = None
+        self._jobs: set[Any] = set()  # in flight: a cancel must spare the others (jobs.py)
 
     @property
     def capabilities(self) -> Capabilities | None:
@@ -179,6 +183,8 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
         with map_gradio_errors(self.name, self.timeouts):
             job = session.client.submit(api_name=session.api_name, **arguments)  # no I/O: queues
         started = time.monotonic()
+        watch = JobWatch(job, self.reporter, deadline, lambda out: self._preview(out, session, deadline))
+        self._jobs.add(job)
         try:
             async with asyncio.timeout(budget):
                 with map_gradio_errors(self.name, self.timeouts):
@@ -200,10 +206,17 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
             raise _gradio.stream_cut_error(
                 time.monotonic() - started, self.timeouts.read, backend=self.name
             ) from None
+        finally:
+            self._jobs.discard(job)
+            await watch.stop()
 
     def _cancel_job(self, job: Any) -> None:
-        """Cancel ``job`` from a worker thread (Job.cancel() POSTs to the app's /cancel)."""
+        """Cancel ``job`` from a worker thread (Job.cancel() POSTs to the app's /cancel),
+        unless that would cancel another running job of this client too (then abandon it)."""
         if job.done():
+            return
+        if not safe_to_cancel(job, self._jobs):
+            log.info("space_job_abandoned", backend=self.name, reason="another job of it runs")
             return
         with contextlib.suppress(RuntimeError):  # the executor is already shut down
             self._executor.submit(_cancel_quietly, job)
@@ -334,6 +347,11 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
         else:
             url = str(ref.value)
         return await self._download(url, root, session, deadline)
+
+    async def _preview(self, output: Any, session: _Session, deadline: Deadline) -> bytes | None:
+        """The image in a generator's intermediate ``output`` (progress.py asks for it)."""
+        ref, _ = _gradio.find_image(output)
+        return None if ref is None else await self._image_bytes(ref, session, deadline)
 
     async def _download(self, url: str, root: str, session: _Session, deadline: Deadline) -> bytes:
         headers: dict[str, str] = {}

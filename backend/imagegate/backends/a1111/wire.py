@@ -1,31 +1,4 @@
-"""AUTOMATIC1111 stable-diffusion-webui (started with ``--api``).
-
-Wire facts (modules/api/api.py): ``POST /sdapi/v1/txt2img`` is synchronous and serialised by
-the webui's global lock, so the read budget is long (minutes) and ``max_concurrency`` defaults
-to 1 with queueing. The answer is ``{"images": [b64...], "parameters": {...}, "info": "<JSON
-string>"}``; the real seeds are ``json.loads(info)["all_seeds"]``. Probe:
-``GET /sdapi/v1/progress?skip_current_image=true`` (cheap, works with and without
-``--nowebui``, behind ``--api-auth`` when that is set).
-
-The API's defaults are not the UI's: an omitted ``steps`` is 50 (``StableDiffusionProcessing``),
-while the UI's slider starts at 20. An unknown ``sampler_name`` silently becomes the first
-sampler (1.9+: ``sd_samplers.get_sampler_and_scheduler`` falls back to ``samplers[0]``), and an
-unknown ``override_settings.sd_model_checkpoint`` is silently dropped
-(``processing.process_images``): the webui never says it used something else.
-
-Decided:
-
-- ``steps`` the caller left unset is sent as 20 (``DEFAULT_STEPS``, the UI's default: what a
-  webui user expects, 2.5x faster than the API's 50); ``guidance_scale`` is sent only when
-  set (the API's 7.0 is also the UI's).
-- ``model`` from the request or the config becomes ``override_settings.sd_model_checkpoint``
-  (slow: the webui reloads weights).
-- Capabilities are discovered with each probe (``GET /sdapi/v1/sd-models``, ``/samplers``,
-  ``/schedulers`` (1.9+; absent before), ``/options`` for ``samples_format``), so that the
-  router checks a sampler and a checkpoint against what this webui has before sending (it
-  would not say): see :func:`discovered_capabilities`. The API itself enforces no size,
-  steps or guidance range.
-"""
+"""The AUTOMATIC1111 wire: its settings, the txt2img body and answer, what it accepts (pure)."""
 
 from __future__ import annotations
 
@@ -35,35 +8,24 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import aiohttp
-import structlog
 from pydantic import Field
 
-from imagegate.backends.http import HttpBackend, gather_all
-from imagegate.backends.images import check_image
 from imagegate.capabilities import REQUEST_FIELDS, Capabilities
 from imagegate.config import HttpBackendSettings, url_from_env
-from imagegate.errors import BackendError, BadResponse
-from imagegate.models import Deadline, GeneratedImage, ImageRequest
+from imagegate.errors import BadResponse
+from imagegate.models import ImageRequest
 
 __all__ = [
     "BUILT_IN",
     "DEFAULT_STEPS",
-    "A1111Backend",
     "A1111Settings",
+    "basic_auth_headers",
     "build_request",
     "discovered_capabilities",
     "from_env",
     "parse_response",
 ]
 
-log = structlog.get_logger()
-
-_TXT2IMG = "/sdapi/v1/txt2img"
-_PROGRESS = "/sdapi/v1/progress?skip_current_image=true"
-_LISTS = ("/sdapi/v1/sd-models", "/sdapi/v1/samplers", "/sdapi/v1/schedulers", "/sdapi/v1/options")
-_PROBE_CAP = 1024 * 1024
-_LIST_CAP = 8 * 1024 * 1024  # /options and a big model folder are tens of KB; generous
 DEFAULT_STEPS = 20  # the UI's steps slider default (the API's own is 50)
 _FORMATS = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}
 # What the API takes before anything is discovered: every field, no ranges (the API checks
@@ -84,6 +46,7 @@ class A1111Settings(HttpBackendSettings):
     read_timeout_s: float = Field(default=300.0, gt=0, le=3600)
     max_concurrency: int = Field(default=1, ge=1, le=1024)
     queue: bool = True
+    progress_interval_s: float = Field(default=0.5, gt=0, le=60)
     username_env: str | None = None
     password_env: str | None = None
 
@@ -106,8 +69,10 @@ def from_env(env: Mapping[str, str], have_others: bool) -> list[dict[str, Any]]:
     return [{"name": "a1111", "kind": "a1111", "base_url": url_from_env(env, "A1111_URL")}]
 
 
-def build_request(request: ImageRequest, *, model: str | None) -> dict[str, Any]:
-    """The txt2img JSON body for ``request`` (pure)."""
+def build_request(
+    request: ImageRequest, *, model: str | None, task_id: str | None = None
+) -> dict[str, Any]:
+    """The txt2img JSON body for ``request`` (pure); ``task_id`` goes as ``force_task_id``."""
     payload: dict[str, Any] = {
         "prompt": request.prompt,
         "negative_prompt": request.negative_prompt,
@@ -127,7 +92,10 @@ def build_request(request: ImageRequest, *, model: str | None) -> dict[str, Any]
     checkpoint = request.model or model
     if checkpoint:
         payload["override_settings"] = {"sd_model_checkpoint": checkpoint}
+    if task_id is not None:
+        payload["force_task_id"] = task_id
     return payload
+
 
 
 def parse_response(body: Any, *, backend: str) -> list[tuple[bytes, int | None]]:
@@ -204,7 +172,7 @@ def discovered_capabilities(
     })
 
 
-def _basic_auth_headers(user: str | None, password: str | None) -> dict[str, str]:
+def basic_auth_headers(user: str | None, password: str | None) -> dict[str, str]:
     """``--api-auth`` credentials as an Authorization header (aiohttp's BasicAuth is deprecated)."""
     if not user:
         return {}
@@ -212,53 +180,3 @@ def _basic_auth_headers(user: str | None, password: str | None) -> dict[str, str
     return {"Authorization": f"Basic {token}"}
 
 
-class A1111Backend(HttpBackend[A1111Settings]):
-    """A local AUTOMATIC1111 webui."""
-
-    kind = "a1111"
-
-    def __init__(
-        self, settings: A1111Settings, *, secrets: Mapping[str, str], session: aiohttp.ClientSession
-    ) -> None:
-        super().__init__(settings, secrets=secrets, session=session)
-        self._headers = _basic_auth_headers(secrets.get("username"), secrets.get("password"))
-        self._capabilities = BUILT_IN
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._capabilities
-
-    async def generate(self, request: ImageRequest, *, deadline: Deadline) -> list[GeneratedImage]:
-        payload = build_request(request, model=self.settings.model)
-        # base64 in JSON: 4/3 of the image bytes, plus the info text
-        cap = self.settings.max_image_bytes * request.n * 2
-        answer = await self.send("POST", self.base_url + _TXT2IMG, json=payload, deadline=deadline, cap=cap)
-        return [
-            check_image(data, backend=self.name, seed=seed)
-            for data, seed in parse_response(answer.json(backend=self.name), backend=self.name)
-        ]
-
-    async def _probe(self, deadline: Deadline, timings: dict[str, float]) -> str:
-        answer = await self.send(
-            "GET", self.base_url + _PROGRESS, deadline=deadline, cap=_PROBE_CAP, timings=timings
-        )
-        body = answer.json(backend=self.name)
-        if not isinstance(body, dict):
-            raise BadResponse("progress answer is not a JSON object", backend=self.name)
-        job = (body.get("state") or {}).get("job") or "idle"
-        await self._discover(deadline)
-        return f"progress {float(body.get('progress') or 0):.0%}, job: {job}"
-
-    async def _discover(self, deadline: Deadline) -> None:
-        """Refresh the capabilities from the list endpoints; a failure keeps the old ones
-        (the probe itself passed: the webui answers)."""
-        async def get(path: str) -> Any:
-            answer = await self.send("GET", self.base_url + path, deadline=deadline, cap=_LIST_CAP,
-                                     ok=(200, 404))
-            return answer.json(backend=self.name) if answer.status == 200 else None
-        try:
-            lists = await gather_all(get(path) for path in _LISTS)
-        except BackendError as exc:
-            log.info("capabilities_not_refreshed", backend=self.name, error_kind=exc.kind, error=str(exc))
-            return
-        self._capabilities = discovered_capabilities(*lists)
