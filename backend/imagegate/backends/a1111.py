@@ -24,7 +24,7 @@ import aiohttp
 from pydantic import Field
 
 from imagegate.backends.http import HttpBackend
-from imagegate.backends.images import check_image
+from imagegate.backends.images import check_image, keep_asked
 from imagegate.config import HttpBackendSettings
 from imagegate.errors import BadResponse
 from imagegate.models import Deadline, GeneratedImage, ImageRequest
@@ -92,8 +92,11 @@ def build_request(request: ImageRequest, *, model: str | None) -> dict[str, Any]
     return payload
 
 
-def parse_response(body: Any, *, backend: str) -> list[tuple[bytes, int | None]]:
-    """Decode the images and pair each with its real seed (pure)."""
+def parse_response(
+    body: Any, *, backend: str, asked: int | None = None
+) -> tuple[list[tuple[bytes, int | None]], dict[str, Any]]:
+    """Decode the images and pair each with its real seed (pure); with ``asked``, only the
+    first ``asked`` are decoded and the note says how many more there were (images.py)."""
     if not isinstance(body, dict) or not isinstance(body.get("images"), list):
         raise BadResponse("txt2img answer has no 'images' list", backend=backend)
     seeds: list[Any] = []
@@ -110,6 +113,9 @@ def parse_response(body: Any, *, backend: str) -> list[tuple[bytes, int | None]]
     images = body["images"][first:]
     if not images:
         raise BadResponse("txt2img answered with no image", backend=backend)
+    note: dict[str, Any] = {}
+    if asked is not None:
+        images, note = keep_asked(images, asked, backend=backend)
     out: list[tuple[bytes, int | None]] = []
     for i, b64 in enumerate(images):
         if not isinstance(b64, str):
@@ -120,7 +126,7 @@ def parse_response(body: Any, *, backend: str) -> list[tuple[bytes, int | None]]
             raise BadResponse("txt2img image is not valid base64", backend=backend) from exc
         seed = seeds[i] if i < len(seeds) else None
         out.append((data, int(seed) if isinstance(seed, int | float) else None))
-    return out
+    return out, note
 
 
 def _basic_auth_headers(user: str | None, password: str | None) -> dict[str, str]:
@@ -147,9 +153,10 @@ class A1111Backend(HttpBackend[A1111Settings]):
         # base64 in JSON: 4/3 of the image bytes, plus the info text
         cap = self.settings.max_image_bytes * request.n * 2
         answer = await self.send("POST", self.base_url + _TXT2IMG, json=payload, deadline=deadline, cap=cap)
+        pairs, note = parse_response(answer.json(backend=self.name), backend=self.name, asked=request.n)
         return [
-            check_image(data, backend=self.name, seed=seed)
-            for data, seed in parse_response(answer.json(backend=self.name), backend=self.name)
+            check_image(data, backend=self.name, seed=seed, info=note if i == 0 else None)
+            for i, (data, seed) in enumerate(pairs)
         ]
 
     async def _probe(self, deadline: Deadline, timings: dict[str, float]) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import ClassVar, Generic, TypeVar
 
 from imagegate.config import BackendSettings, Timeouts
+from imagegate.config.redact import Redactor
 from imagegate.errors import BackendError
 from imagegate.models import BackendHealth, Deadline, GeneratedImage, ImageRequest
 
@@ -31,6 +32,8 @@ class ImageBackend(abc.ABC, Generic[SettingsT]):
     def __init__(self, settings: SettingsT, *, secrets: Mapping[str, str]) -> None:
         self.settings = settings
         self._secrets = dict(secrets)
+        # masks this backend's secrets, in every form, in whatever a provider sends back
+        self.redactor = Redactor.for_secrets(self._secrets)
 
     @property
     def name(self) -> str:
@@ -58,7 +61,7 @@ class ImageBackend(abc.ABC, Generic[SettingsT]):
                 ok=False,
                 last_probe_at=time.time(),
                 last_error_kind=exc.kind,
-                last_error=str(exc),
+                last_error=self.redactor.text(str(exc)),
                 timings=timings,
             )
         timings.setdefault("total_s", time.monotonic() - start)
@@ -67,7 +70,7 @@ class ImageBackend(abc.ABC, Generic[SettingsT]):
             kind=self.kind,
             ok=True,
             last_probe_at=time.time(),
-            detail=detail,
+            detail=self.redactor.text(detail),
             timings=timings,
         )
 

@@ -11,6 +11,7 @@ looked up once, when the settings are loaded.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -27,6 +28,9 @@ __all__ = [
     "Timeouts",
     "check_url",
 ]
+
+
+_HOST_PATTERN = re.compile(r"(\*\.)?([A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
 
 
 class Timeouts(BaseModel):
@@ -67,6 +71,19 @@ class BackendSettings(_Frozen):
     queue: bool = False
     cost: float = Field(default=0.0, ge=0)
     max_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # image URLs a provider hands us may point at these hosts even on a private address
+    # ("host", "host:port", "*.example.com"); the backend's own origin always may
+    download_hosts: tuple[str, ...] = ()
+
+    @field_validator("download_hosts")
+    @classmethod
+    def _host_patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            if not _HOST_PATTERN.fullmatch(entry):
+                raise ValueError(
+                    f"{entry!r} is not a host pattern: write host, host:port or *.example.com"
+                )
+        return value
 
     @property
     def timeouts(self) -> Timeouts:

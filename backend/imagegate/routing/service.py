@@ -23,6 +23,7 @@ from imagegate.backends.base import ImageBackend
 from imagegate.backends.registry import create_backend, load_settings
 from imagegate.backends.transport import timing_trace_config
 from imagegate.config import BackendSettings, Settings
+from imagegate.config.redact import Redactor
 from imagegate.errors import ConfigError, HealthEffect, error_class_for_kind
 from imagegate.models import BackendHealth, Deadline, ImageRequest, ImageResult
 from imagegate.routing.breaker import BreakerPolicy, CircuitBreaker, Transition
@@ -65,6 +66,8 @@ class ImageService:
         self._prober: HealthProber | None = None
         self._runtime: Runtime | None = None
         self._turn = 0
+        # every configured secret, in every form: masked in what leaves a backend
+        self.redactor = Redactor.for_settings(settings.secrets)
 
     @classmethod
     def from_config(cls, path: str | Path | None = None) -> ImageService:
@@ -109,6 +112,7 @@ class ImageService:
             budget=HedgeBudget(svc.hedge_budget),
             rng=self._rng,
             sleep=self._sleep,
+            redact=self.redactor,
         )
         self._prober = HealthProber(
             list(self._states),
@@ -233,6 +237,8 @@ class ImageService:
                 last_error_kind=kind, last_error=f"probe failed: {type(exc).__name__}: {exc}",
                 timings={"total_s": time.monotonic() - started},
             )
+        masked = {"last_error": self.redactor(result.last_error), "detail": self.redactor(result.detail)}
+        result = result.model_copy(update=masked)
         state.last_probe = result
         error_kind = result.last_error_kind or "failure"
         if not result.ok:

@@ -6,6 +6,10 @@ that fails validation gets FastAPI's 422 ``{"detail": [{"loc", "msg", "type"}]}`
 sampler gets 400 ``{"error": "HTTPException", "detail": "Sampler not found"}``; generations are
 serialised by one lock like the real webui. Optional HTTP Basic auth (``--api-auth``).
 
+Knobs, besides the shared ones: ``arm("not_image")`` -> an image that is HTML;
+``arm("many_images", count=3000)`` -> ``count`` small images whatever ``batch_size`` asked
+(hostile: a provider that does not honour the request).
+
     python -m imagegate.testing a1111 --port 7860
 """
 
@@ -106,8 +110,12 @@ def create_app(
             seed = random.randrange(2**32)
         prompt = body.get("prompt", "")
         async with lock:  # the webui's queue_lock: one generation at a time
+            many = knobs.take("many_images", request.path)
             if knobs.take("not_image", request.path) is not None:
                 images = [base64.b64encode(b"<html>not an image</html>").decode()]
+            elif many is not None:  # hostile: far more images than were asked for
+                one = base64.b64encode(make_image(64, 64, prompt, seed)).decode()
+                images, count = [one] * int(many.get("count", 3000)), int(many.get("count", 3000))
             else:
                 images = [
                     base64.b64encode(make_image(width, height, prompt, seed + i)).decode()

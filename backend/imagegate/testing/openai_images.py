@@ -15,7 +15,9 @@ Emulator knobs, besides the shared ones (latency, status, reset, stall, stall_bo
 ``knobs.arm("content_filter")`` -> 400 ``content_policy_violation``;
 ``arm("insufficient_quota")`` -> 429 ``insufficient_quota``; ``arm("url_answer", host=...)``
 -> answer URLs even when b64 was asked (optionally on another host name for the same
-server, e.g. ``localhost``); ``arm("not_image")`` -> base64 of bytes that are no image.
+server, e.g. ``localhost``), or ``arm("url_answer", url=...)`` -> that URL as every image's ``url``
+(hostile: a URL to anywhere); ``arm("not_image")`` -> base64 of bytes that are no image;
+``arm("many_images", count=3000)`` -> ``count`` images whatever ``n`` asked (hostile).
 
     python -m imagegate.testing openai --port 8081 --tls --api-key sk-test
 """
@@ -141,10 +143,17 @@ def create_app(*, knobs: Knobs | None = None, api_key: str | None = "test-key") 
         refused = _validate(body) or _policy_fault(knobs, request.path)
         if refused is not None:
             return refused
-        url_params = knobs.take("url_answer", request.path)
-        as_url = url_params is not None or body.get("response_format") == "url"
-        origin = _origin(request, (url_params or {}).get("host"))
-        return web.json_response(_answer(knobs, request.path, body, files, origin if as_url else None))
+        armed = knobs.take("url_answer", request.path)
+        as_url = armed is not None or body.get("response_format") == "url"
+        url_params = armed or {}
+        origin = _origin(request, url_params.get("host"))
+        many = knobs.take("many_images", request.path)
+        if many is not None:
+            body = {**body, "n": int(many.get("count", 3000))}
+        answer = _answer(knobs, request.path, body, files, origin if as_url else None)
+        if url_params.get("url"):
+            answer["data"] = [{"url": url_params["url"]} for _ in answer["data"]]
+        return web.json_response(answer)
 
     @routes.get("/files/{name}")
     async def download(request: web.Request) -> web.Response:
@@ -196,9 +205,13 @@ def _answer(
     seed = body.get("seed")
     seed = secrets.randbelow(2**32) if seed is None else seed
     broken = knobs.take("not_image", path) is not None
+    count = body.get("n", 1)
+    if count > 10:  # a hostile answer (many_images): small, identical images, quickly made
+        width = height = 64
     data = []
-    for i in range(body.get("n", 1)):
-        image = b"<html>not an image</html>" if broken else make_image(width, height, body["prompt"], seed + i, fmt)
+    for i in range(count):
+        image = (b"<html>not an image</html>" if broken
+                 else make_image(width, height, body["prompt"], seed + (i if count <= 10 else 0), fmt))
         if origin is None:
             data.append({"b64_json": base64.b64encode(image).decode()})
             continue
