@@ -138,6 +138,28 @@ class ServiceSettings(_Frozen):
     max_wait_s: float = Field(default=10.0, ge=0)
     # HTTP API: OpenAI ``model`` names -> a backend name, or "*" for any backend
     aliases: dict[str, str] = Field(default_factory=dict)
+    # HTTP API, what a hostile client meets (imagegate.server.limits, guards, storage):
+    # the base of ``url`` answers (else the request's validated Host)
+    public_url: str | None = None
+    # browser origins allowed to call the API (CORS); empty: no cross-origin browser calls
+    cors_origins: tuple[str, ...] = ()
+    header_timeout_s: float = Field(default=10.0, gt=0, le=600)  # a request's head must arrive
+    body_timeout_s: float = Field(default=60.0, gt=0, le=3600)  # its whole body must arrive
+    keepalive_timeout_s: float = Field(default=15.0, gt=0, le=3600)  # idle between requests
+    max_connections: int = Field(default=512, ge=1, le=100_000)  # more are refused with a 503
+    min_free_mb: float = Field(default=100.0, ge=0)  # free space output_dir keeps for `url`
+
+    _public = field_validator("public_url")(classmethod(lambda cls, v: check_url(v)))
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if origin != "*" and (check_url(origin) != origin or urlsplit(origin).path):
+                raise ValueError(
+                    f"{origin!r} is not an origin: write scheme://host[:port] (no path), or \"*\""
+                )
+        return value
 
 
 class Settings(_Frozen):

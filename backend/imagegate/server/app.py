@@ -21,14 +21,16 @@ import structlog
 from aiohttp import web
 
 from imagegate.config import Settings
+from imagegate.config.redact import Redactor
 from imagegate.errors import ConfigError
 from imagegate.routing import ImageService
-from imagegate.server.errors import Redactor
+from imagegate.server.guards import GUARDS, Guards
 from imagegate.server.metrics import ServerMetrics
 from imagegate.server.middleware import MIDDLEWARES
 from imagegate.server.openapi import openapi_document
 from imagegate.server.routes import routes
 from imagegate.server.state import OPTIONS, SERVICE, STATE, FileIndex, ServerOptions, ServerState
+from imagegate.server.storage import stale_file_cleaner
 from imagegate.server.wire import ANY_BACKEND
 from imagegate.store import ImageStore
 from imagegate.version import __version__
@@ -45,16 +47,21 @@ def create_app(settings: Settings, options: ServerOptions | None = None) -> web.
     app = web.Application(
         middlewares=MIDDLEWARES, client_max_size=options.max_body_bytes
     )
-    secret_values = [v for found in settings.secrets.values() for v in found.values()]
+    guards = Guards.from_settings(
+        settings.service, public_url=options.public_url, keyed=bool(options.api_keys)
+    )
+    store = ImageStore(settings.service.output_dir)
     app[OPTIONS] = options
+    app[GUARDS] = guards
     app[STATE] = ServerState(
         options=options,
         metrics=ServerMetrics(lambda: app[SERVICE].health()),
         files=FileIndex(options.max_files),
-        store=ImageStore(settings.service.output_dir),
-        redact=Redactor([*secret_values, *options.api_keys]),
-        openapi=openapi_document(version=__version__, server_url=options.public_url),
+        store=store,
+        redact=Redactor.for_settings(settings.secrets, extra=options.api_keys),
+        openapi=openapi_document(version=__version__, server_url=guards.public_url),
     )
+    app.on_startup.append(stale_file_cleaner(store))
     app.cleanup_ctx.append(_service_context(settings))
     app.on_shutdown.append(_begin_shutdown)
     app.add_routes(routes)

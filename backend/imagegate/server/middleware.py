@@ -1,6 +1,6 @@
 """The middlewares, outermost first: ``observe`` (request id, one access-log line, metrics),
-``errors`` (every failure in OpenAI's error shape), ``auth`` (Bearer keys from
-IMAGEGATE_API_KEY), ``body_limit``."""
+``errors`` (every failure in OpenAI's error shape), ``cors`` (guards.py), ``auth`` (Bearer keys
+from IMAGEGATE_API_KEY), ``body_limit``, ``read_body`` and ``json_only`` (guards.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 
 from imagegate.server.errors import ApiError, api_error_for
+from imagegate.server.guards import cors, json_only, read_body
 from imagegate.server.state import OPTIONS, STATE
 
 __all__ = ["MIDDLEWARES", "auth", "body_limit", "errors", "key_matches", "observe"]
@@ -127,4 +128,4 @@ async def body_limit(request: web.Request, handler: Handler) -> web.StreamRespon
     return await handler(request)
 
 
-MIDDLEWARES = (observe, errors, auth, body_limit)
+MIDDLEWARES = (observe, errors, cors, auth, body_limit, read_body, json_only)

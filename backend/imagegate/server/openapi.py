@@ -63,6 +63,8 @@ def _generations() -> dict[str, Any]:
         "x-request-id": _header("the request id (echoed when the caller sent a safe one)"),
         "x-imagegate-backend": _header("the backend that produced the images"),
         "x-imagegate-attempts": _header("how many backend attempts were made", kind="string"),
+        "x-imagegate-warning": _header("why the answer is not what was asked (e.g. images "
+                                       "that could not be saved come as b64_json)", required=False),
     }
     return {
         "post": {
@@ -78,12 +80,17 @@ def _generations() -> dict[str, Any]:
             },
             "responses": {
                 "200": _json("ImagesResponse", "the images", ok_headers),
-                "400": _error("malformed JSON, or a field failed validation (`param` names it)"),
+                "400": _error("malformed JSON, a field failed validation (`param` names it), "
+                              "an invalid Host header, or a body that does not decode"),
                 **_AUTH_ERRORS,
+                "403": _error("a browser origin not in [service] cors_origins"),
+                "408": _error("the body did not arrive within [service] body_timeout_s"),
                 "413": _error("body larger than the limit (IMAGEGATE_MAX_BODY_BYTES)"),
+                "415": _error("not application/json (required while no API key is set)"),
                 "502": _error("every backend failed; the message and `attempts` hold the trail"),
-                "503": _error("the server is shutting down"),
+                "503": _error("the server is shutting down, or has too many connections"),
                 "504": _error("the deadline passed before any backend answered"),
+                "507": _error("a `url` answer cannot be saved (output_dir unwritable or full)"),
             },
         }
     }

@@ -15,8 +15,11 @@ from imagegate.errors import AllBackendsFailed
 from imagegate.models import ImageResult
 from imagegate.routing import ImageService
 from imagegate.server.errors import API_ERROR, ApiError
+from imagegate.server.guards import GUARDS
 from imagegate.server.metrics import CONTENT_TYPE
 from imagegate.server.state import SERVICE, STATE, ServerState
+from imagegate.server.storage import ensure_room, output_problem, save_failed_warning
+from imagegate.server.urls import base_url
 from imagegate.server.wire import Generation, images_response, parse_generation
 
 __all__ = ["routes"]
@@ -54,17 +57,26 @@ async def create_image(request: web.Request) -> web.Response:
         backends=[b.name for b in service.backends],
         aliases=service.settings.service.aliases,
     )
+    guards = request.app[GUARDS]
+    base = None
+    if generation.response_format == "url":  # checked before anything is paid for
+        base = base_url(request, guards.public_url)
+        await ensure_room(state.store, guards.min_free_mb)
     result = await _generate(state, service, generation)
-    urls = (
-        await _store(request, state, generation, result)
-        if generation.response_format == "url"
-        else None
-    )
     headers = {
         "x-imagegate-backend": result.backend,
         "x-imagegate-attempts": str(len(result.attempts)),
     }
+    urls, warnings = None, []
+    if base is not None:
+        try:
+            urls = await _store(base, state, generation, result)
+        except OSError as exc:  # paid for: never lost (storage.py)
+            warnings.append(save_failed_warning(exc))
+            headers["x-imagegate-warning"] = warnings[0]
     body = images_response(result, urls=urls)
+    if warnings:
+        body["warnings"] = warnings
     return web.Response(text=json.dumps(body), content_type="application/json", headers=headers)
 
 
@@ -95,9 +107,9 @@ async def _generate(
 
 
 async def _store(
-    request: web.Request, state: ServerState, generation: Generation, result: ImageResult
+    base: str, state: ServerState, generation: Generation, result: ImageResult
 ) -> list[str]:
-    """Save the images (in a thread: the store fsyncs) and return their URLs."""
+    """Save the images (in a thread: the store fsyncs) and return their URLs under ``base``."""
 
     def save_all() -> list[Path]:
         return [
@@ -106,7 +118,6 @@ async def _store(
         ]
 
     paths = await asyncio.to_thread(save_all)
-    base = state.options.public_url or str(request.url.origin())
     return [f"{base}/v1/files/{state.files.add(path)}" for path in paths]
 
 
@@ -165,11 +176,13 @@ async def readyz(request: web.Request) -> web.Response:
     if request.app[STATE].closing:
         return web.json_response({"status": "shutting_down", "usable_backends": 0}, status=503)
     usable = sum(1 for h in request.app[SERVICE].health() if _usable(h))
-    status = 200 if usable else 503
-    return web.json_response(
-        {"status": "ready" if usable else "no_usable_backend", "usable_backends": usable},
-        status=status,
-    )
+    problem = await output_problem(request.app[STATE].store, request.app[GUARDS].min_free_mb)
+    body: dict[str, Any] = {"status": "ready", "usable_backends": usable}
+    if not usable:
+        body["status"] = "no_usable_backend"
+    elif problem is not None:  # cannot serve `url` answers (storage.py)
+        body.update(status="output_unavailable", output=problem)
+    return web.json_response(body, status=200 if body["status"] == "ready" else 503)
 
 
 def _usable(health: Any) -> bool:

@@ -15,9 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
+from imagegate.config.redact import Redactor
 from imagegate.errors import ConfigError
 from imagegate.routing import ImageService
-from imagegate.server.errors import Redactor
 from imagegate.server.metrics import ServerMetrics
 from imagegate.store import ImageStore
 

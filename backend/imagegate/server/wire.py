@@ -89,6 +89,7 @@ class ImagesResponse(BaseModel):
     data: list[ImageDatum]
     size: str | None = None
     output_format: str | None = None
+    warnings: list[str] | None = None  # e.g. the images could not be saved: b64_json instead
 
 
 @dataclass(frozen=True)

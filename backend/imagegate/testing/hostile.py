@@ -8,7 +8,8 @@ broken or malicious server does to a client, reproduced on loopback.
 
 ``huge_body`` is generated as it is sent (one reused 1 MiB chunk), chunked unless
 ``content_length=True``; it stops as soon as the client stops reading, and every byte that
-left is counted in ``knobs.bytes_streamed``, so a test can tell that a client gave up early.
+was handed to the socket is counted in ``knobs.bytes_streamed`` (a test can tell the hostile
+body was served, and compare with what the client can have read).
 
 ``echo_auth`` answers with every form a real server has been seen to quote a credential in
 (an ``Authorization`` value whole, the token alone, the token URL-encoded, a Basic header
@@ -59,14 +60,14 @@ async def stream_huge_body(
     chunk = (fill * (len(_CHUNK) // len(fill))) if fill != b"\0" else _CHUNK
     try:
         if prefix:
-            await resp.write(prefix)
             knobs.bytes_streamed += len(prefix)
+            await resp.write(prefix)
         sent = len(prefix)
         while sent < size:
             part = chunk[: min(len(chunk), size - sent)]
-            await resp.write(part)
             sent += len(part)
-            knobs.bytes_streamed += len(part)
+            knobs.bytes_streamed += len(part)  # handed to the socket (maybe never read)
+            await resp.write(part)
         await resp.write_eof()
     except (ConnectionError, RuntimeError):  # the client stopped reading: that is the point
         pass
