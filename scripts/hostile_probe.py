@@ -19,13 +19,11 @@ import base64
 import contextlib
 import json
 import os
-import resource
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -35,7 +33,6 @@ from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
-
 from imagegate.testing import Knobs, serve_app
 from imagegate.testing import a1111 as a1111_emulator
 from imagegate.testing import hf_inference as hf_emulator
@@ -55,14 +52,13 @@ class LogSink:
 
     KEEP = 8 * 2**20
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: asyncio.StreamReader) -> None:
         self.kept = bytearray()
         self.total = 0
-        self._thread = threading.Thread(target=self._drain, args=(stream,), daemon=True)
-        self._thread.start()
+        self._task = asyncio.create_task(self._drain(stream))
 
-    def _drain(self, stream: Any) -> None:
-        while chunk := stream.read1(1 << 16):
+    async def _drain(self, stream: asyncio.StreamReader) -> None:
+        while chunk := await stream.read(1 << 16):
             self.total += len(chunk)
             if len(self.kept) < self.KEEP:
                 self.kept += chunk[: self.KEEP - len(self.kept)]
@@ -131,16 +127,11 @@ class Probe:
                         "PYTHONPATH": str(self.code / "backend"), "HF_HUB_OFFLINE": "1",
                         "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1",
                         **(env or {})}
-
-            def limits() -> None:
-                if nofile:
-                    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "imagegate", "serve", "--config", str(config),
-                 "--port", str(port)], cwd=root, env=full_env, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, preexec_fn=limits,
+            proc = await asyncio.create_subprocess_exec(
+                *serve_command(config, port, nofile), cwd=root, env=full_env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             )
+            assert proc.stdout is not None
             log = LogSink(proc.stdout)
             url = f"http://127.0.0.1:{port}"
             try:
@@ -149,16 +140,24 @@ class Probe:
             finally:
                 proc.send_signal(signal.SIGTERM)
                 try:
-                    await asyncio.to_thread(proc.wait, 15)
-                except subprocess.TimeoutExpired:
+                    await asyncio.wait_for(proc.wait(), 15)
+                except TimeoutError:
                     proc.kill()
-                    proc.wait()
+                    await proc.wait()
 
 
-async def _wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
+def serve_command(config: Path, port: int, nofile: int | None) -> list[str]:
+    """``python -m imagegate serve``, under ``ulimit -n nofile`` when given (set by the child
+    itself before imagegate starts)."""
+    limit = f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile})); " if nofile else ""
+    start = "import runpy, sys; sys.argv[0] = 'imagegate'; runpy.run_module('imagegate', run_name='__main__')"
+    return [sys.executable, "-c", limit + start, "serve", "--config", str(config), "--port", str(port)]
+
+
+async def _wait_up(url: str, proc: asyncio.subprocess.Process) -> None:
     async with aiohttp.ClientSession() as http:
         for _ in range(200):
-            if proc.poll() is not None:
+            if proc.returncode is not None:
                 raise RuntimeError(f"the server exited with {proc.returncode}")
             with contextlib.suppress(aiohttp.ClientError):
                 async with http.get(url + "/healthz") as resp:
@@ -264,12 +263,7 @@ async def rss(probe: Probe) -> dict[str, Any]:
         async with provider(kind, knobs) as (_, table), probe.server(
             [table], env=secrets_env(kind), service=service
         ) as served:
-            if trigger == "probe":
-                await wait_probed(served.url)
-            else:
-                await post(served.url, PROMPT)
-            out[f"{name} (MB)"] = round(served.hwm_mb(), 1)
-            out[f"{name} streamed (MB)"] = round(knobs.bytes_streamed / 2**20, 1)
+            out.update(await _measured(name, served, knobs, trigger))
     for trigger in ("probe", "generate"):
         hub = hub_emulator.HubState()
         hub.set_space("owner/app")
@@ -280,13 +274,18 @@ async def rss(probe: Probe) -> dict[str, Any]:
                      "src": "http://127.0.0.1:9"}
             service = {"probe_interval_s": 0.5} if trigger == "probe" else {}
             async with probe.server([table], service=service) as served:
-                if trigger == "probe":
-                    await wait_probed(served.url)
-                else:
-                    await post(served.url, PROMPT)
-                out[f"hf_space hub runtime 500, {trigger} (MB)"] = round(served.hwm_mb(), 1)
-                out[f"hf_space hub runtime 500, {trigger} streamed (MB)"] = round(knobs.bytes_streamed / 2**20, 1)
+                out.update(await _measured(f"hf_space hub runtime 500, {trigger}", served, knobs, trigger))
     return out
+
+
+async def _measured(name: str, served: Served, knobs: Knobs, trigger: str) -> dict[str, float]:
+    """Trigger the hostile answer (a probe, or a generation) and read the server's peak RSS."""
+    if trigger == "probe":
+        await wait_probed(served.url)
+    else:
+        await post(served.url, PROMPT)
+    return {f"{name} (MB)": round(served.hwm_mb(), 1),
+            f"{name} streamed (MB)": round(knobs.bytes_streamed / 2**20, 1)}
 
 
 def forms() -> list[str]:
@@ -315,16 +314,17 @@ async def leaks(probe: Probe) -> dict[str, Any]:
         knobs = Knobs()
         knobs.arm("echo_auth", status=401, count=100)
         options = {"username": USER, "password": PASSWORD} if kind == "a1111" else {}
-        async with provider(kind, knobs, **options) as (_, table):
-            async with probe.server([table], env=secrets_env(kind)) as s:
-                _, body = await post(s.url, PROMPT)
-                _, backends = await get_text(s.url, "/v1/backends")
-                out[f"{kind} generate 401: 502 body, /v1/backends, logs"] = (
-                    hits(body), hits(backends), hits(s.logs()))
-                if kind == "a1111":
-                    knobs.arm("echo_auth", status=401, path="/sdapi/v1/progress", count=100)
-                    texts = [await diagnose(s, as_json) for as_json in (False, True)]
-                    out["a1111 diagnose 401: text, JSON"] = tuple(hits(t) for t in texts)
+        async with provider(kind, knobs, **options) as (_, table), probe.server(
+            [table], env=secrets_env(kind)
+        ) as s:
+            _, body = await post(s.url, PROMPT)
+            _, backends = await get_text(s.url, "/v1/backends")
+            out[f"{kind} generate 401: 502 body, /v1/backends, logs"] = (
+                hits(body), hits(backends), hits(s.logs()))
+            if kind == "a1111":
+                knobs.arm("echo_auth", status=401, path="/sdapi/v1/progress", count=100)
+                texts = [await diagnose(s, as_json) for as_json in (False, True)]
+                out["a1111 diagnose 401: text, JSON"] = tuple(hits(t) for t in texts)
     return out
 
 
@@ -411,7 +411,7 @@ async def answers(probe: Probe) -> dict[str, Any]:
     knobs = Knobs()
     knobs.arm("many_images", count=3000)
     async with provider("openai", knobs) as (_, table), probe.server([table], env=secrets_env("openai")) as s:
-        status, body = await post(s.url, {**PROMPT, "response_format": "url"})
+        status, _ = await post(s.url, {**PROMPT, "response_format": "url"})
         files = [p for p in s.out.rglob("*") if p.is_file()]
         out["openai 3000 images for n=1: status, files written"] = (status, len(files))
     knobs = Knobs(latency_s=0.2)
@@ -516,7 +516,8 @@ async def client(probe: Probe) -> dict[str, Any]:
 @contextlib.contextmanager
 def tmpfs(path: Path, options: str) -> Any:
     path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=False,
+                          capture_output=True)
     if done.returncode != 0:
         yield False
         return

@@ -13,7 +13,6 @@ import contextlib
 import io
 import json
 import os
-import resource
 import socket
 import sys
 import time
@@ -26,6 +25,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 from aiohttp import web
+from hostile_probe import serve_command
 from imagegate.backends.download import DownloadPolicy, is_public_address
 from imagegate.config import Settings
 from imagegate.diagnose.render import write_report
@@ -52,7 +52,7 @@ GIB = 2**30
 KEY = "sk-live+AbC/123=xyz-campaign-0042"
 USER, PASSWORD = "webui-admin", "p@ss word+/=7"
 SECRETS = {"HOSTILE_KEY": KEY, "HOSTILE_USER": USER, "HOSTILE_PASSWORD": PASSWORD}
-FORMS = [KEY, quote(KEY, safe=""), quote(KEY, safe="").lower(), PASSWORD, quote(PASSWORD, safe=""),
+FORMS = [KEY, quote(KEY, safe=""), PASSWORD, quote(PASSWORD, safe=""),
          base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()]
 GEN = "/v1/images/generations"
 PROMPT = {"prompt": "a lighthouse", "size": "256x256"}
@@ -383,9 +383,8 @@ async def test_a_low_ulimit_serve_refuses_instead_of_flooding_its_log(a1111_url:
         port = probe_sock.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "backend")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "imagegate", "serve", "--config", str(config), "--port", str(port),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, cwd=tmp_path,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (400, 400)),
+        *serve_command(config, port, nofile=400), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env=env, cwd=tmp_path,
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -190,7 +190,7 @@ def test_readme_service_defaults_match_the_code() -> None:
 def _as_shown(default: Any) -> str:
     if default is None:
         return "none"
-    if isinstance(default, dict):
+    if isinstance(default, dict | list | tuple):
         return f"`{json.dumps(default)}`"
     if isinstance(default, str | Path):
         return f'`"{default}"`'

@@ -28,7 +28,7 @@ import contextlib
 import ipaddress
 import socket
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit
 
@@ -172,7 +172,7 @@ class Downloader:
     trusted: aiohttp.ClientSession
     timeouts: Timeouts
     ssl: Any = None
-    _public: aiohttp.ClientSession | None = None
+    _public: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
 
     async def fetch(
         self, url: str, deadline: Deadline, *, cap: int,

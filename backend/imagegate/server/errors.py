@@ -31,7 +31,6 @@ _HTTP_CODES: dict[int, str] = {
     405: "method_not_allowed",
     413: "request_too_large",
     415: "unsupported_media_type",
-    431: "request_header_fields_too_large",
 }
 
 

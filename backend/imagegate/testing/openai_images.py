@@ -208,7 +208,7 @@ def _answer(
     count = body.get("n", 1)
     if count > 10:  # a hostile answer (many_images): small, identical images, quickly made
         width = height = 64
-    data = []
+    data: list[dict[str, Any]] = []
     for i in range(count):
         if count > 10 and data:  # many_images: the first entry again (one stored file)
             data.append(dict(data[0]))
