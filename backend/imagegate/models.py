@@ -226,6 +226,8 @@ class Attempt(BaseModel):
     status: int | None = None
     hedge: bool = False
     timings: dict[str, float] = Field(default_factory=dict)
+    # what was changed in an answer that was used all the same (extra images dropped)
+    note: str | None = None
 
 
 class ImageResult(BaseModel):

@@ -15,8 +15,10 @@ import contextlib
 import io
 import os
 import secrets
+import shutil
 import struct
 import tempfile
+import time
 import zlib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +33,7 @@ _EXT = {ImageFormat.PNG: "png", ImageFormat.JPEG: "jpg", ImageFormat.WEBP: "webp
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286  # the Exif IFD pointer and its UserComment tag
 _VP8X_EXIF, _VP8X_ALPHA = 0x08, 0x10  # VP8X flags (WebP container spec)
+STALE_AFTER_S = 60.0  # a temporary file this old belongs to no writer still running
 
 
 def parameters_text(request: ImageRequest, image: GeneratedImage, backend: str) -> str:
@@ -108,6 +111,33 @@ class ImageStore:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
+
+    def problem(self, min_free_mb: float) -> str | None:
+        """Why no image can be saved now (the folder cannot be written, or less than
+        ``min_free_mb`` is free), else None. Writes and removes one empty probe file."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".tmp-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            return f"output_dir {self.root} is not writable ({exc.strerror or type(exc).__name__})"
+        free_mb = shutil.disk_usage(self.root).free / 2**20
+        if free_mb < min_free_mb:
+            return f"output_dir {self.root} has {free_mb:.0f} MB free, under min_free_mb = {min_free_mb:g}"
+        return None
+
+    def remove_stale(self, older_than_s: float = STALE_AFTER_S) -> int:
+        """Remove temporary files a killed writer left (``.tmp-*`` older than ``older_than_s``,
+        so that another process writing into the same folder now keeps its own); how many."""
+        removed = 0
+        limit = time.time() - older_than_s
+        for leftover in [*self.root.glob(".tmp-*"), *self.root.glob("*/.tmp-*")]:
+            with contextlib.suppress(OSError):
+                if leftover.is_file() and leftover.stat().st_mtime < limit:
+                    leftover.unlink()
+                    removed += 1
+        return removed
 
     def save(self, image: GeneratedImage, request: ImageRequest, *, backend: str) -> Path:
         """Write one image atomically and return its path."""

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from benchlib.clients import clients_arguments, print_clients, run_clients
 from benchlib.cancel_latency import cancel_arguments, print_cancel, run_cancel
+from benchlib.clients import clients_arguments, print_clients, run_clients
 from benchlib.common import OUT_DIR
 from benchlib.compare import compare_arguments, print_compare, run_compare
 from benchlib.failover import failover_arguments, print_failover, run_failover

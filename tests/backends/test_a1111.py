@@ -382,14 +382,15 @@ async def test_probe_of_a_failing_server_reports_server_error(
 def test_parse_response_pairs_images_with_all_seeds() -> None:
     png = base64.b64encode(make_image(64, 64, "x", 3)).decode()
     info = json.dumps({"seed": 3, "all_seeds": [3, 4]})
-    pairs = parse_response({"images": [png, png], "info": info}, backend="b")
+    pairs, note = parse_response({"images": [png, png], "info": info}, backend="b")
+    assert note == {}
     assert [seed for _, seed in pairs] == [3, 4]
 
 
 def test_parse_response_skips_a_prepended_grid() -> None:
     grid, one = (base64.b64encode(make_image(64, 64, "x", s)).decode() for s in (0, 1))
     info = json.dumps({"all_seeds": [1], "index_of_first_image": 1})
-    ((data, seed),) = parse_response({"images": [grid, one], "info": info}, backend="b")
+    ((data, seed),), _ = parse_response({"images": [grid, one], "info": info}, backend="b")
     assert seed == 1 and data == make_image(64, 64, "x", 1)
 
 

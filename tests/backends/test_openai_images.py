@@ -147,11 +147,21 @@ async def test_url_on_another_host_is_downloaded_without_the_key(
     openai_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("url_answer", host="localhost")  # same server, another origin: like a presigned URL
-    async with OPENAI.backend(openai_url, tmp_path, local_ca) as backend:
+    # localhost is a private address: fetched only because download_hosts lists it
+    async with OPENAI.backend(openai_url, tmp_path, local_ca, download_hosts=["localhost"]) as backend:
         (image,) = await generate(backend)
     assert image.width == 64
     (download,) = [r for r in knobs.requests if r.path.startswith("/files/")]
     assert "Authorization" not in download.headers
+
+
+async def test_url_on_another_private_host_is_refused_unless_listed(
+    openai_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
+) -> None:
+    knobs.arm("url_answer", host="localhost")
+    opened = OPENAI.backend(openai_url, tmp_path, local_ca)
+    await fails(opened, generate, BadResponse, match="refused: localhost resolves to no public address")
+    assert not [r for r in knobs.requests if r.path.startswith("/files/")]
 
 
 def test_parse_response_reads_data_urls_and_item_seeds() -> None:

@@ -22,6 +22,7 @@ from typing import ClassVar, Generic, TypeVar
 
 from imagegate.capabilities import Capabilities
 from imagegate.config import BackendSettings, Timeouts
+from imagegate.config.redact import Redactor
 from imagegate.errors import BackendError
 from imagegate.events import Reporter, current_reporter
 from imagegate.models import BackendHealth, Deadline, GeneratedImage, ImageRequest
@@ -39,6 +40,8 @@ class ImageBackend(abc.ABC, Generic[SettingsT]):
     def __init__(self, settings: SettingsT, *, secrets: Mapping[str, str]) -> None:
         self.settings = settings
         self._secrets = dict(secrets)
+        # masks this backend's secrets, in every form, in whatever a provider sends back
+        self.redactor = Redactor.for_secrets(self._secrets)
 
     @property
     def name(self) -> str:
@@ -81,7 +84,7 @@ class ImageBackend(abc.ABC, Generic[SettingsT]):
                 ok=False,
                 last_probe_at=time.time(),
                 last_error_kind=exc.kind,
-                last_error=str(exc),
+                last_error=self.redactor.text(str(exc)),
                 timings=timings,
             )
         timings.setdefault("total_s", time.monotonic() - start)
@@ -90,7 +93,7 @@ class ImageBackend(abc.ABC, Generic[SettingsT]):
             kind=self.kind,
             ok=True,
             last_probe_at=time.time(),
-            detail=detail,
+            detail=self.redactor.text(detail),
             timings=timings,
         )
 

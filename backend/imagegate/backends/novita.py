@@ -34,10 +34,13 @@ Decided:
 - Progress (only while someone listens): each poll's ``task.progress_percent`` (0-100) and
   ``task.eta`` (seconds) become a progress event, TASK_STATUS_QUEUED a queued one (Novita
   gives no position). Both fields are optional in the SDK's model (an older one had neither).
-- Images are downloaded as soon as the task succeeds, concurrently, each capped at
-  ``max_image_bytes``, and *without* the Authorization header (the URL is presigned and lives on
-  a storage host: the key must not travel there). 403/404 on a download (an expired or refused
-  URL) -> bad_response; 429/5xx -> their usual kinds.
+- Images are downloaded as soon as the task succeeds, at most ``MAX_DOWNLOADS`` at once and
+  no more of them than ``image_num`` asked (extra URLs are dropped: images.py), each capped at
+  ``max_image_bytes``, under the download policy (download.py: a URL on a private address
+  is refused unless listed in ``download_hosts``), and *without* the Authorization header
+  (the URL is presigned and lives on a storage host: the key must not travel there).
+  401/403/404/410 on a download (an expired or refused URL) -> bad_response; 429/5xx -> their
+  usual kinds; the body of a failed download is never read.
 - The seed comes from ``extra.seed`` (a string) and is given to the first image only: which
   seeds Novita used for the others of an ``image_num`` > 1 batch is not documented.
 - Error reasons refine the status: INVALID_API_KEY/MISSING_API_KEY/FAILED_TO_AUTH/
@@ -55,8 +58,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from imagegate.backends.http import Answer, Failed, HttpBackend, Pending, gather_all
-from imagegate.backends.images import check_image
+from imagegate.backends.http import MAX_DOWNLOADS, Answer, Failed, HttpBackend, Pending, gather_all
+from imagegate.backends.images import check_image, keep_asked
 from imagegate.backends.transport import error_for_status, error_text, parse_retry_after
 from imagegate.capabilities import Capabilities, Span
 from imagegate.config import HttpBackendSettings
@@ -278,9 +281,13 @@ class NovitaBackend(HttpBackend[NovitaSettings]):
             interval=self.settings.poll_interval_s,
             what=f"task {task_id}",
         )
-        blobs = await gather_all(self._download(url, deadline) for url in urls)  # all at once
+        urls, note = keep_asked(urls, request.n, backend=self.name)
+        blobs = await gather_all(  # no Authorization: presigned URLs on a storage host
+            (self.download(url, deadline, auth=False) for url in urls), limit=MAX_DOWNLOADS
+        )
         return [
-            check_image(data, backend=self.name, seed=seed if i == 0 else None, info={"task_id": task_id})
+            check_image(data, backend=self.name, seed=seed if i == 0 else None, quote=False,
+                        info={"task_id": task_id, **(note if i == 0 else {})})
             for i, data in enumerate(blobs)
         ]
 
@@ -319,21 +326,6 @@ class NovitaBackend(HttpBackend[NovitaSettings]):
         if status == FAILED:
             return Failed(failed_task_error(task_id, reason, backend=self.name))
         return Pending(status)
-
-    async def _download(self, url: str, deadline: Deadline) -> bytes:
-        try:  # no Authorization: a presigned URL on a storage host
-            answer = await self.send(
-                "GET", url, deadline=deadline, cap=self.settings.max_image_bytes, auth=False
-            )
-        except BackendError as exc:
-            if exc.status in (403, 404, 410):
-                raise BadResponse(
-                    f"image_url refused with HTTP {exc.status} (expired or gone): {exc.message}",
-                    backend=self.name,
-                    status=exc.status,
-                ) from None
-            raise
-        return answer.body
 
     async def _probe(self, deadline: Deadline, timings: dict[str, float]) -> str:
         answer = await self.send(

@@ -39,7 +39,10 @@ Decided:
   ``OPENAI_SEND_EXTENSIONS`` for an environment-only set-up) overrides it. An image reports
   an item's own ``seed`` field when the server sends one, else the sent seed when ``n = 1``.
 - The key is sent to download a ``url`` only when the URL has the same origin as
-  ``base_url``: presigned storage URLs on other hosts never see it.
+  ``base_url``: presigned storage URLs on other hosts never see it. Downloads follow the
+  download policy (download.py: no private address unless it is ``base_url``'s origin or in
+  ``download_hosts``), at most ``MAX_DOWNLOADS`` at once.
+- More entries in ``data`` than ``n`` asked: the first ``n`` are kept (images.py).
 - Probe: ``GET {base_url}/v1/models`` (free). 404/405 there still means "reachable and
   authenticated enough": many image servers have no model list.
 """
@@ -57,8 +60,8 @@ from urllib.parse import urljoin, urlsplit
 
 from pydantic import field_validator
 
-from imagegate.backends.http import Answer, HttpBackend
-from imagegate.backends.images import check_image
+from imagegate.backends.http import MAX_DOWNLOADS, Answer, HttpBackend, gather_all
+from imagegate.backends.images import check_image, keep_asked
 from imagegate.backends.transport import error_for_status, error_text, parse_retry_after
 from imagegate.capabilities import Capabilities
 from imagegate.config import HttpBackendSettings, url_from_env
@@ -310,11 +313,6 @@ def error_from_response(status: int, body: bytes, headers: Mapping[str, str], *,
     return error_for_status(status, message, backend=backend, retry_after=retry_after)
 
 
-def _same_origin(a: str, b: str) -> bool:
-    pa, pb = urlsplit(a), urlsplit(b)
-    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
-
-
 class OpenAIImagesBackend(HttpBackend[OpenAISettings]):
     """An OpenAI-compatible ``/v1/images/generations`` server."""
 
@@ -339,27 +337,24 @@ class OpenAIImagesBackend(HttpBackend[OpenAISettings]):
         cap = (self.settings.max_image_bytes * 4 // 3 + 4096) * request.n  # base64 inflates 4/3
         answer = await self.send("POST", url, json=payload, deadline=deadline, cap=cap)
         items = parse_response(answer.json(backend=self.name), backend=self.name, sent_seed=payload.get("seed"))
-        images = []
-        for item in items:
-            data = item.data if item.data is not None else await self._download(url, item.url, deadline)
-            images.append(check_image(data, backend=self.name, seed=item.seed, info=item.info))
-        return images
+        items, note = keep_asked(items, request.n, backend=self.name)
+        return await gather_all(
+            (self._image(item, url, deadline, note if i == 0 else {}) for i, item in enumerate(items)),
+            limit=MAX_DOWNLOADS,
+        )
 
     def error_for(self, answer: Answer) -> BackendError:
         return error_from_response(answer.status, answer.body, answer.headers, backend=self.name)
 
-    async def _download(self, base: str, url: str | None, deadline: Deadline) -> bytes:
-        target = urljoin(base, url or "")
-        answer = await self.send(
-            "GET", target, deadline=deadline, cap=self.settings.max_image_bytes,
-            auth=_same_origin(target, self.base_url), errors=self._download_error,
-        )
-        return answer.body
-
-    def _download_error(self, answer: Answer) -> BackendError:
-        return BadResponse(
-            f"downloading the image URL failed: HTTP {answer.status}", backend=self.name, status=answer.status
-        )
+    async def _image(
+        self, item: ImageItem, base: str, deadline: Deadline, note: dict[str, Any]
+    ) -> GeneratedImage:
+        """One entry of ``data`` as an image: decoded in place, or downloaded (policy: download.py)."""
+        info = {**item.info, **note}
+        if item.data is not None:
+            return check_image(item.data, backend=self.name, seed=item.seed, info=info)
+        data = await self.download(urljoin(base, item.url or ""), deadline)
+        return check_image(data, backend=self.name, seed=item.seed, info=info, quote=False)
 
     async def _probe(self, deadline: Deadline, timings: dict[str, float]) -> str:
         answer = await self.send(

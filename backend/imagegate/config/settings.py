@@ -11,6 +11,7 @@ looked up once, when the settings are loaded.
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +38,8 @@ __all__ = [
 SERVICE_SECRETS = "[service]"
 """The key of ``Settings.secrets`` holding the service's own secrets (``webhook_secret``); no
 backend can have this name."""
+
+_HOST_PATTERN = re.compile(r"(\*\.)?([A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
 
 
 class Timeouts(BaseModel):
@@ -99,6 +102,19 @@ class BackendSettings(_Frozen):
     queue: bool = False
     cost: float = Field(default=0.0, ge=0)
     max_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # image URLs a provider hands us may point at these hosts even on a private address
+    # ("host", "host:port", "*.example.com"); the backend's own origin always may
+    download_hosts: tuple[str, ...] = ()
+
+    @field_validator("download_hosts")
+    @classmethod
+    def _host_patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            if not _HOST_PATTERN.fullmatch(entry):
+                raise ValueError(
+                    f"{entry!r} is not a host pattern: write host, host:port or *.example.com"
+                )
+        return value
 
     @property
     def timeouts(self) -> Timeouts:
@@ -181,6 +197,28 @@ class ServiceSettings(_Frozen):
                 "webhook_hosts needs webhook_secret_env: every webhook is signed (HMAC-SHA256)"
             )
         return self
+    # HTTP API, what a hostile client meets (imagegate.server.limits, guards, storage):
+    # the base of ``url`` answers (else the request's validated Host)
+    public_url: str | None = None
+    # browser origins allowed to call the API (CORS); empty: no cross-origin browser calls
+    cors_origins: tuple[str, ...] = ()
+    header_timeout_s: float = Field(default=10.0, gt=0, le=600)  # a request's head must arrive
+    body_timeout_s: float = Field(default=60.0, gt=0, le=3600)  # its whole body must arrive
+    keepalive_timeout_s: float = Field(default=15.0, gt=0, le=3600)  # idle between requests
+    max_connections: int = Field(default=512, ge=1, le=100_000)  # more are refused with a 503
+    min_free_mb: float = Field(default=100.0, ge=0)  # free space output_dir keeps for `url`
+
+    _public = field_validator("public_url")(classmethod(lambda cls, v: check_url(v)))
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if origin != "*" and (check_url(origin) != origin or urlsplit(origin).path):
+                raise ValueError(
+                    f"{origin!r} is not an origin: write scheme://host[:port] (no path), or \"*\""
+                )
+        return value
 
 
 class Settings(_Frozen):

@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imagegate.backends.base import ImageBackend
+from imagegate.backends.images import asked_only
 from imagegate.capabilities import Adjustment
 from imagegate.config import ServiceSettings
+from imagegate.config.redact import Redactor
 from imagegate.errors import (
     AllBackendsFailed,
     BackendError,
@@ -68,6 +70,8 @@ class Runtime:
     budget: HedgeBudget
     rng: random.Random
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    # masks every configured secret in what leaves a backend (errors, the trail, logs)
+    redact: Redactor = field(default_factory=Redactor)
 
 
 @dataclass(eq=False)
@@ -283,7 +287,7 @@ class RequestRun:
             lane.started = time.monotonic()
             self.tell.started(st.name, hedge=lane.hedge)
             try:
-                images = await self._call(st.name)
+                images, note = await self._call(st.name)
             except BackendError as exc:
                 self._record(lane, exc.kind, error=str(exc), status=exc.status)
                 delay = self._retry_delay(exc, retry)
@@ -300,7 +304,7 @@ class RequestRun:
             lane.settled = True
             st.breaker.on_success(lane.permit)
             st.observe_latency(time.monotonic() - lane.started)
-            self._record(lane, "ok")
+            self._record(lane, "ok", note=note)
             return images
 
     async def _queue_for_slot(self, lane: _Lane) -> None:
@@ -318,21 +322,23 @@ class RequestRun:
             raise exc from None
         lane.holds_slot = True
 
-    async def _call(self, name: str) -> list[GeneratedImage]:
+    async def _call(self, name: str) -> tuple[list[GeneratedImage], str | None]:
+        """One backend call: at most n images and the trail's note; errors leave redacted."""
         backend = self.rt.backends[name]
         try:
             async with asyncio.timeout(self.deadline.remaining() + GRACE_S):
                 images, self._adjusted[name] = await execute(backend, self.plans[name], self.deadline)
-        except BackendError:
-            raise
+        except BackendError as exc:
+            raise self.rt.redact.error(exc)
         except TimeoutError as exc:
             raise GenerationTimeout("the request deadline ran out", backend=name) from exc
         except Exception as exc:  # a backend bug must not escape as a foreign type
             log.exception("backend_crashed", backend=name, kind=type(exc).__name__)
-            raise ServerError(f"backend raised {type(exc).__name__}: {exc}", backend=name) from exc
+            message = self.rt.redact.text(f"backend raised {type(exc).__name__}: {exc}")
+            raise ServerError(message, backend=name) from exc
         if not images:
             raise BadResponse("the backend answered with no image", backend=name)
-        return images
+        return asked_only(images, self.request.n)
 
     def _retry_delay(self, exc: BackendError, retry: int) -> float | None:
         """Backoff before retrying the same backend, or None: only errors with a retry hint
@@ -364,8 +370,7 @@ class RequestRun:
             lane.state.breaker.release(lane.permit)
             self._record(lane, "cancelled", error=self._cancel_reason)
 
-    def _record(
-        self, lane: _Lane, outcome: Outcome, *, error: str | None = None, status: int | None = None
-    ) -> None:
+    def _record(self, lane: _Lane, outcome: Outcome, *, error: str | None = None,
+                status: int | None = None, note: str | None = None) -> None:
         self.trail.record(lane.state.name, outcome, started=lane.started, hedge=lane.hedge,
-                          error=error, status=status)
+                          error=error, status=status, note=note)

@@ -23,6 +23,7 @@ from imagegate.backends.base import ImageBackend
 from imagegate.backends.registry import create_backend, load_settings
 from imagegate.backends.transport import timing_trace_config
 from imagegate.config import BackendSettings, Settings
+from imagegate.config.redact import Redactor
 from imagegate.errors import ConfigError, HealthEffect, error_class_for_kind
 from imagegate.events import TERMINAL, Event, EventSink
 from imagegate.logging import get_logger
@@ -68,6 +69,8 @@ class ImageService:
         self._prober: HealthProber | None = None
         self._runtime: Runtime | None = None
         self._turn = 0
+        # every configured secret, in every form: masked in what leaves a backend
+        self.redactor = Redactor.for_settings(settings.secrets)
 
     @classmethod
     def from_config(cls, path: str | Path | None = None) -> ImageService:
@@ -112,6 +115,7 @@ class ImageService:
             budget=HedgeBudget(svc.hedge_budget),
             rng=self._rng,
             sleep=self._sleep,
+            redact=self.redactor,
         )
         self._prober = HealthProber(
             list(self._states),
@@ -282,6 +286,8 @@ class ImageService:
                 last_error_kind=kind, last_error=f"probe failed: {type(exc).__name__}: {exc}",
                 timings={"total_s": time.monotonic() - started},
             )
+        masked = {"last_error": self.redactor(result.last_error), "detail": self.redactor(result.detail)}
+        result = result.model_copy(update=masked)
         state.last_probe = result
         error_kind = result.last_error_kind or "failure"
         if not result.ok:

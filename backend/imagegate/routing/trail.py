@@ -31,8 +31,10 @@ class Trail:
         hedge: bool,
         error: str | None = None,
         status: int | None = None,
+        note: str | None = None,
     ) -> None:
-        """One call's end: answered, failed with a kind, or cancelled."""
+        """One call's end: answered, failed with a kind, or cancelled (``note``: what was
+        done to its answer, e.g. extra images dropped)."""
         elapsed = time.monotonic() - started
         self.attempts.append(
             Attempt(
@@ -43,6 +45,7 @@ class Trail:
                 status=status,
                 hedge=hedge,
                 timings={"total_s": round(elapsed, 6)},
+                note=note,
             )
         )
         self.tell.recorded(backend, outcome, error)

@@ -23,12 +23,15 @@ from aiohttp import web
 
 from imagegate.errors import InvalidRequest
 from imagegate.server.errors import API_ERROR, ApiError
+from imagegate.server.guards import GUARDS
 from imagegate.server.jobs import JOBS, JobRunner
 from imagegate.server.jobstore import JobsFull, StoredEvent
 from imagegate.server.sse import HEADERS as SSE_HEADERS
 from imagegate.server.sse import comment as sse_comment
 from imagegate.server.sse import event as sse_event
 from imagegate.server.state import SERVICE, STATE
+from imagegate.server.storage import ensure_room
+from imagegate.server.urls import base_url
 from imagegate.server.webhooks import check_webhook_url
 from imagegate.server.wire import Generation
 
@@ -53,8 +56,10 @@ async def submit_job(request: web.Request, generation: Generation) -> web.Respon
     service_settings = request.app[SERVICE].settings.service
     if generation.webhook_url is not None:
         check_webhook_url(generation.webhook_url, service_settings.webhook_hosts)
-    state = request.app[STATE]
-    base = state.options.public_url or str(request.url.origin())
+    state, guards = request.app[STATE], request.app[GUARDS]
+    base = base_url(request, guards.public_url)  # a bad Host is refused before anything is paid
+    if generation.response_format == "url":
+        await ensure_room(state.store, guards.min_free_mb)
     try:
         record = await request.app[JOBS].submit(generation, base)
     except JobsFull as exc:

@@ -1,6 +1,6 @@
 """The middlewares, outermost first: ``observe`` (request id, one access-log line, metrics),
-``errors`` (every failure in OpenAI's error shape), ``auth`` (Bearer keys from
-IMAGEGATE_API_KEY), ``body_limit``."""
+``errors`` (every failure in OpenAI's error shape), ``cors`` (guards.py), ``auth`` (Bearer keys
+from IMAGEGATE_API_KEY), ``body_limit``, ``read_body`` and ``json_only`` (guards.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from aiohttp import web
 from imagegate.logging import get_logger
 from imagegate.server.errors import ApiError, api_error_for
 from imagegate.server.files import SIGNED_FILE
+from imagegate.server.guards import cors, json_only, read_body
 from imagegate.server.state import OPTIONS, STATE
 
 __all__ = [
@@ -27,7 +28,7 @@ __all__ = [
 log = get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-REQUEST_ID = "imagegate_request_id"  # the request's key for it
+REQUEST_ID = web.RequestKey("request_id", str)  # the request's own id, for streamed answers
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
@@ -142,4 +143,4 @@ async def body_limit(request: web.Request, handler: Handler) -> web.StreamRespon
     return await handler(request)
 
 
-MIDDLEWARES = (observe, errors, auth, body_limit)
+MIDDLEWARES = (observe, errors, cors, auth, body_limit, read_body, json_only)

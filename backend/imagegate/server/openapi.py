@@ -90,6 +90,8 @@ def _generations() -> dict[str, Any]:
         "x-imagegate-ignored": _header(
             "body fields that were not understood and were ignored", required=False
         ),
+        "x-imagegate-warning": _header("why the answer is not what was asked (e.g. images "
+                                       "that could not be saved come as b64_json)", required=False),
     }
     accepted = _json("JobAccepted", "with Prefer: respond-async: the job, started", {
         "Location": _header("the job's URL"),
@@ -118,14 +120,20 @@ def _generations() -> dict[str, Any]:
                 "200": images,
                 "202": accepted,
                 "400": _error(
-                    "malformed JSON, a field failed validation (`param` names it), or every "
-                    "backend refused the request (`attempts` holds the trail)"
+                    "malformed JSON, a field failed validation (`param` names it), every "
+                    "backend refused the request (`attempts` holds the trail), an invalid Host "
+                    "header, or a body that does not decode"
                 ),
                 **_AUTH_ERRORS,
+                "403": _error("a browser origin not in [service] cors_origins"),
+                "408": _error("the body did not arrive within [service] body_timeout_s"),
                 "413": _error("body larger than the limit (IMAGEGATE_MAX_BODY_BYTES)"),
+                "415": _error("not application/json (required while no API key is set)"),
                 "502": _error("every backend failed; the message and `attempts` hold the trail"),
-                "503": _error("the server is shutting down, or too many jobs run (jobs_full)"),
+                "503": _error("the server is shutting down, has too many connections, or too "
+                              "many jobs run (jobs_full)"),
                 "504": _error("the deadline passed before any backend answered"),
+                "507": _error("a `url` answer cannot be saved (output_dir unwritable or full)"),
             },
         }
     }

@@ -16,9 +16,12 @@ from imagegate.models import ImageResult
 from imagegate.routing import ImageService
 from imagegate.server.errors import API_ERROR, ApiError
 from imagegate.server.files import SIGNED_FILE, STORED
+from imagegate.server.guards import GUARDS
 from imagegate.server.metrics import CONTENT_TYPE
 from imagegate.server.state import SERVICE, STATE, ServerState
+from imagegate.server.storage import ensure_room, output_problem, save_failed_warning
 from imagegate.server.streaming import other_answer
+from imagegate.server.urls import base_url
 from imagegate.server.wire import (
     IGNORED_HEADER,
     Generation,
@@ -69,12 +72,12 @@ async def create_image(request: web.Request) -> web.StreamResponse:
     other = await other_answer(request, generation)  # stream: true, or an async job
     if other is not None:
         return other
+    guards = request.app[GUARDS]
+    base = None
+    if generation.response_format == "url":  # checked before anything is paid for
+        base = base_url(request, guards.public_url)
+        await ensure_room(state.store, guards.min_free_mb)
     result = await _generate(state, service, generation)
-    urls = (
-        await _store(request, state, generation, result)
-        if generation.response_format == "url"
-        else None
-    )
     headers = {
         "x-imagegate-backend": result.backend,
         "x-imagegate-attempts": str(len(result.attempts)),
@@ -82,7 +85,16 @@ async def create_image(request: web.Request) -> web.StreamResponse:
     }
     if generation.ignored:
         headers[IGNORED_HEADER] = ignored_header(generation.ignored)
+    urls, warnings = None, []
+    if base is not None:
+        try:
+            urls = await store_images(base, state, generation, result)
+        except OSError as exc:  # paid for: never lost (storage.py)
+            warnings.append(save_failed_warning(exc))
+            headers["x-imagegate-warning"] = warnings[0]
     body = images_response(result, urls=urls)
+    if warnings:
+        body["warnings"] = warnings
     return web.Response(text=json.dumps(body), content_type="application/json", headers=headers)
 
 
@@ -111,13 +123,6 @@ async def _generate(
         state.generations.discard(task)
     state.metrics.observe_generation(result.backend, "ok", result.elapsed_s, result.attempts)
     return result
-
-
-async def _store(
-    request: web.Request, state: ServerState, generation: Generation, result: ImageResult
-) -> list[str]:
-    base = state.options.public_url or str(request.url.origin())
-    return await store_images(base, state, generation, result)
 
 
 async def store_images(
@@ -204,11 +209,13 @@ async def readyz(request: web.Request) -> web.Response:
     if request.app[STATE].closing:
         return web.json_response({"status": "shutting_down", "usable_backends": 0}, status=503)
     usable = sum(1 for h in request.app[SERVICE].health() if _usable(h))
-    status = 200 if usable else 503
-    return web.json_response(
-        {"status": "ready" if usable else "no_usable_backend", "usable_backends": usable},
-        status=status,
-    )
+    problem = await output_problem(request.app[STATE].store, request.app[GUARDS].min_free_mb)
+    body: dict[str, Any] = {"status": "ready", "usable_backends": usable}
+    if not usable:
+        body["status"] = "no_usable_backend"
+    elif problem is not None:  # cannot serve `url` answers (storage.py)
+        body.update(status="output_unavailable", output=problem)
+    return web.json_response(body, status=200 if body["status"] == "ready" else 503)
 
 
 def _usable(health: Any) -> bool:

@@ -123,6 +123,7 @@ class ImagesResponse(BaseModel):
     size: str | None = None
     output_format: str | None = None
     adjustments: list[Adjustment] = Field(default_factory=list)
+    warnings: list[str] | None = None  # e.g. the images could not be saved: b64_json instead
 
 
 @dataclass(frozen=True)

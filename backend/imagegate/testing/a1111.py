@@ -26,6 +26,10 @@ steps over time (``step_s`` seconds each; 0 by default: instant), ``/internal/pr
 live previews, the global ``/sdapi/v1/progress``, and ``/sdapi/v1/interrupt``. A client that
 goes away does not stop its job, as in the webui; an interrupt does.
 
+Knobs, besides the shared ones: ``arm("not_image")`` -> an image that is HTML;
+``arm("many_images", count=3000)`` -> ``count`` small images whatever ``batch_size`` asked
+(hostile: a provider that does not honour the request).
+
     python -m imagegate.testing a1111 --port 7860 [--step-s 0.05]
 """
 
@@ -176,8 +180,12 @@ def create_app(
         prompt = body.get("prompt", "")
 
         def render() -> list[str]:
+            many = knobs.take("many_images", request.path)
             if knobs.take("not_image", request.path) is not None:
                 return [base64.b64encode(b"<html>not an image</html>").decode()]
+            if many is not None:  # hostile: far more images than were asked for
+                one = base64.b64encode(make_image(64, 64, prompt, seed)).decode()
+                return [one] * int(many.get("count", 3000))
             return [
                 base64.b64encode(make_image(width, height, prompt, seed + i, fmt)).decode()
                 for i in range(count)
@@ -188,6 +196,7 @@ def create_app(
             latent=Latent(prompt, seed, width, height), render=render,
         )
         images = await asyncio.shield(job)  # a client that goes away leaves the job running
+        count = max(count, len(images))
         info = {
             "prompt": prompt,
             "all_prompts": [prompt] * count,

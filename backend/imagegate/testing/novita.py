@@ -18,6 +18,8 @@ inferred from names and ints, no doc text states them):
     knobs.arm("task_stuck")                 # TASK_STATUS_QUEUED for ever
     knobs.arm("url_expired")                # the next task's image URLs are already expired
     knobs.arm("not_image", size=50_000_000) # the next image download is junk (default: HTML)
+    knobs.arm("many_images", count=300)     # hostile: the next task has 300 image URLs
+    knobs.arm("image_url", url="http://...") # hostile: the next task's image URLs point there
 
     python -m imagegate.testing novita --port 8081 --tls --api-key test-key
 """
@@ -76,6 +78,8 @@ class _Task:
     plan: list[str]
     reason: str = ""
     ttl_s: float = 3600.0
+    image_count: int | None = None  # hostile: not what image_num asked
+    image_url: str | None = None  # hostile: a URL to anywhere
     polls: int = 0
     submitted: float = field(default_factory=time.time)
     images: list[dict[str, Any]] = field(default_factory=list)
@@ -211,6 +215,8 @@ async def _txt2img(request: web.Request) -> web.Response:
         plan=plan,
         reason=reason,
         ttl_s=0.0 if expired else state.image_ttl_s,
+        image_count=_param(state.knobs.take("many_images", request.path), "count", 300),
+        image_url=_param(state.knobs.take("image_url", request.path), "url", None),
     )
     state.tasks[task.task_id] = task
     return web.json_response({"task_id": task.task_id})
@@ -248,16 +254,26 @@ async def _user(request: web.Request) -> web.Response:
     return web.json_response({"allow_features": [], "credit_balance": 123450, "free_trial": {}})
 
 
+def _param(params: dict[str, Any] | None, name: str, default: Any) -> Any:
+    """``params[name]`` of an armed knob (``default`` when armed without it), None unarmed."""
+    return None if params is None else params.get(name, default)
+
+
 def _render(task: _Task, files: dict[str, _File], origin: str) -> list[dict[str, Any]]:
     """Make the task's images, store them under /files, and describe them for task-result."""
     req, ext = task.request, "jpeg" if task.fmt == "jpeg" else task.fmt
     out = []
-    for i in range(req.get("image_num", 1)):
-        data = make_image(req["width"], req["height"], req["prompt"], task.seed + i, task.fmt)
+    many = task.image_count is not None
+    count = task.image_count if task.image_count is not None else req.get("image_num", 1)
+    for i in range(count):
+        if many:  # small, identical images, quickly made
+            data = make_image(64, 64, req["prompt"], task.seed, task.fmt)
+        else:
+            data = make_image(req["width"], req["height"], req["prompt"], task.seed + i, task.fmt)
         token = uuid.uuid4().hex
         files[token] = _File(data, _CONTENT_TYPES[task.fmt], time.time() + task.ttl_s)
         out.append({
-            "image_url": f"{origin}/files/{token}.{ext}",
+            "image_url": task.image_url or f"{origin}/files/{token}.{ext}",
             "image_url_ttl": str(int(task.ttl_s)),
             "image_type": task.fmt,
             "nsfw_detection_result": None,

@@ -24,7 +24,9 @@ Emulator knobs, besides the shared ones (latency, status, reset, stall, stall_bo
 ``knobs.arm("content_filter")`` -> 400 ``content_policy_violation``;
 ``arm("insufficient_quota")`` -> 429 ``insufficient_quota``; ``arm("url_answer", host=...)``
 -> answer URLs even when b64 was asked (optionally on another host name for the same
-server, e.g. ``localhost``); ``arm("not_image")`` -> base64 of bytes that are no image.
+server, e.g. ``localhost``), or ``arm("url_answer", url=...)`` -> that URL as every image's ``url``
+(hostile: a URL to anywhere); ``arm("not_image")`` -> base64 of bytes that are no image;
+``arm("many_images", count=3000)`` -> ``count`` images whatever ``n`` asked (hostile).
 
     python -m imagegate.testing openai --port 8081 --tls --api-key sk-test [--official]
 """
@@ -207,14 +209,20 @@ def create_app(
         refused = _validate(body, official=official) or _policy_fault(knobs, request.path)
         if refused is not None:
             return refused
-        url_params = knobs.take("url_answer", request.path)
+        armed = knobs.take("url_answer", request.path)
+        url_params = armed or {}
         # DALL-E answers URLs unless b64_json is asked (the API reference: response_format
         # "defaults to url"); GPT image models always answer base64.
         dalle = body.get("model", "dall-e-2" if official else None) in ("dall-e-2", "dall-e-3")
         wanted = body.get("response_format", "url" if dalle else "b64_json")
-        as_url = url_params is not None or wanted == "url"
-        origin = _origin(request, (url_params or {}).get("host"))
+        as_url = armed is not None or wanted == "url"
+        origin = _origin(request, url_params.get("host"))
+        many = knobs.take("many_images", request.path)
+        if many is not None:
+            body = {**body, "n": int(many.get("count", 3000))}
         answer = _answer(knobs, request.path, body, files, origin if as_url else None, draw)
+        if url_params.get("url"):
+            answer["data"] = [{"url": url_params["url"]} for _ in answer["data"]]
         return web.json_response(answer)
 
     @routes.get("/files/{name}")
@@ -269,8 +277,14 @@ def _answer(
     seed = body.get("seed")
     seed = secrets.randbelow(2**32) if seed is None else seed
     broken = knobs.take("not_image", path) is not None
-    data = []
-    for i in range(body.get("n", 1)):
+    count = body.get("n", 1)
+    if count > 10:  # a hostile answer (many_images): small, identical images, quickly made
+        width = height = 64
+    data: list[dict[str, Any]] = []
+    for i in range(count):
+        if count > 10 and data:  # many_images: the first entry again (one stored file)
+            data.append(dict(data[0]))
+            continue
         image = b"<html>not an image</html>" if broken else draw(width, height, body["prompt"], seed + i, fmt)
         if origin is None:
             data.append({"b64_json": base64.b64encode(image).decode()})

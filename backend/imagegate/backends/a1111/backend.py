@@ -89,9 +89,10 @@ class A1111Backend(HttpBackend[A1111Settings]):
             if watch is not None:
                 watch.cancel()
                 await asyncio.wait([watch])
+        pairs, note = parse_response(answer.json(backend=self.name), backend=self.name, asked=request.n)
         return [
-            check_image(data, backend=self.name, seed=seed)
-            for data, seed in parse_response(answer.json(backend=self.name), backend=self.name)
+            check_image(data, backend=self.name, seed=seed, info=note if i == 0 else None)
+            for i, (data, seed) in enumerate(pairs)
         ]
 
     # -- progress -----------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from imagegate.backends.images import keep_asked
 from imagegate.capabilities import REQUEST_FIELDS, Capabilities
 from imagegate.config import HttpBackendSettings, url_from_env
 from imagegate.errors import BadResponse
@@ -98,8 +99,11 @@ def build_request(
 
 
 
-def parse_response(body: Any, *, backend: str) -> list[tuple[bytes, int | None]]:
-    """Decode the images and pair each with its real seed (pure)."""
+def parse_response(
+    body: Any, *, backend: str, asked: int | None = None
+) -> tuple[list[tuple[bytes, int | None]], dict[str, Any]]:
+    """Decode the images and pair each with its real seed (pure); with ``asked``, only the
+    first ``asked`` are decoded and the note says how many more there were (images.py)."""
     if not isinstance(body, dict) or not isinstance(body.get("images"), list):
         raise BadResponse("txt2img answer has no 'images' list", backend=backend)
     seeds: list[Any] = []
@@ -116,6 +120,9 @@ def parse_response(body: Any, *, backend: str) -> list[tuple[bytes, int | None]]
     images = body["images"][first:]
     if not images:
         raise BadResponse("txt2img answered with no image", backend=backend)
+    note: dict[str, Any] = {}
+    if asked is not None:
+        images, note = keep_asked(images, asked, backend=backend)
     out: list[tuple[bytes, int | None]] = []
     for i, b64 in enumerate(images):
         if not isinstance(b64, str):
@@ -126,7 +133,7 @@ def parse_response(body: Any, *, backend: str) -> list[tuple[bytes, int | None]]
             raise BadResponse("txt2img image is not valid base64", backend=backend) from exc
         seed = seeds[i] if i < len(seeds) else None
         out.append((data, int(seed) if isinstance(seed, int | float) else None))
-    return out
+    return out, note
 
 
 def discovered_capabilities(

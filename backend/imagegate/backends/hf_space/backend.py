@@ -45,6 +45,7 @@ import httpx
 from gradio_client import Client
 
 from imagegate.backends.base import ImageBackend
+from imagegate.backends.download import Downloader, DownloadPolicy
 from imagegate.backends.hf_space import gradio as _gradio
 from imagegate.backends.hf_space.discover import interface_capabilities, interface_from_gradio
 from imagegate.backends.hf_space.gradio import ImageRef, map_gradio_errors
@@ -93,9 +94,14 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
     ) -> None:
         super().__init__(settings, secrets=secrets)
         self._ssl = make_ssl_context(settings.ca_bundle)
-        self._web = SpaceHttp(session, self._ssl, self.timeouts, self.name, secrets.get("token"))
         self.space: str | None = settings.space
         self.src: str = settings.app_url
+        policy = DownloadPolicy(self.src, tuple(settings.download_hosts))
+        self._downloads = Downloader(self.name, policy, session, self.timeouts, self._ssl)
+        self._web = SpaceHttp(
+            session, self._ssl, self.timeouts, self.name, secrets.get("token"), self.redactor,
+            self._downloads,
+        )
         self.base_url = self.src
         known = known_space(settings.space) or {}
         given = settings.model_fields_set
@@ -161,7 +167,7 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
         data = await self._image_bytes(ref, session, deadline)
         final_seed = returned_seed if returned_seed is not None else seed
         return check_image(
-            data, backend=self.name, seed=final_seed, info={"api_name": session.api_name}
+            data, backend=self.name, seed=final_seed, info={"api_name": session.api_name}, quote=False
         )
 
     async def _acquire_slot(self, deadline: Deadline) -> None:
@@ -323,6 +329,7 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
 
     async def aclose(self) -> None:
         self._closed = True
+        await self._downloads.aclose()
         session, self._session = self._session, None
         if session is not None:
             loop = asyncio.get_running_loop()
@@ -346,21 +353,18 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
             url = _gradio.file_url({"path": ref.value}, root)
         else:
             url = str(ref.value)
-        return await self._download(url, root, session, deadline)
+        return await self._download(url, session, deadline)
 
     async def _preview(self, output: Any, session: _Session, deadline: Deadline) -> bytes | None:
         """The image in a generator's intermediate ``output`` (progress.py asks for it)."""
         ref, _ = _gradio.find_image(output)
         return None if ref is None else await self._image_bytes(ref, session, deadline)
 
-    async def _download(self, url: str, root: str, session: _Session, deadline: Deadline) -> bytes:
-        headers: dict[str, str] = {}
-        cookies: dict[str, str] = {}
+    async def _download(self, url: str, session: _Session, deadline: Deadline) -> bytes:
+        # the token and cookies go to the Space's own origin only (download.py sees to it)
         token = self._secrets.get("token")
-        if _gradio.same_origin(url, root):  # the token and cookies go to the Space's own host only
-            cookies = dict(getattr(session.client, "cookies", {}) or {})
-            if token:
-                headers["x-hf-authorization"] = f"Bearer {token}"
+        headers = {"x-hf-authorization": f"Bearer {token}"} if token else {}
+        cookies = dict(getattr(session.client, "cookies", {}) or {})
         return await self._web.download(
             url, deadline, max_bytes=self.settings.max_image_bytes, headers=headers, cookies=cookies
         )

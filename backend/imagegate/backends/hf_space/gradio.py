@@ -29,6 +29,7 @@ import httpx
 from gradio_client import exceptions as gc_exceptions
 from gradio_client import utils as gc_utils
 
+from imagegate.backends.download import same_origin
 from imagegate.backends.hf_space.spaces import BROKEN, STARTING
 from imagegate.backends.transport import error_for_status, error_text
 from imagegate.config import Timeouts
@@ -57,6 +58,7 @@ __all__ = [
     "find_image",
     "map_gradio_errors",
     "pick_api_name",
+    "same_origin",
     "stream_cut_error",
 ]
 
@@ -224,12 +226,6 @@ def file_url(filedata: Mapping[str, Any], root: str) -> str:
     if isinstance(path, str) and path:
         return root.rstrip("/") + "/file=" + urllib.parse.quote(path, safe="/")
     return str(filedata["url"])
-
-
-def same_origin(url: str, root: str) -> bool:
-    """Whether ``url`` is on the Space's own host (only then does it get the token)."""
-    a, b = urllib.parse.urlsplit(url), urllib.parse.urlsplit(root)
-    return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
 
 
 # ---------------------------------------------------------------- errors
