@@ -23,6 +23,7 @@ from imagegate.config import Settings
 from imagegate.logging import unconfigure_logging
 from imagegate.testing import Knobs, LocalCA, black_hole, serve_app
 from imagegate.testing import a1111 as a1111_emulator
+from imagegate.testing.a1111_webui import Webui
 from imagegate.testing.redis import RedisServer, redis_available, redis_server
 
 
@@ -54,10 +55,36 @@ def knobs() -> Knobs:
     return Knobs()
 
 
+@pytest.fixture(scope="session")
+def replicas() -> Any:
+    """The Gradio stand-in with its replicas of real Spaces (``space.replicas[name]``),
+    launched once per session when a test asks for it."""
+    from imagegate.testing.gradio_space import launch_space
+
+    running = launch_space(replicas=True)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
 @pytest.fixture
 async def a1111_url(knobs: Knobs) -> AsyncIterator[str]:
     """A running A1111 emulator (plain HTTP, like a local webui) controlled by ``knobs``."""
     async with serve_app(a1111_emulator.create_app(knobs=knobs)) as url:
+        yield url
+
+
+@pytest.fixture
+def webui() -> Webui:
+    """The A1111 emulator's "GPU" for ``slow_a1111_url``: 20 ms per sampling step."""
+    return Webui(step_s=0.02)
+
+
+@pytest.fixture
+async def slow_a1111_url(webui: Webui, knobs: Knobs) -> AsyncIterator[str]:
+    """An A1111 emulator whose jobs take time and report progress (``webui`` holds its state)."""
+    async with serve_app(a1111_emulator.create_app(knobs=knobs, webui=webui)) as url:
         yield url
 
 

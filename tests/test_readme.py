@@ -193,7 +193,7 @@ def _as_shown(default: Any) -> str:
         return "none"
     if isinstance(default, bool):
         return str(default).lower()
-    if isinstance(default, dict):
+    if isinstance(default, dict | list | tuple):
         return f"`{json.dumps(default)}`"
     if isinstance(default, str | Path):
         return f'`"{default}"`'

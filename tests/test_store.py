@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from datetime import datetime
@@ -82,9 +83,29 @@ def test_jpeg_is_saved_as_jpg_with_the_parameters_as_a_comment(tmp_path: Path) -
     assert comment.startswith("a lighthouse at dusk\n") and "Seed: 7" in comment
 
 
-def test_webp_is_written_as_received(tmp_path: Path) -> None:
-    image = image_of("webp")
-    path = ImageStore(tmp_path).save(image, FULL, backend="local")
+@pytest.mark.parametrize("mode", ["lossy", "lossless", "alpha"])
+def test_webp_carries_the_parameters_as_an_exif_user_comment_like_a1111(tmp_path: Path, mode: str) -> None:
+    img = Image.new("RGBA" if mode == "alpha" else "RGB", (70, 50), (10, 200, 30, 120))
+    buffer = io.BytesIO()
+    img.save(buffer, "WEBP", lossless=mode != "lossy")
+    image = GeneratedImage(data=buffer.getvalue(), format=ImageFormat.WEBP, width=70, height=50, seed=7)
+    path = ImageStore(tmp_path).save(image, FULL, backend="b")
+    with Image.open(path) as saved:
+        saved.load()
+        assert (saved.size, saved.mode) == ((70, 50), img.mode)
+        assert saved.tobytes() == image.to_pil().tobytes()  # the pixels were not touched
+        comment = saved.getexif().get_ifd(0x8769)[0x9286]
+    assert comment[:8] == b"UNICODE\x00"  # piexif's UserComment, as A1111 writes it for WebP
+    assert comment[8:].decode("utf-16-be") == parameters_text(FULL, image, "b")
+
+
+def test_a_webp_with_exif_already_is_written_as_received(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x010E] = "the provider's own"
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buffer, "WEBP", exif=exif.tobytes())
+    image = GeneratedImage(data=buffer.getvalue(), format=ImageFormat.WEBP, width=16, height=16)
+    path = ImageStore(tmp_path).save(image, FULL, backend="b")
     assert path.suffix == ".webp" and path.read_bytes() == image.data
 
 

@@ -2,6 +2,8 @@
 
     async with ImageService.from_config() as service:
         result = await service.generate(ImageRequest(prompt="a lighthouse at dusk"))
+        async for event in service.stream(ImageRequest(prompt="a fox")):  # progress as it comes
+            print(event.type)
 """
 
 from imagegate.backends.registry import load_settings
@@ -23,6 +25,17 @@ from imagegate.errors import (
     ServerError,
     Unavailable,
 )
+from imagegate.events import (
+    CancelledEvent,
+    CompletedEvent,
+    Event,
+    FailedEvent,
+    FailoverEvent,
+    PreviewEvent,
+    ProgressEvent,
+    QueuedEvent,
+    StartedEvent,
+)
 from imagegate.models import (
     Attempt,
     BackendHealth,
@@ -42,9 +55,14 @@ __all__ = [
     "BackendError",
     "BackendHealth",
     "BadResponse",
+    "CancelledEvent",
+    "CompletedEvent",
     "ConfigError",
     "ConnectFailed",
     "ContentFiltered",
+    "Event",
+    "FailedEvent",
+    "FailoverEvent",
     "GeneratedImage",
     "GenerationTimeout",
     "HandshakeTimeout",
@@ -55,10 +73,14 @@ __all__ = [
     "ImageService",
     "ImageStore",
     "InvalidRequest",
+    "PreviewEvent",
+    "ProgressEvent",
+    "QueuedEvent",
     "QuotaExhausted",
     "RateLimited",
     "Rejected",
     "ServerError",
+    "StartedEvent",
     "Unavailable",
     "__version__",
     "load_settings",

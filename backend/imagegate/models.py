@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from imagegate.capabilities import Adjustment, Capabilities
 from imagegate.errors import ErrorKind, InvalidRequest
 
 if TYPE_CHECKING:
@@ -205,9 +206,12 @@ Outcome = Literal["ok", "skipped", "waited", "cancelled"] | ErrorKind
 (``waited``); it lost a race or the caller gave up (``cancelled``); or it failed with an
 error of that ``kind``."""
 
-SkipKind = Literal["circuit_open", "half_open_busy", "disabled", "saturated", "not_tried"]
+SkipKind = Literal[
+    "circuit_open", "half_open_busy", "disabled", "saturated", "not_tried", "unsupported"
+]
 """Why a candidate was skipped: its breaker is open, its half-open trial is taken, it is
-disabled (auth/quota), all its slots are busy, or the request ended before reaching it."""
+disabled (auth/quota), all its slots are busy, the request ended before reaching it, or it
+cannot serve the request (its capabilities; decided before any I/O)."""
 
 BreakerState = Literal["closed", "open", "half_open", "disabled"]
 
@@ -222,6 +226,8 @@ class Attempt(BaseModel):
     status: int | None = None
     hedge: bool = False
     timings: dict[str, float] = Field(default_factory=dict)
+    # what was changed in an answer that was used all the same (extra images dropped)
+    note: str | None = None
 
 
 class ImageResult(BaseModel):
@@ -231,6 +237,8 @@ class ImageResult(BaseModel):
     backend: str
     attempts: list[Attempt]
     elapsed_s: float
+    adjustments: list[Adjustment] = Field(default_factory=list)
+    """What was changed to fit the backend that served it (``[service] adapt``)."""
 
 
 class BackendHealth(BaseModel):
@@ -248,3 +256,4 @@ class BackendHealth(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     in_flight: int = 0
     latency_ewma_s: float | None = None
+    capabilities: Capabilities | None = None

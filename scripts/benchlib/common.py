@@ -58,7 +58,7 @@ def openai_backend(name: str, url: str, priority: int = 0, **keys: Any) -> OpenA
     """An OpenAI-compatible backend at ``url`` (many slots, no queue: the emulator is the limit)."""
     table: dict[str, Any] = {"max_concurrency": 512, "queue": False, **keys}
     return OpenAISettings(
-        name=name, base_url=url, priority=priority, model="dall-e-2", api_key_env=KEY_ENV, **table
+        name=name, base_url=url, priority=priority, model="emulator-image", api_key_env=KEY_ENV, **table
     )
 
 

@@ -52,7 +52,7 @@ def bench_request(size: int) -> ImageRequest:
 def raw_client(session: aiohttp.ClientSession, base_url: str, request: ImageRequest) -> Client:
     """A bare aiohttp POST of the body imagegate's backend sends; reads the whole answer."""
     url = base_url + "/v1/images/generations"
-    body = json.dumps(build_request(request, model="dall-e-2")).encode()
+    body = json.dumps(build_request(request, model="emulator-image")).encode()
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
 
     async def call() -> bytes:

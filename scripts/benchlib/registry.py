@@ -13,10 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from benchlib.cancel_latency import cancel_arguments, print_cancel, run_cancel
 from benchlib.clients import clients_arguments, print_clients, run_clients
 from benchlib.common import OUT_DIR
 from benchlib.compare import compare_arguments, print_compare, run_compare
 from benchlib.failover import failover_arguments, print_failover, run_failover
+from benchlib.first_event import first_event_arguments, print_first_event, run_first_event
 from benchlib.fleet import fleet_arguments, print_fleet, run_fleet
 from benchlib.hedge import hedge_arguments, print_hedge, run_hedge
 from benchlib.http_api import http_arguments, print_http, run_http
@@ -24,6 +26,7 @@ from benchlib.memory import memory_arguments, print_memory, run_memory
 from benchlib.overhead import overhead_arguments, print_overhead, run_overhead
 from benchlib.run_all import all_arguments, print_all, run_all
 from benchlib.soak import print_soak, run_soak, soak_arguments
+from benchlib.sse_fanout import print_sse_fanout, run_sse_fanout, sse_fanout_arguments
 
 __all__ = ["SCENARIOS", "Scenario"]
 
@@ -55,6 +58,13 @@ SCENARIOS: dict[str, Scenario] = {
                         print_clients, clients_arguments),
     "soak": Scenario("60 s against three flapping backends, with leak and breaker checks",
                      run_soak, print_soak, soak_arguments),
+    "first_event": Scenario("how soon a listener hears: submit -> started, provider report -> "
+                            "progress event (library, SSE), and what listening costs",
+                            run_first_event, print_first_event, first_event_arguments),
+    "sse_fanout": Scenario("events/s one server sustains to 100 SSE listeners of a job (2 processes)",
+                           run_sse_fanout, print_sse_fanout, sse_fanout_arguments),
+    "cancel": Scenario("how soon a cancel (job cancel, client gone, task.cancel) reaches the "
+                       "provider as an interrupt", run_cancel, print_cancel, cancel_arguments),
 }
 SCENARIOS["all"] = Scenario(
     "every scenario in turn, with its defaults",

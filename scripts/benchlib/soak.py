@@ -56,7 +56,7 @@ def _backends(urls: list[str], ca: LocalCA, cfg: SoakConfig) -> tuple[Any, ...]:
     return (
         A1111Settings(name="a1111", base_url=urls[0], **common),
         OpenAISettings(
-            name="openai", base_url=urls[1], model="dall-e-2", api_key_env=KEY_ENV, **common
+            name="openai", base_url=urls[1], model="emulator-image", api_key_env=KEY_ENV, **common
         ),
         StabilitySettings(name="stability", base_url=urls[2], api_key_env=KEY_ENV, **common),
     )

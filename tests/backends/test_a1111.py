@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from imagegate.backends.a1111 import A1111Backend, build_request, parse_response
+from imagegate.backends.a1111 import DEFAULT_STEPS, A1111Backend, build_request, parse_response
 from imagegate.errors import (
     AuthFailed,
     BackendError,
@@ -24,7 +24,6 @@ from imagegate.errors import (
     GenerationTimeout,
     HandshakeTimeout,
     RateLimited,
-    Rejected,
 )
 from imagegate.models import ImageFormat, ImageRequest
 from imagegate.testing import Knobs, make_image, serve_app
@@ -122,8 +121,21 @@ async def test_request_model_overrides_config_model_and_unset_fields_are_not_sen
     first, second = txt2img_bodies(knobs)
     assert first["override_settings"] == {"sd_model_checkpoint": "from-request"}
     assert second["override_settings"] == {"sd_model_checkpoint": "from-config"}
-    for absent in ("steps", "cfg_scale", "sampler_name"):  # the webui's own defaults apply
+    for absent in ("cfg_scale", "sampler_name"):  # the webui's own defaults apply
         assert absent not in second
+
+
+async def test_unset_steps_are_sent_as_the_ui_default_20_not_the_api_default_50(
+    a1111_url: str, knobs: Knobs, tmp_path: Path
+) -> None:
+    async with A1111.backend(a1111_url, tmp_path) as backend:
+        await generate(backend)
+        await generate(backend, steps=33)
+    unset, given = txt2img_bodies(knobs)
+    assert (unset["steps"], given["steps"]) == (DEFAULT_STEPS, 33) and DEFAULT_STEPS == 20
+    assert a1111_emulator.create_app  # the emulator's own default is the API's 50:
+    bare = await _raw_txt2img(a1111_url, {"prompt": "x", "width": 64, "height": 64})
+    assert json.loads(bare["info"])["steps"] == 50
 
 
 def test_build_request_without_model_sends_no_override_settings() -> None:
@@ -159,13 +171,16 @@ async def test_http_status_maps_to_error_kind(
     assert error.backend == "local"
 
 
-async def test_unknown_sampler_is_rejected_with_the_webui_detail(
-    a1111_url: str, tmp_path: Path
+async def test_an_unknown_sampler_sent_anyway_silently_gets_the_webui_default(
+    a1111_url: str, knobs: Knobs, tmp_path: Path
 ) -> None:
-    unknown_sampler = partial(generate, sampler="No Such Sampler")
-    opened = A1111.backend(a1111_url, tmp_path)
-    error = await fails(opened, unknown_sampler, Rejected, match="Sampler not found")
-    assert error.status == 400
+    """What the router's capability check exists for: the webui (1.9+) answers 200 with its
+    first sampler, and says so only in ``info`` (tests/routing/test_adapt_live.py)."""
+    async with A1111.backend(a1111_url, tmp_path) as backend:
+        (image,) = await generate(backend, sampler="No Such Sampler")
+    assert image.width == 64
+    (body,) = txt2img_bodies(knobs)
+    assert body["sampler_name"] == "No Such Sampler"
 
 
 @retry_after_forms(seconds=7, date_ahead_s=30, date_range=(27.0, 31.0))
@@ -293,9 +308,55 @@ async def test_probe_reports_ok_with_timings(a1111_url: str, knobs: Knobs, tmp_p
     assert (health.name, health.kind, health.ok) == ("local", "a1111", True)
     assert health.detail and "progress" in health.detail
     assert health.timings["total_s"] >= 0
-    (probe,) = knobs.requests
+    probe, *lists = knobs.requests[:5]
     assert probe.path == PROGRESS and probe.query == {"skip_current_image": "true"}
+    assert {r.path for r in lists} == {
+        "/sdapi/v1/sd-models", "/sdapi/v1/samplers", "/sdapi/v1/schedulers", "/sdapi/v1/options"
+    }
     assert not txt2img_bodies(knobs)  # a probe costs no generation
+
+
+async def test_probe_discovers_checkpoints_samplers_schedulers_and_format(
+    tmp_path: Path,
+) -> None:
+    async with (
+        serve_app(a1111_emulator.create_app(samples_format="webp")) as url,
+        A1111.backend(url, tmp_path) as backend,
+    ):
+        assert backend.capabilities.source.startswith("built-in")
+        await backend.probe(timeout=2.0)
+        caps = backend.capabilities
+    assert caps.source.startswith("discovered: checkpoints, samplers")
+    assert caps.models == tuple(m["title"] for m in a1111_emulator.MODELS)
+    assert {"dreamshaper_8", "879db523c3", "sd_xl_base_1.0"} <= set(caps.model_aliases)
+    assert caps.samplers == tuple(a1111_emulator.SAMPLERS)
+    assert {"Karras", "karras", "SGMUniform"} <= set(caps.scheduler_suffixes)
+    assert caps.formats == ("webp",)
+
+
+async def test_a_webui_before_1_9_has_no_schedulers_and_discovery_still_works(
+    knobs: Knobs, tmp_path: Path
+) -> None:
+    knobs.arm("status", status=404, path="/sdapi/v1/schedulers", count=10)
+    async with (
+        serve_app(a1111_emulator.create_app(knobs=knobs)) as url,
+        A1111.backend(url, tmp_path) as backend,
+    ):
+        await backend.probe(timeout=2.0)
+        caps = backend.capabilities
+    assert caps.samplers and caps.scheduler_suffixes == ()
+
+
+async def test_discovery_failing_keeps_the_probe_ok_and_the_old_capabilities(
+    knobs: Knobs, tmp_path: Path
+) -> None:
+    knobs.arm("status", status=500, path="/sdapi/v1/samplers", count=10)
+    async with (
+        serve_app(a1111_emulator.create_app(knobs=knobs)) as url,
+        A1111.backend(url, tmp_path) as backend,
+    ):
+        health = await backend.probe(timeout=2.0)
+        assert health.ok and backend.capabilities.source.startswith("built-in")
 
 
 async def test_probe_of_a_closed_port_reports_connect_failed(tmp_path: Path) -> None:
@@ -321,14 +382,15 @@ async def test_probe_of_a_failing_server_reports_server_error(
 def test_parse_response_pairs_images_with_all_seeds() -> None:
     png = base64.b64encode(make_image(64, 64, "x", 3)).decode()
     info = json.dumps({"seed": 3, "all_seeds": [3, 4]})
-    pairs = parse_response({"images": [png, png], "info": info}, backend="b")
+    pairs, note = parse_response({"images": [png, png], "info": info}, backend="b")
+    assert note == {}
     assert [seed for _, seed in pairs] == [3, 4]
 
 
 def test_parse_response_skips_a_prepended_grid() -> None:
     grid, one = (base64.b64encode(make_image(64, 64, "x", s)).decode() for s in (0, 1))
     info = json.dumps({"all_seeds": [1], "index_of_first_image": 1})
-    ((data, seed),) = parse_response({"images": [grid, one], "info": info}, backend="b")
+    ((data, seed),), _ = parse_response({"images": [grid, one], "info": info}, backend="b")
     assert seed == 1 and data == make_image(64, 64, "x", 1)
 
 
@@ -365,3 +427,10 @@ async def test_answer_larger_than_max_image_bytes_is_bad_response(
     opened = A1111.backend(a1111_url, tmp_path, max_image_bytes=1024)
     too_big = partial(generate, width=512, height=512)
     await fails(opened, too_big, BadResponse, match="max_image_bytes")
+
+
+async def _raw_txt2img(url: str, body: dict[str, Any]) -> Any:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.post(url + TXT2IMG, json=body) as resp:
+        return await resp.json()

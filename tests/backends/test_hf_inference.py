@@ -283,7 +283,7 @@ async def test_one_failed_call_of_n_fails_the_request_and_cancels_the_others(
 
 
 def test_probe_url_goes_to_the_hub_for_the_public_router_and_to_base_url_otherwise() -> None:
-    hub = "https://huggingface.co/api/models/a/b?expand[]=inferenceProviderMapping"
+    hub = "https://huggingface.co/api/models/a/b?expand=inferenceProviderMapping"
     assert probe_url("https://router.huggingface.co", "a/b", None) == hub
     assert probe_url("https://127.0.0.1:9", "a/b", None).startswith("https://127.0.0.1:9/api/models/a/b?")
     assert probe_url("https://x", "a/b", "https://hub/api/whoami-v2") == "https://hub/api/whoami-v2"
@@ -298,7 +298,7 @@ async def test_probe_reports_the_model_served_with_timings(
     assert health.detail == f"hf-inference serves {MODEL} (live)"
     assert "connect_s" in health.timings and "first_byte_s" in health.timings
     (req,) = knobs.requests
-    assert (req.path, req.query) == (f"/api/models/{MODEL}", {"expand[]": "inferenceProviderMapping"})
+    assert (req.path, req.query) == (f"/api/models/{MODEL}", {"expand": "inferenceProviderMapping"})
     assert req.headers["Authorization"] == f"Bearer {TOKEN}"
 
 

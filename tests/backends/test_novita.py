@@ -15,7 +15,13 @@ from typing import Any
 
 import pytest
 from imagegate.backends import novita as novita_module
-from imagegate.backends.novita import NovitaBackend, build_request, failed_task_error, parse_task
+from imagegate.backends.novita import (
+    NovitaBackend,
+    build_request,
+    failed_task_error,
+    parse_task,
+    task_progress,
+)
 from imagegate.backends.registry import load_settings
 from imagegate.errors import (
     AllBackendsFailed,
@@ -33,6 +39,7 @@ from imagegate.errors import (
     ServerError,
     Unavailable,
 )
+from imagegate.events import ProgressEvent, QueuedEvent
 from imagegate.models import ImageFormat, ImageRequest
 from imagegate.routing import ImageService
 from imagegate.testing import Knobs, LocalCA
@@ -402,3 +409,26 @@ async def test_cli_generate_through_the_novita_emulator(
     )
     (image,) = doc["images"]
     assert (image["width"], image["height"], image["seed"]) == (320, 256, 9)  # file checked too
+
+
+# --- progress ------------------------------------------------------------------------------
+
+
+async def test_a_listener_sees_the_task_queued_then_its_progress_percent(
+    novita_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
+) -> None:
+    knobs.arm("task_slow", polls=4)  # QUEUED, PROCESSING, PROCESSING, SUCCEED
+    settings = NOVITA.settings(novita_url, tmp_path, local_ca)
+    async with ImageService(settings) as service:
+        events = [e async for e in service.stream(ImageRequest(**NOVITA.request))]
+    told = [(e.type, getattr(e, "fraction", None), e.eta_s) for e in events
+            if isinstance(e, QueuedEvent | ProgressEvent)]
+    assert told == [("queued", None, 4.0), ("progress", 0.33, 2.0), ("progress", 0.67, 1.0)]
+    assert events[-1].type == "completed"
+
+
+def test_task_progress_reads_percent_and_eta_and_tolerates_their_absence() -> None:
+    body = {"task": {"status": "TASK_STATUS_PROCESSING", "progress_percent": 40, "eta": 3}}
+    assert task_progress(body) == ("TASK_STATUS_PROCESSING", 0.4, 3.0)
+    assert task_progress({"task": {"status": "TASK_STATUS_QUEUED"}}) == ("TASK_STATUS_QUEUED", None, None)
+    assert task_progress({"nothing": 1}) == ("", None, None)

@@ -18,6 +18,8 @@ from imagegate.backends.openai_images import (
     build_request,
     endpoint,
     error_from_response,
+    model_family,
+    openai_capabilities,
     parse_response,
 )
 from imagegate.errors import (
@@ -86,16 +88,16 @@ async def test_wire_fields_match_the_openai_images_api(
     openai_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     async with OPENAI.backend(openai_url, tmp_path, local_ca, model="dall-e-2") as backend:
-        images = await generate(backend, n=2, width=256, height=128, seed=3, steps=4, negative_prompt="fog")
+        images = await generate(backend, n=2, width=256, height=256, seed=3, steps=4, negative_prompt="fog")
     (req,) = [r for r in knobs.requests if r.path == GEN_PATH]
     assert req.method == "POST"
     assert req.headers["Authorization"] == f"Bearer {KEY}"
     assert req.headers["Content-Type"] == "application/json"
     assert req.body == {
-        "model": "dall-e-2", "prompt": "a lighthouse at dusk", "n": 2, "size": "256x128",
+        "model": "dall-e-2", "prompt": "a lighthouse at dusk", "n": 2, "size": "256x256",
         "response_format": "b64_json", "seed": 3, "steps": 4, "negative_prompt": "fog",
     }
-    assert [(i.width, i.height, i.seed) for i in images] == [(256, 128, None), (256, 128, None)]
+    assert [(i.width, i.height, i.seed) for i in images] == [(256, 256, None), (256, 256, None)]
 
 
 def test_gpt_image_models_get_no_response_format_and_output_format_only_when_not_png() -> None:
@@ -145,11 +147,21 @@ async def test_url_on_another_host_is_downloaded_without_the_key(
     openai_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     knobs.arm("url_answer", host="localhost")  # same server, another origin: like a presigned URL
-    async with OPENAI.backend(openai_url, tmp_path, local_ca) as backend:
+    # localhost is a private address: fetched only because download_hosts lists it
+    async with OPENAI.backend(openai_url, tmp_path, local_ca, download_hosts=["localhost"]) as backend:
         (image,) = await generate(backend)
     assert image.width == 64
     (download,) = [r for r in knobs.requests if r.path.startswith("/files/")]
     assert "Authorization" not in download.headers
+
+
+async def test_url_on_another_private_host_is_refused_unless_listed(
+    openai_url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
+) -> None:
+    knobs.arm("url_answer", host="localhost")
+    opened = OPENAI.backend(openai_url, tmp_path, local_ca)
+    await fails(opened, generate, BadResponse, match="refused: localhost resolves to no public address")
+    assert not [r for r in knobs.requests if r.path.startswith("/files/")]
 
 
 def test_parse_response_reads_data_urls_and_item_seeds() -> None:
@@ -263,10 +275,13 @@ async def test_emulator_refuses_invalid_fields_as_rejected_naming_the_field(
     openai_url: str, tmp_path: Path, local_ca: LocalCA
 ) -> None:
     async with OPENAI.backend(openai_url, tmp_path, local_ca, model="gpt-image-1", send_extensions=False) as backend:
-        (image,) = await generate(backend)  # no response_format for gpt-image: accepted
-        assert image.width == 64
+        (image,) = await generate(backend, width=1024, height=1536)  # no response_format: accepted
+        assert (image.width, image.height) == (1024, 1536)
     opened = OPENAI.backend(openai_url, tmp_path, local_ca, model="no-such-model")
     await fails(opened, generate, Rejected, match="model")
+    opened = OPENAI.backend(openai_url, tmp_path, local_ca, model="gpt-image-1")
+    error = await fails(opened, generate, Rejected, match="Supported values are: '1024x1024'")
+    assert error.status == 400  # 64x64 is no GPT image size (the router never sends it: adapt)
 
 
 @retry_after_forms(seconds=7, date_ahead_s=30, date_range=(27, 31))
@@ -317,7 +332,7 @@ async def test_probe_lists_models_with_the_key(openai_url: str, knobs: Knobs, tm
                                                local_ca: LocalCA) -> None:
     async with OPENAI.backend(openai_url, tmp_path, local_ca) as backend:
         health = await backend.probe(timeout=5)
-    assert health.ok and health.detail is not None and health.detail.startswith("4 models: gpt-image-1")
+    assert health.ok and health.detail is not None and health.detail.startswith("7 models: gpt-image-1")
     (req,) = knobs.requests
     assert (req.path, req.headers["Authorization"]) == ("/v1/models", f"Bearer {KEY}")
 
@@ -386,3 +401,70 @@ async def test_cli_generate_with_backend_writes_the_image(
     )
     assert doc["backend"] == "oai-emu"
     assert [(i["width"], i["height"]) for i in doc["images"]] == [(128, 96), (128, 96)]  # files too
+
+
+# --- model families and the api.openai.com defaults ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "official", "family"),
+    [
+        ("dall-e-2", False, "dall-e-2"), ("dall-e-3", True, "dall-e-3"),
+        ("gpt-image-1", False, "gpt-image"), ("gpt-image-1.5", False, "gpt-image"),
+        ("chatgpt-image-latest", False, "gpt-image"), ("CHATGPT-IMAGE-latest", True, "gpt-image"),
+        ("gpt-image-2", True, "gpt-image"),
+        ("some-future-image-model", True, "gpt-image"),  # OpenAI serves no other family
+        ("some-future-image-model", False, None),  # another server's own model: no rules
+        (None, True, "dall-e-2"), (None, False, None),
+    ],
+)
+def test_model_family(model: str | None, official: bool, family: str | None) -> None:
+    assert model_family(model, official=official) == family
+
+
+def test_chatgpt_image_and_any_non_dall_e_name_on_api_openai_com_get_no_response_format() -> None:
+    request = ImageRequest(prompt="p")
+    assert "response_format" not in build_request(request, model="chatgpt-image-latest", extensions=False)
+    assert "response_format" not in build_request(request, model="new-model", extensions=False, official=True)
+    assert build_request(request, model="new-model", extensions=False)["response_format"] == "b64_json"
+    assert build_request(request, model="dall-e-3", extensions=False, official=True)["response_format"] == "b64_json"
+
+
+@pytest.mark.parametrize(
+    ("environ", "extensions"),
+    [
+        ({"OPENAI_BASE_URL": "https://api.openai.com/v1", "OPENAI_API_KEY": "sk-x"}, False),
+        ({"OPENAI_BASE_URL": "https://gateway.example.com/v1"}, True),
+        ({"OPENAI_BASE_URL": "https://api.openai.com/v1", "OPENAI_API_KEY": "sk-x",
+          "OPENAI_SEND_EXTENSIONS": "true"}, True),
+        ({"OPENAI_BASE_URL": "https://gateway.example.com", "OPENAI_SEND_EXTENSIONS": "0"}, False),
+    ],
+)
+def test_send_extensions_is_off_for_api_openai_com_even_from_the_environment_alone(
+    environ: dict[str, str], extensions: bool
+) -> None:
+    from imagegate.backends.registry import load_settings
+
+    (backend,) = load_settings(None, environ=environ, dotenv=False).backends
+    assert backend.extensions is extensions  # type: ignore[attr-defined]
+
+
+def test_send_extensions_set_in_the_config_wins(tmp_path: Path) -> None:
+    settings = OPENAI.settings("https://api.openai.com", tmp_path, send_extensions=True)
+    assert settings.backends[0].extensions is True  # type: ignore[attr-defined]
+    settings = OPENAI.settings("https://api.openai.com", tmp_path)
+    assert settings.backends[0].extensions is False  # type: ignore[attr-defined]
+
+
+def test_each_family_has_its_sizes_images_per_call_and_prompt_length() -> None:
+    dalle2 = openai_capabilities("dall-e-2", official=True, extensions=False)
+    dalle3 = openai_capabilities("dall-e-3", official=True, extensions=False)
+    gpt = openai_capabilities("chatgpt-image-latest", official=True, extensions=False)
+    assert (dalle2.sizes, dalle2.max_n, dalle2.prompt_max) == (((256, 256), (512, 512), (1024, 1024)), 10, 1000)
+    assert (dalle3.sizes, dalle3.max_n, dalle3.prompt_max) == (
+        ((1024, 1024), (1792, 1024), (1024, 1792)), 1, 4000)
+    assert (gpt.sizes, gpt.max_n, gpt.formats) == (
+        ((1024, 1024), (1536, 1024), (1024, 1536)), 10, ("png", "jpeg", "webp"))
+    assert dalle3.takes == ("size", "model")  # api.openai.com: no seed, steps, ...
+    other = openai_capabilities("flux-dev", official=False, extensions=True)
+    assert other.sizes is None and "seed" in other.takes and other.formats is None

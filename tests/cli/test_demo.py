@@ -41,7 +41,7 @@ from PIL import Image
 from tests.isolated import clean_env, isolation_prefix
 
 DEMO = [sys.executable, "-m", "imagegate", "demo"]
-RESULT_KEYS = {"backend", "elapsed_s", "images", "attempts"}
+RESULT_KEYS = {"backend", "elapsed_s", "images", "attempts", "adjustments"}
 ATTEMPT_KEYS = {"backend", "outcome", "elapsed_s", "error"}
 URL = re.compile(r"^\s+\d\. \w+\s+(https?://127\.0\.0\.1:(\d+))", re.MULTILINE)
 

@@ -83,7 +83,7 @@ async def test_generate_json_prints_one_object_and_writes_the_png(
     assert_no_traceback(run)
     assert run.stdout.count("\n") == 1 and run.stdout.endswith("}\n")  # exactly one JSON line
     doc = json.loads(run.stdout)
-    assert set(doc) == {"backend", "elapsed_s", "images", "attempts"}
+    assert set(doc) == {"backend", "elapsed_s", "images", "attempts", "adjustments"}
     assert doc["backend"] == "a1111" and isinstance(doc["elapsed_s"], float)
     (image,) = doc["images"]
     assert set(image) == {"path", "width", "height", "format", "seed"}

@@ -16,12 +16,19 @@ from tests.conftest import make_settings
 
 
 def a1111_settings(
-    url: str, tmp_path: Path, *, backend: dict[str, Any] | None = None, **service: Any
+    url: str,
+    tmp_path: Path,
+    *,
+    backend: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+    **service: Any,
 ) -> Settings:
     """One A1111 backend at ``url`` (concurrency 64, so the emulator is the only queue)."""
     table = {"name": "local", "kind": "a1111", "base_url": url, "max_concurrency": 64}
     service = {"output_dir": tmp_path / "out", "probe_interval_s": 60.0, **service}
-    return make_settings([{**table, **(backend or {})}], service=service, tmp_path=tmp_path)
+    return make_settings(
+        [{**table, **(backend or {})}], service=service, environ=environ, tmp_path=tmp_path
+    )
 
 
 def closed_port_url() -> str:

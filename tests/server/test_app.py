@@ -109,7 +109,9 @@ async def test_request_id_is_echoed_when_safe_and_replaced_when_not(
         ({"prompt": "x", "size": "4096x4096"}, "size", "2048"),
         ({"prompt": "x", "size": "500x500"}, "size", "multiple of 8"),
         ({"prompt": "x", "response_format": "jpeg"}, "response_format", "b64_json"),
-        ({"prompt": "x", "stream": True}, "stream", "stream"),
+        ({"prompt": "x", "stream": "yes"}, "stream", "boolean"),
+        ({"prompt": "x", "partial_images": 4}, "partial_images", "3"),
+        ({"prompt": "x", "webhook_url": "http://h/x"}, "webhook_url", "Prefer: respond-async"),
         ({"n": 1}, "prompt", "required"),
     ],
 )

@@ -32,7 +32,8 @@ async def _status(
 ) -> tuple[int, str]:
     async with aiohttp.ClientSession() as http:
         method = http.post if post else http.get
-        async with method(url + path, headers=headers or {}, data=BODY if post else None) as r:
+        sent = {**({"Content-Type": "application/json"} if post else {}), **(headers or {})}
+        async with method(url + path, headers=sent, data=BODY if post else None) as r:
             return r.status, await r.text()
 
 

@@ -81,13 +81,15 @@ async def test_async_sdk_with_20_concurrent_calls(base_url: str, knobs: Knobs) -
     assert sum(r.path == "/sdapi/v1/txt2img" for r in knobs.requests) == 20
 
 
-async def test_sdk_raises_its_own_errors_with_our_details(base_url: str) -> None:
+async def test_sdk_raises_its_own_errors_with_our_details(base_url: str, knobs: Knobs) -> None:
     async with openai.AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0) as client:
         with pytest.raises(openai.BadRequestError) as bad:
             await client.images.generate(prompt="x", size="4096x4096")
         assert bad.value.body["param"] == "size"  # type: ignore[index]
-        with pytest.raises(openai.BadRequestError) as refused:  # the provider says no: 400
-            await client.images.generate(prompt="x", extra_body={"sampler_name": "no such"})
+        # the provider says no (the webui's own validation error, 422): 400, not retried
+        knobs.arm("status", status=422, path="/sdapi/v1/txt2img")
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.images.generate(prompt="x")
         assert refused.value.body["code"] == "rejected_by_backend"  # type: ignore[index]
         assert refused.value.body["attempts"][0]["outcome"] == "rejected"  # type: ignore[index]
     async with openai.AsyncOpenAI(base_url=base_url, api_key="sk-wrong", max_retries=0) as client:

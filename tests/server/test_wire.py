@@ -6,6 +6,7 @@ import json
 
 import pytest
 from aiohttp import web
+from imagegate.capabilities import Adjustment
 from imagegate.errors import AllBackendsFailed, InvalidRequest
 from imagegate.models import (
     MAX_SEED,
@@ -18,6 +19,7 @@ from imagegate.models import (
 from imagegate.server.errors import Redactor, api_error_for
 from imagegate.server.openapi import openapi_document
 from imagegate.server.wire import (
+    adjustments_header,
     ignored_header,
     images_response,
     parse_generation,
@@ -159,7 +161,9 @@ def test_answers_carry_base64_or_urls_and_the_real_size() -> None:
         "data": [{"b64_json": "iVBORy1ieXRlcw=="}],
         "size": "64x32",
         "output_format": "png",
+        "adjustments": [],
     }
+    assert adjustments_header(result) == {}
     assert images_response(result, urls=["http://x/v1/files/a"], created=7)["data"] == [
         {"url": "http://x/v1/files/a"}
     ]
@@ -201,3 +205,25 @@ def test_the_document_states_the_same_bounds_as_image_request() -> None:
     assert props["prompt"]["maxLength"] == ours["prompt"]["maxLength"]
     assert doc["paths"]["/v1/images/generations"]["post"]["security"] == [{"bearerAuth": []}]
     assert "security" not in doc["paths"]["/healthz"]["get"]
+
+
+def test_adjustments_go_in_the_body_and_in_one_ascii_header() -> None:
+    image = GeneratedImage(data=b"\x89PNG-bytes", format=ImageFormat.PNG, width=256, height=256)
+    rows = [Adjustment(field="size", asked="128x128", used="256x256", why="allowed: 256..2048"),
+            Adjustment(field="sampler", asked="Ëuler", used=None, why="unknown")]
+    result = ImageResult(images=[image], backend="flux", attempts=[], elapsed_s=0.1, adjustments=rows)
+    assert images_response(result, created=7)["adjustments"] == [
+        {"field": "size", "asked": "128x128", "used": "256x256", "why": "allowed: 256..2048"},
+        {"field": "sampler", "asked": "Ëuler", "used": None, "why": "unknown"},
+    ]
+    assert adjustments_header(result) == {
+        "x-imagegate-adjustments": "size 128x128->256x256; sampler \\xcbuler->none"
+    }
+
+
+def test_no_size_or_auto_leaves_the_size_to_the_request_default_unset_by_the_caller() -> None:
+    for body in ({"prompt": "p"}, {"prompt": "p", "size": "auto"}):
+        request = parse(body).request  # type: ignore[attr-defined]
+        assert (request.width, request.height) == (1024, 1024)
+        assert not {"width", "height"} & request.model_fields_set
+    assert {"width", "height"} <= parse({"prompt": "p", "size": "512x512"}).request.model_fields_set  # type: ignore[attr-defined]

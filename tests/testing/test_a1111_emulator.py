@@ -97,9 +97,50 @@ async def test_body_that_is_not_json_gets_422(http: tuple[aiohttp.ClientSession,
         assert resp.status == 422
 
 
-async def test_unknown_sampler_gets_400(http: tuple[aiohttp.ClientSession, str]) -> None:
-    status, answer = await post(http, {"prompt": "x", "sampler_name": "Nope"})
-    assert status == 400 and answer["detail"] == "Sampler not found"
+@pytest.mark.parametrize(
+    ("asked", "sampler", "scheduler"),
+    [
+        ("Nope", "DPM++ 2M", "Automatic"),  # unknown: silently samplers[0] (1.9+), no error
+        ("euler a", "DPM++ 2M", "Automatic"),  # names are looked up exactly
+        ("Euler a", "Euler a", "Automatic"),
+        ("DPM++ 2M Karras", "DPM++ 2M", "Karras"),  # a scheduler suffix is split off
+        ("DPM++ SDE karras", "DPM++ SDE", "Karras"),  # by the scheduler's name too
+    ],
+)
+async def test_sampler_resolves_like_the_webui_with_a_silent_fallback(
+    http: tuple[aiohttp.ClientSession, str], asked: str, sampler: str, scheduler: str
+) -> None:
+    status, answer = await post(http, {"prompt": "x", "width": 64, "height": 64, "sampler_name": asked})
+    info = json.loads(answer["info"])
+    assert status == 200
+    assert (info["sampler_name"], info["extra_generation_params"]["Schedule type"]) == (sampler, scheduler)
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "used"),
+    [
+        ("dreamshaper_8", "dreamshaper_8"),  # model_name
+        ("dreamshaper_8.safetensors [879db523c3]", "dreamshaper_8"),  # title
+        ("879db523c3", "dreamshaper_8"),  # short sha256
+        ("no-such-model", "sd_xl_base_1.0"),  # unknown: dropped, the loaded one is used
+    ],
+)
+async def test_checkpoint_override_is_used_when_known_and_silently_ignored_when_not(
+    http: tuple[aiohttp.ClientSession, str], checkpoint: str, used: str
+) -> None:
+    body = {"prompt": "x", "width": 64, "height": 64, "override_settings": {"sd_model_checkpoint": checkpoint}}
+    status, answer = await post(http, body)
+    assert status == 200 and json.loads(answer["info"])["sd_model_name"] == used
+
+
+async def test_samples_format_sets_the_image_encoding_and_options_report_it() -> None:
+    async with serve_app(a1111_emulator.create_app(samples_format="webp")) as url, aiohttp.ClientSession() as s:
+        async with s.post(url + TXT2IMG, json={"prompt": "x", "width": 64, "height": 64}) as resp:
+            data = base64.b64decode((await resp.json())["images"][0])
+        async with s.get(url + "/sdapi/v1/options") as resp:
+            options = await resp.json()
+    assert data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    assert options["samples_format"] == "webp"
 
 
 @pytest.mark.parametrize(
@@ -109,6 +150,7 @@ async def test_unknown_sampler_gets_400(http: tuple[aiohttp.ClientSession, str])
         ("/sdapi/v1/options", lambda b: "sd_model_checkpoint" in b),
         ("/sdapi/v1/sd-models", lambda b: b[0]["model_name"] == "sd_xl_base_1.0"),
         ("/sdapi/v1/samplers", lambda b: "Euler a" in [s["name"] for s in b]),
+        ("/sdapi/v1/schedulers", lambda b: {"name": "karras", "label": "Karras"}.items() <= b[2].items()),
         ("/internal/ping", lambda b: b == {}),
     ],
 )

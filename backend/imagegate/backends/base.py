@@ -2,9 +2,15 @@
 
 A backend is one small class: ``generate(request, deadline=...)`` makes one provider call and
 raises only ``imagegate.errors`` types; ``probe()`` is a cheap health check that spends no
-credits; ``aclose()`` releases what the backend owns. It is generic in its settings class, so
+credits; ``capabilities`` says what it accepts (built in, or discovered by its probes; the
+router fits each request to it before calling); ``aclose()`` releases what the backend owns. It is generic in its settings class, so
 ``self.settings`` is that kind's own typed settings. The HTTP machinery most backends share
 is in ``http.py``; image checks in ``images.py``.
+
+Progress is optional and needs no change to ``generate``'s signature: a backend whose provider
+reports queue position, steps or previews tells ``self.reporter`` (the current attempt's
+:class:`~imagegate.events.Reporter`, silent when nobody listens); one that does not is
+still seen to start and end, because routing emits those events.
 """
 
 from __future__ import annotations
@@ -14,8 +20,11 @@ import time
 from collections.abc import Mapping
 from typing import ClassVar, Generic, TypeVar
 
+from imagegate.capabilities import Capabilities
 from imagegate.config import BackendSettings, Timeouts
+from imagegate.config.redact import Redactor
 from imagegate.errors import BackendError
+from imagegate.events import Reporter, current_reporter
 from imagegate.models import BackendHealth, Deadline, GeneratedImage, ImageRequest
 
 __all__ = ["ImageBackend", "SettingsT"]
@@ -31,6 +40,8 @@ class ImageBackend(abc.ABC, Generic[SettingsT]):
     def __init__(self, settings: SettingsT, *, secrets: Mapping[str, str]) -> None:
         self.settings = settings
         self._secrets = dict(secrets)
+        # masks this backend's secrets, in every form, in whatever a provider sends back
+        self.redactor = Redactor.for_secrets(self._secrets)
 
     @property
     def name(self) -> str:
@@ -39,6 +50,21 @@ class ImageBackend(abc.ABC, Generic[SettingsT]):
     @property
     def timeouts(self) -> Timeouts:
         return self.settings.timeouts
+
+    @property
+    def capabilities(self) -> Capabilities | None:
+        """What this backend accepts now (None: unknown; the router then sends as asked)."""
+        return None
+
+    def capabilities_for(self, request: ImageRequest) -> Capabilities | None:
+        """What it accepts for ``request`` (a request may name a model with other rules)."""
+        return self.capabilities
+
+    @property
+    def reporter(self) -> Reporter:
+        """Where the running attempt's progress goes; check ``reporter.listening`` before
+        polling a provider for progress (nobody may be listening)."""
+        return current_reporter()
 
     @abc.abstractmethod
     async def generate(self, request: ImageRequest, *, deadline: Deadline) -> list[GeneratedImage]:
@@ -58,7 +84,7 @@ class ImageBackend(abc.ABC, Generic[SettingsT]):
                 ok=False,
                 last_probe_at=time.time(),
                 last_error_kind=exc.kind,
-                last_error=str(exc),
+                last_error=self.redactor.text(str(exc)),
                 timings=timings,
             )
         timings.setdefault("total_s", time.monotonic() - start)
@@ -67,7 +93,7 @@ class ImageBackend(abc.ABC, Generic[SettingsT]):
             kind=self.kind,
             ok=True,
             last_probe_at=time.time(),
-            detail=detail,
+            detail=self.redactor.text(detail),
             timings=timings,
         )
 

@@ -25,8 +25,11 @@ Decided:
   seeds ``seed, seed+1, ...`` (one TaskGroup: the first failure cancels the others).
 - An empty ``negative_prompt`` is left out, like ``None`` (hf_hub does the same).
 - ``output_format`` is not sent (hf-inference has no such parameter): the image comes back
-  in the format the provider chose, PNG in practice.
-- Probe: ``GET {hub}/api/models/{model}?expand[]=inferenceProviderMapping`` with the token.
+  in the format the provider chose, PNG in practice; the router converts it when another
+  format was asked (an adjustment on the result).
+- Probe: ``GET {hub}/api/models/{model}?expand=inferenceProviderMapping`` with the token,
+  the form huggingface_hub's own ``model_info(expand=[...])`` sends (the JS client sends
+  ``expand[]=``; that the Hub answers both is presumed, UNCONFIRMED).
   It spends no credit, a bad token gets 401, and it says whether hf-inference serves the
   model at all. ``/api/whoami-v2`` is not the default because the Hub rate-limits it
   "intentionally strict" (huggingface_hub's own words) and the probe runs every few seconds.
@@ -49,11 +52,13 @@ from pydantic import field_validator
 from imagegate.backends.http import Answer, HttpBackend, gather_all
 from imagegate.backends.images import check_image
 from imagegate.backends.transport import error_for_status, error_text, parse_retry_after
+from imagegate.capabilities import Capabilities
 from imagegate.config import HttpBackendSettings, check_url
 from imagegate.errors import BackendError, QuotaExhausted, Rejected, Unavailable
 from imagegate.models import MAX_SEED, Deadline, GeneratedImage, ImageRequest
 
 __all__ = [
+    "CAPABILITIES",
     "HFInferenceBackend",
     "HFInferenceSettings",
     "build_request",
@@ -67,6 +72,15 @@ _PUBLIC_HUB = "https://huggingface.co"
 _DEFAULT_MODEL = "black-forest-labs/FLUX.1-schnell"
 _PROVIDER = "hf-inference"
 _PROBE_CAP = 1024 * 1024
+# InferenceClient.text_to_image's parameters (huggingface_hub 2.4): negative_prompt, width,
+# height, num_inference_steps, guidance_scale, seed (and scheduler, which is not a sampler
+# name); no count (one image per call); the answer is the image itself, PNG as asked by
+# ``Accept: image/png``. Ranges depend on the model and are not published: none here.
+CAPABILITIES = Capabilities(
+    source="built-in: hf-inference text-to-image (huggingface_hub 2.4 InferenceClient)",
+    takes=("negative_prompt", "size", "steps", "guidance_scale", "seed", "model"),
+    formats=("png",),
+)
 
 
 class HFInferenceSettings(HttpBackendSettings):
@@ -126,7 +140,7 @@ def probe_url(base_url: str, model: str, whoami_url: str | None) -> str:
     if whoami_url:
         return whoami_url
     hub = _PUBLIC_HUB if urlsplit(base_url).hostname == _PUBLIC_ROUTER_HOST else base_url
-    return f"{hub}/api/models/{quote(model, safe='/')}?expand[]=inferenceProviderMapping"
+    return f"{hub}/api/models/{quote(model, safe='/')}?expand=inferenceProviderMapping"
 
 
 def _error_message(body: bytes, headers: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
@@ -195,6 +209,10 @@ class HFInferenceBackend(HttpBackend[HFInferenceSettings]):
     """Hugging Face Inference (router, hf-inference provider)."""
 
     kind = "hf_inference"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return CAPABILITIES
 
     def _model(self, request: ImageRequest) -> str:
         return request.model or self.settings.model or _DEFAULT_MODEL

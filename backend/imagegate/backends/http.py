@@ -2,13 +2,16 @@
 
 - :meth:`HttpBackend.send` is one HTTP exchange: the deadline-capped timeouts, the TLS
   context, the timing trace, foreign errors translated (:func:`map_http_errors`), the body
-  read under a cap (a success under the caller's cap; an error body up to
-  ``ERROR_BODY_CAP``, enough for a message), secrets masked in error bodies, and a non-OK
-  status turned into the taxonomy by :meth:`HttpBackend.error_for` (which a provider
-  overrides to read its own error shape).
+  read under a cap (:func:`read_body`: a success under the caller's cap; an error body up
+  to ``ERROR_BODY_CAP``, enough for a message), every form of a secret masked in an error's
+  body and headers before anything reads them, and a non-OK status turned into the
+  taxonomy by :meth:`HttpBackend.error_for` (which a provider overrides to read its shape).
+- :meth:`HttpBackend.download` fetches an image URL a provider handed us, under the
+  download policy (``download.py``: no private addresses unless trusted, redirects judged).
 - :meth:`HttpBackend.poll` runs an async job to its end within the deadline, polling
   through transient failures.
-- :func:`gather_all` runs a backend's calls at once (``n`` images as ``n`` calls).
+- :func:`gather_all` runs a backend's calls at once (``n`` images as ``n`` calls), at most
+  ``limit`` at a time when given.
 
 Under it, ``transport.py``: timeouts, TLS, the error map, bounded reads, timings.
 """
@@ -25,17 +28,19 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from imagegate.backends.base import ImageBackend
+from imagegate.backends.download import MAX_DOWNLOADS, Downloader, DownloadPolicy
 from imagegate.backends.transport import (
+    ERROR_BODY_CAP,
     client_timeout,
     error_for_status,
     error_text,
     make_ssl_context,
     map_http_errors,
     parse_retry_after,
-    read_capped,
-    read_prefix,
+    read_body,
 )
 from imagegate.config import HttpBackendSettings, Timeouts
 from imagegate.errors import BackendError, BadResponse, GenerationTimeout
@@ -44,6 +49,7 @@ from imagegate.models import Deadline
 
 __all__ = [
     "ERROR_BODY_CAP",
+    "MAX_DOWNLOADS",
     "Answer",
     "Failed",
     "HttpBackend",
@@ -54,7 +60,6 @@ __all__ = [
 
 log = get_logger(__name__)
 
-ERROR_BODY_CAP = 64 * 1024  # an error body is read this far: enough for any message
 T = TypeVar("T")
 HttpSettingsT = TypeVar("HttpSettingsT", bound=HttpBackendSettings)
 
@@ -103,17 +108,17 @@ class HttpBackend(ImageBackend[HttpSettingsT]):
         key = self._secrets.get("api_key")
         # Bearer auth for the key-based providers; empty when no key is configured.
         self._headers: dict[str, str] = {"Authorization": f"Bearer {key}"} if key else {}
+        self.downloads = Downloader(
+            self.name, DownloadPolicy(self.base_url, tuple(settings.download_hosts)), session,
+            self.timeouts, self._ssl,
+        )
 
     def __repr__(self) -> str:
         # Readable in logs and trails, and never more than name and URL (no secret).
         return f"{type(self).__name__}(name={self.name!r}, base_url={self.base_url!r})"
 
-    def redact(self, body: bytes) -> bytes:
-        """``body`` with every copy of a secret masked (a provider may echo what it was sent)."""
-        for secret in self._secrets.values():
-            if secret:
-                body = body.replace(secret.encode(), b"***")
-        return body
+    async def aclose(self) -> None:
+        await self.downloads.aclose()
 
     def request_kwargs(
         self,
@@ -159,14 +164,25 @@ class HttpBackend(ImageBackend[HttpSettingsT]):
         options = self.request_kwargs(deadline, timings, read=read, url=url)
         with self.map_errors(deadline):
             async with self._session.request(method, url, headers=sent, **options, **kwargs) as resp:
-                if resp.status in ok:
-                    body = await read_capped(resp, cap, backend=self.name)
-                else:
-                    body = self.redact(await read_prefix(resp, ERROR_BODY_CAP))
+                body = await read_body(resp, cap, backend=self.name, ok=ok)
                 answer = Answer(resp.status, resp.headers, body)
         if answer.status not in ok:
-            raise (errors or self.error_for)(answer)
+            raise (errors or self.error_for)(self._masked(answer))
         return answer
+
+    def _masked(self, answer: Answer) -> Answer:
+        """An error answer with every form of a secret masked in its body and headers."""
+        mask = self.redactor.text
+        headers = CIMultiDict((k, mask(v)) for k, v in answer.headers.items())
+        return Answer(answer.status, CIMultiDictProxy(headers), self.redactor.bytes(answer.body))
+
+    async def download(
+        self, url: str, deadline: Deadline, *, auth: bool = True, headers: Mapping[str, str] | None = None
+    ) -> bytes:
+        """The image at ``url`` (a provider's answer named it), under the download policy and
+        ``max_image_bytes``; the credentials go along only to ``base_url``'s own origin."""
+        sent = {**(self._headers if auth else {}), **(headers or {})}
+        return await self.downloads.fetch(url, deadline, cap=self.settings.max_image_bytes, auth_headers=sent)
 
     def error_for(self, answer: Answer) -> BackendError:
         """The taxonomy's error for a non-OK answer; providers override to read their shape."""
@@ -225,22 +241,25 @@ class HttpBackend(ImageBackend[HttpSettingsT]):
         )
 
 
-async def gather_all(calls: Iterable[Awaitable[T]]) -> list[T]:
-    """Run ``calls`` at once and return their results in order; the first failure cancels
-    the others (no task outlives the caller) and is raised as itself, not as a group."""
+async def gather_all(calls: Iterable[Awaitable[T]], *, limit: int | None = None) -> list[T]:
+    """Run ``calls`` at once (at most ``limit`` at a time) and return their results in order;
+    the first failure cancels the others (no task outlives the caller) and is raised as
+    itself, not as a group."""
     coros = list(calls)
     if len(coros) == 1:
         return [await coros[0]]
+    slots = asyncio.Semaphore(limit or len(coros) or 1)
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(_awaited(c)) for c in coros]
+            tasks = [group.create_task(_awaited(c, slots)) for c in coros]
     except BaseExceptionGroup as errors:
         raise _first_backend_error(errors) from None
     return [task.result() for task in tasks]
 
 
-async def _awaited(call: Awaitable[T]) -> T:
-    return await call
+async def _awaited(call: Awaitable[T], slots: asyncio.Semaphore) -> T:
+    async with slots:
+        return await call
 
 
 def _first_backend_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -31,10 +31,16 @@ Decided:
   inappropriate-content reason (ILLEGAL_*, NSFW) -> content_filtered; one about the parameters
   (invalid, not found/exist, unsupported, out of range) -> rejected; anything else ->
   server_error (the provider broke on valid input).
-- Images are downloaded as soon as the task succeeds, concurrently, each capped at
-  ``max_image_bytes``, and *without* the Authorization header (the URL is presigned and lives on
-  a storage host: the key must not travel there). 403/404 on a download (an expired or refused
-  URL) -> bad_response; 429/5xx -> their usual kinds.
+- Progress (only while someone listens): each poll's ``task.progress_percent`` (0-100) and
+  ``task.eta`` (seconds) become a progress event, TASK_STATUS_QUEUED a queued one (Novita
+  gives no position). Both fields are optional in the SDK's model (an older one had neither).
+- Images are downloaded as soon as the task succeeds, at most ``MAX_DOWNLOADS`` at once and
+  no more of them than ``image_num`` asked (extra URLs are dropped: images.py), each capped at
+  ``max_image_bytes``, under the download policy (download.py: a URL on a private address
+  is refused unless listed in ``download_hosts``), and *without* the Authorization header
+  (the URL is presigned and lives on a storage host: the key must not travel there).
+  401/403/404/410 on a download (an expired or refused URL) -> bad_response; 429/5xx -> their
+  usual kinds; the body of a failed download is never read.
 - The seed comes from ``extra.seed`` (a string) and is given to the first image only: which
   seeds Novita used for the others of an ``image_num`` > 1 batch is not documented.
 - Error reasons refine the status: INVALID_API_KEY/MISSING_API_KEY/FAILED_TO_AUTH/
@@ -52,9 +58,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from imagegate.backends.http import Answer, Failed, HttpBackend, Pending, gather_all
-from imagegate.backends.images import check_image
+from imagegate.backends.http import MAX_DOWNLOADS, Answer, Failed, HttpBackend, Pending, gather_all
+from imagegate.backends.images import check_image, keep_asked
 from imagegate.backends.transport import error_for_status, error_text, parse_retry_after
+from imagegate.capabilities import Capabilities, Span
 from imagegate.config import HttpBackendSettings
 from imagegate.errors import (
     AuthFailed,
@@ -66,10 +73,13 @@ from imagegate.errors import (
     Rejected,
     ServerError,
 )
+from imagegate.events import Reporter
 from imagegate.logging import get_logger
 from imagegate.models import Deadline, GeneratedImage, ImageRequest
 
 __all__ = [
+    "CAPABILITIES",
+    "SAMPLERS",
     "NovitaBackend",
     "NovitaSettings",
     "build_request",
@@ -77,6 +87,7 @@ __all__ = [
     "failed_task_error",
     "from_env",
     "parse_task",
+    "task_progress",
 ]
 
 log = get_logger(__name__)
@@ -89,8 +100,32 @@ _DEFAULT_GUIDANCE = 7.5
 _DEFAULT_SAMPLER = "Euler a"
 _POLL_READ_S = 30.0  # one task-result GET is small: it never needs the whole read budget
 _JSON_CAP = 1024 * 1024  # submit, task-result and user answers are small JSON
+# The sampler_name enum of Novita's txt2img docs (the v2 reference page lists it; v3 takes
+# the same A1111 names: UNCONFIRMED beyond the docs' examples, "Euler a").
+SAMPLERS = (
+    "DPM++ 2M Karras", "DPM++ SDE Karras", "DPM++ 2M SDE Exponential", "DPM++ 2M SDE Karras",
+    "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ SDE",
+    "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2M SDE Heun Karras", "DPM++ 2M SDE Heun Exponential",
+    "DPM++ 3M SDE", "DPM++ 3M SDE Karras", "DPM++ 3M SDE Exponential", "DPM fast", "DPM adaptive",
+    "LMS Karras", "DPM2 Karras", "DPM2 a Karras", "DPM++ 2S a Karras", "Restart", "DDIM", "PLMS",
+    "UniPC",
+)
+# v3 txt2img limits: width/height [128, 2048] (novita.ai docs guides/model-apis-v2-to-v3-
+# migration, "Range Change: [128, 2048]"), guidance_scale [1, 30] (model-apis-image-to-image,
+# the same request model), response_image_type png|webp|jpeg (the migration guide: "V3 adds
+# support for webp"); prompt 1..1024 characters, image_num 1..8, steps 1..100 as the v3
+# reference lists them (providers.md §2; the stored copy of that page shows no ranges:
+# UNCONFIRMED here).
+CAPABILITIES = Capabilities(
+    source="built-in: Novita v3 txt2img docs",
+    width=Span(min=128, max=2048), height=Span(min=128, max=2048),
+    steps=Span(min=1, max=100, step=1), guidance_scale=Span(min=1, max=30),
+    max_n=8, formats=("png", "jpeg", "webp"), prompt_max=1024, samplers=SAMPLERS,
+    defaults={"steps": 20, "guidance_scale": 7.5, "sampler": "Euler a"},
+)
 SUCCEED = "TASK_STATUS_SUCCEED"
 FAILED = "TASK_STATUS_FAILED"
+QUEUED = "TASK_STATUS_QUEUED"
 
 _REASON_KINDS: dict[str, type[BackendError]] = {
     "INVALID_API_KEY": AuthFailed,
@@ -184,6 +219,18 @@ def parse_task(body: Any, *, backend: str) -> tuple[str, str, list[str], int | N
     return status, reason, urls, seed
 
 
+def task_progress(body: Any) -> tuple[str, float | None, float | None]:
+    """(status, fraction 0..1, eta seconds) from a task-result answer; Nones when absent (pure)."""
+    task = body.get("task") if isinstance(body, dict) else None
+    if not isinstance(task, dict):
+        return "", None, None
+    percent, eta = task.get("progress_percent"), task.get("eta")
+    number = (int, float)
+    fraction = percent / 100 if isinstance(percent, number) and not isinstance(percent, bool) else None
+    eta_s = float(eta) if isinstance(eta, number) and not isinstance(eta, bool) else None
+    return str(task.get("status") or ""), fraction, eta_s
+
+
 def failed_task_error(task_id: str, reason: str, *, backend: str) -> BackendError:
     """The error for a TASK_STATUS_FAILED task, its kind read from the reason (pure)."""
     text = reason or "no reason given"
@@ -219,6 +266,10 @@ class NovitaBackend(HttpBackend[NovitaSettings]):
 
     kind = "novita"
 
+    @property
+    def capabilities(self) -> Capabilities:
+        return CAPABILITIES
+
     async def generate(self, request: ImageRequest, *, deadline: Deadline) -> list[GeneratedImage]:
         payload = build_request(request, model=self.settings.model, backend=self.name)
         started = time.monotonic()
@@ -230,9 +281,13 @@ class NovitaBackend(HttpBackend[NovitaSettings]):
             interval=self.settings.poll_interval_s,
             what=f"task {task_id}",
         )
-        blobs = await gather_all(self._download(url, deadline) for url in urls)  # all at once
+        urls, note = keep_asked(urls, request.n, backend=self.name)
+        blobs = await gather_all(  # no Authorization: presigned URLs on a storage host
+            (self.download(url, deadline, auth=False) for url in urls), limit=MAX_DOWNLOADS
+        )
         return [
-            check_image(data, backend=self.name, seed=seed if i == 0 else None, info={"task_id": task_id})
+            check_image(data, backend=self.name, seed=seed if i == 0 else None, quote=False,
+                        info={"task_id": task_id, **(note if i == 0 else {})})
             for i, data in enumerate(blobs)
         ]
 
@@ -262,27 +317,15 @@ class NovitaBackend(HttpBackend[NovitaSettings]):
             "GET", self.base_url + _TASK_RESULT, params={"task_id": task_id}, deadline=deadline,
             cap=_JSON_CAP, read=min(self.timeouts.read, _POLL_READ_S),
         )
-        status, reason, urls, seed = parse_task(answer.json(backend=self.name), backend=self.name)
+        body = answer.json(backend=self.name)
+        status, reason, urls, seed = parse_task(body, backend=self.name)
+        if self.reporter.listening:
+            _report(self.reporter, *task_progress(body))
         if status == SUCCEED:
             return urls, seed
         if status == FAILED:
             return Failed(failed_task_error(task_id, reason, backend=self.name))
         return Pending(status)
-
-    async def _download(self, url: str, deadline: Deadline) -> bytes:
-        try:  # no Authorization: a presigned URL on a storage host
-            answer = await self.send(
-                "GET", url, deadline=deadline, cap=self.settings.max_image_bytes, auth=False
-            )
-        except BackendError as exc:
-            if exc.status in (403, 404, 410):
-                raise BadResponse(
-                    f"image_url refused with HTTP {exc.status} (expired or gone): {exc.message}",
-                    backend=self.name,
-                    status=exc.status,
-                ) from None
-            raise
-        return answer.body
 
     async def _probe(self, deadline: Deadline, timings: dict[str, float]) -> str:
         answer = await self.send(
@@ -293,3 +336,10 @@ class NovitaBackend(HttpBackend[NovitaSettings]):
         if not isinstance(balance, int | float):
             raise BadResponse("/v3/user answer has no numeric 'credit_balance'", backend=self.name)
         return f"credit balance ${balance / 10000:.2f}"
+
+
+def _report(reporter: Reporter, status: str, fraction: float | None, eta_s: float | None) -> None:
+    if status == QUEUED:
+        reporter.queued(eta_s=eta_s)
+    elif status not in (SUCCEED, FAILED):
+        reporter.progress(fraction=fraction, eta_s=eta_s)

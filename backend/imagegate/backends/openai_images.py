@@ -20,18 +20,29 @@ Decided:
 - ``base_url`` may end in ``/v1`` (the openai SDK's ``OPENAI_BASE_URL`` convention); no
   second ``/v1`` is added then.
 - ``model`` (request, else config) is left out when unset: the server picks its default.
-- ``response_format: "b64_json"`` is sent except to ``gpt-image*`` models, which always
-  answer base64 and reject the parameter with 400 ``unknown_parameter`` on api.openai.com.
-  ``output_format`` is sent only when it is not PNG (the default), and only to
-  ``gpt-image*`` models or with extensions on; the real format is sniffed anyway.
+- Model families (:func:`model_family`): ``dall-e-2`` and ``dall-e-3`` by name;
+  ``gpt-image-*`` and ``chatgpt-image-*`` are GPT image models, and on api.openai.com so is
+  every other name (OpenAI serves no other family), while an unset model there is
+  ``dall-e-2`` (the API's documented default). On any other server an unknown name is the
+  server's own model: no per-model rule applies. Each family's sizes, ``n`` per call and
+  prompt length (:func:`openai_capabilities`, sources there) let the router fit a request
+  before sending it.
+- ``response_format: "b64_json"`` is sent except to GPT image models, which always answer
+  base64 and reject the parameter with 400 ``unknown_parameter`` on api.openai.com.
+  ``output_format`` is sent only when it is not PNG (the default), and only to GPT image
+  models or with extensions on; the real format is sniffed anyway.
 - Extensions: ``seed``, ``negative_prompt``, ``steps`` and ``guidance_scale`` are not in the
-  OpenAI shape. With ``send_extensions = true`` (the default) each is sent when the caller
-  set it: imagegate's own server reads all of them, and many self-hosted servers read
-  ``seed``. Strict api.openai.com rejects unknown fields with 400 ``unknown_parameter``:
-  set ``send_extensions = false`` there. An image reports an item's own ``seed`` field
-  when the server sends one, else the sent seed when ``n = 1``.
+  OpenAI shape. With ``send_extensions`` on, each is sent when the caller set it:
+  imagegate's own server reads all of them, and many self-hosted servers read ``seed``.
+  api.openai.com rejects unknown fields with 400 ``unknown_parameter``, so the default is
+  off when ``base_url`` is api.openai.com and on elsewhere; ``send_extensions`` (or
+  ``OPENAI_SEND_EXTENSIONS`` for an environment-only set-up) overrides it. An image reports
+  an item's own ``seed`` field when the server sends one, else the sent seed when ``n = 1``.
 - The key is sent to download a ``url`` only when the URL has the same origin as
-  ``base_url``: presigned storage URLs on other hosts never see it.
+  ``base_url``: presigned storage URLs on other hosts never see it. Downloads follow the
+  download policy (download.py: no private address unless it is ``base_url``'s origin or in
+  ``download_hosts``), at most ``MAX_DOWNLOADS`` at once.
+- More entries in ``data`` than ``n`` asked: the first ``n`` are kept (images.py).
 - Probe: ``GET {base_url}/v1/models`` (free). 404/405 there still means "reachable and
   authenticated enough": many image servers have no model list.
 """
@@ -40,15 +51,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit
 
-from imagegate.backends.http import Answer, HttpBackend
-from imagegate.backends.images import check_image
+from pydantic import field_validator
+
+from imagegate.backends.http import MAX_DOWNLOADS, Answer, HttpBackend, gather_all
+from imagegate.backends.images import check_image, keep_asked
 from imagegate.backends.transport import error_for_status, error_text, parse_retry_after
+from imagegate.capabilities import Capabilities
 from imagegate.config import HttpBackendSettings, url_from_env
 from imagegate.errors import BackendError, BadResponse, ContentFiltered, QuotaExhausted
 from imagegate.logging import get_logger
@@ -61,6 +76,8 @@ __all__ = [
     "build_request",
     "error_from_response",
     "from_env",
+    "model_family",
+    "openai_capabilities",
     "parse_response",
 ]
 
@@ -71,6 +88,30 @@ _MODELS = "/v1/models"
 _FILTERED_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
 _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
 _MODELS_CAP = 4 * 1024 * 1024
+_OFFICIAL_HOST = "api.openai.com"
+Family = Literal["dall-e-2", "dall-e-3", "gpt-image"]
+
+# Per family: (sizes, images per call, prompt length, formats). openai-python
+# ``types/image_generate_params.py`` @04448952 (the gpt-image-1 era docstrings): dall-e-2
+# 256x256/512x512/1024x1024, n 1-10, prompt <= 1000 characters; dall-e-3
+# 1024x1024/1792x1024/1024x1792, n = 1, prompt <= 4000; gpt-image-1 1024x1024/1536x1024/
+# 1024x1536 (or auto), n 1-10, prompt <= 32000, output_format png|jpeg|webp. DALL-E answers
+# PNG only (output_format is GPT image only). openai 3.57 lets gpt-image-2 take any WxH in
+# multiples of 16: not used here (the three sizes every GPT image model takes).
+_FAMILIES: dict[str, tuple[tuple[tuple[int, int], ...], int, int, tuple[str, ...]]] = {
+    "dall-e-2": (((256, 256), (512, 512), (1024, 1024)), 10, 1000, ("png",)),
+    "dall-e-3": (((1024, 1024), (1792, 1024), (1024, 1792)), 1, 4000, ("png",)),
+    "gpt-image": (((1024, 1024), (1536, 1024), (1024, 1536)), 10, 32000, ("png", "jpeg", "webp")),
+}
+_EXTENSION_FIELDS = ("negative_prompt", "seed", "steps", "guidance_scale")
+
+
+_BOOL_TEXT = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
+def is_official(base_url: str) -> bool:
+    """Whether ``base_url`` is OpenAI's own API."""
+    return urlsplit(base_url).hostname == _OFFICIAL_HOST
 
 
 class OpenAISettings(HttpBackendSettings):
@@ -80,8 +121,23 @@ class OpenAISettings(HttpBackendSettings):
     api_key_env: str | None = "OPENAI_API_KEY"
     api_key_required: bool = True
     # send seed/negative_prompt/steps/guidance_scale/output_format when set (imagegate's own
-    # server reads them); strict api.openai.com rejects unknown fields: set false there
-    send_extensions: bool = True
+    # server reads them); None: off for api.openai.com (it rejects unknown fields), else on
+    send_extensions: bool | None = None
+
+    @field_validator("send_extensions", mode="before")
+    @classmethod
+    def _bool_text(cls, value: object) -> object:
+        """``OPENAI_SEND_EXTENSIONS=0|1|true|false`` from the environment arrives as text."""
+        if isinstance(value, str) and value.strip().lower() in _BOOL_TEXT:
+            return _BOOL_TEXT[value.strip().lower()]
+        return value
+
+    @property
+    def extensions(self) -> bool:
+        """Whether the extension fields are sent (see ``send_extensions``)."""
+        if self.send_extensions is not None:
+            return self.send_extensions
+        return not is_official(self.base_url)
 
     def secret_env_names(self) -> dict[str, str]:
         return {"api_key": self.api_key_env} if self.api_key_env else {}
@@ -91,7 +147,8 @@ class OpenAISettings(HttpBackendSettings):
 
 
 def from_env(env: Mapping[str, str], have_others: bool) -> list[dict[str, Any]]:
-    """``OPENAI_BASE_URL`` (+ ``OPENAI_API_KEY`` when the server wants one), priority 40.
+    """``OPENAI_BASE_URL`` (+ ``OPENAI_API_KEY`` when the server wants one), priority 40;
+    ``OPENAI_SEND_EXTENSIONS`` (true/false) overrides the extensions default.
 
     Decided: OpenAI's own hosts always want a key, so without ``OPENAI_API_KEY`` that backend
     is disabled at start like any other whose key is missing. Another server may be keyless
@@ -109,15 +166,16 @@ def from_env(env: Mapping[str, str], have_others: bool) -> list[dict[str, Any]]:
             message="OPENAI_BASE_URL is set but OPENAI_API_KEY is not: its requests go without"
             " a key (fine for a keyless server; set OPENAI_API_KEY if it wants one)",
         )
-    return [
-        {
-            "name": "openai",
-            "kind": "openai",
-            "base_url": base_url,
-            "priority": 40,
-            "api_key_required": needs_key,
-        }
-    ]
+    table: dict[str, Any] = {
+        "name": "openai",
+        "kind": "openai",
+        "base_url": base_url,
+        "priority": 40,
+        "api_key_required": needs_key,
+    }
+    if env.get("OPENAI_SEND_EXTENSIONS"):
+        table["send_extensions"] = env["OPENAI_SEND_EXTENSIONS"]
+    return [table]
 
 
 @dataclass(frozen=True)
@@ -137,19 +195,49 @@ def endpoint(base_url: str, path: str) -> str:
     return base_url + path
 
 
-def _is_gpt_image(model: str | None) -> bool:
-    return bool(model) and model.lower().startswith("gpt-image")  # type: ignore[union-attr]
+def model_family(model: str | None, *, official: bool = False) -> Family | None:
+    """The OpenAI model family of ``model`` (None: a compatible server's own model)."""
+    name = (model or "").lower()
+    if name.startswith("dall-e-3"):
+        return "dall-e-3"
+    if name.startswith("dall-e"):
+        return "dall-e-2"
+    if name.startswith(("gpt-image", "chatgpt-image")):
+        return "gpt-image"
+    if official:
+        return "gpt-image" if name else "dall-e-2"
+    return None
 
 
-def build_request(request: ImageRequest, *, model: str | None, extensions: bool = True) -> dict[str, Any]:
+@functools.lru_cache(maxsize=64)
+def openai_capabilities(model: str | None, *, official: bool, extensions: bool) -> Capabilities:
+    """What an OpenAI-shaped server takes for ``model`` (see ``_FAMILIES`` for sources)."""
+    family = model_family(model, official=official)
+    takes = ("size", "model") + (_EXTENSION_FIELDS if extensions else ())
+    if family is None:
+        return Capabilities(
+            source="built-in: the OpenAI images shape (a compatible server's own model)",
+            takes=takes, formats=None if extensions else ("png",),
+        )
+    sizes, max_n, prompt_max, formats = _FAMILIES[family]
+    return Capabilities(
+        source=f"built-in: {family} (openai-python image_generate_params)", takes=takes,
+        sizes=sizes, max_n=max_n, prompt_max=prompt_max, formats=formats,
+    )
+
+
+def build_request(
+    request: ImageRequest, *, model: str | None, extensions: bool = True, official: bool = False
+) -> dict[str, Any]:
     """The generations JSON body (pure)."""
     model = request.model or model
+    gpt_image = model_family(model, official=official) == "gpt-image"
     payload: dict[str, Any] = {"prompt": request.prompt, "n": request.n, "size": f"{request.width}x{request.height}"}
     if model:
         payload["model"] = model
-    if not _is_gpt_image(model):
+    if not gpt_image:
         payload["response_format"] = "b64_json"
-    if request.output_format is not ImageFormat.PNG and (extensions or _is_gpt_image(model)):
+    if request.output_format is not ImageFormat.PNG and (extensions or gpt_image):
         payload["output_format"] = request.output_format.value
     if extensions:
         extra = {
@@ -225,43 +313,48 @@ def error_from_response(status: int, body: bytes, headers: Mapping[str, str], *,
     return error_for_status(status, message, backend=backend, retry_after=retry_after)
 
 
-def _same_origin(a: str, b: str) -> bool:
-    pa, pb = urlsplit(a), urlsplit(b)
-    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
-
-
 class OpenAIImagesBackend(HttpBackend[OpenAISettings]):
     """An OpenAI-compatible ``/v1/images/generations`` server."""
 
     kind = "openai"
 
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.capabilities_for(None)
+
+    def capabilities_for(self, request: ImageRequest | None) -> Capabilities:
+        model = (request.model if request else None) or self.settings.model
+        return openai_capabilities(
+            model, official=is_official(self.base_url), extensions=self.settings.extensions
+        )
+
     async def generate(self, request: ImageRequest, *, deadline: Deadline) -> list[GeneratedImage]:
-        payload = build_request(request, model=self.settings.model, extensions=self.settings.send_extensions)
+        payload = build_request(
+            request, model=self.settings.model, extensions=self.settings.extensions,
+            official=is_official(self.base_url),
+        )
         url = endpoint(self.base_url, _GENERATIONS)
         cap = (self.settings.max_image_bytes * 4 // 3 + 4096) * request.n  # base64 inflates 4/3
         answer = await self.send("POST", url, json=payload, deadline=deadline, cap=cap)
         items = parse_response(answer.json(backend=self.name), backend=self.name, sent_seed=payload.get("seed"))
-        images = []
-        for item in items:
-            data = item.data if item.data is not None else await self._download(url, item.url, deadline)
-            images.append(check_image(data, backend=self.name, seed=item.seed, info=item.info))
-        return images
+        items, note = keep_asked(items, request.n, backend=self.name)
+        return await gather_all(
+            (self._image(item, url, deadline, note if i == 0 else {}) for i, item in enumerate(items)),
+            limit=MAX_DOWNLOADS,
+        )
 
     def error_for(self, answer: Answer) -> BackendError:
         return error_from_response(answer.status, answer.body, answer.headers, backend=self.name)
 
-    async def _download(self, base: str, url: str | None, deadline: Deadline) -> bytes:
-        target = urljoin(base, url or "")
-        answer = await self.send(
-            "GET", target, deadline=deadline, cap=self.settings.max_image_bytes,
-            auth=_same_origin(target, self.base_url), errors=self._download_error,
-        )
-        return answer.body
-
-    def _download_error(self, answer: Answer) -> BackendError:
-        return BadResponse(
-            f"downloading the image URL failed: HTTP {answer.status}", backend=self.name, status=answer.status
-        )
+    async def _image(
+        self, item: ImageItem, base: str, deadline: Deadline, note: dict[str, Any]
+    ) -> GeneratedImage:
+        """One entry of ``data`` as an image: decoded in place, or downloaded (policy: download.py)."""
+        info = {**item.info, **note}
+        if item.data is not None:
+            return check_image(item.data, backend=self.name, seed=item.seed, info=info)
+        data = await self.download(urljoin(base, item.url or ""), deadline)
+        return check_image(data, backend=self.name, seed=item.seed, info=info, quote=False)
 
     async def _probe(self, deadline: Deadline, timings: dict[str, float]) -> str:
         answer = await self.send(

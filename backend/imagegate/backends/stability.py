@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -53,6 +54,7 @@ import aiohttp
 from imagegate.backends.http import Answer, HttpBackend, gather_all
 from imagegate.backends.images import check_image
 from imagegate.backends.transport import error_for_status, error_text, parse_retry_after
+from imagegate.capabilities import Capabilities, Span
 from imagegate.config import HttpBackendSettings
 from imagegate.errors import (
     AuthFailed,
@@ -74,6 +76,7 @@ __all__ = [
     "from_env",
     "nearest_aspect_ratio",
     "parse_response",
+    "stability_capabilities",
 ]
 
 _GENERATE = "/v2beta/stable-image/generate/"
@@ -107,6 +110,19 @@ def from_env(env: Mapping[str, str], have_others: bool) -> list[dict[str, Any]]:
     if not env.get("STABILITY_API_KEY"):
         return []
     return [{"name": "stability", "kind": "stability", "priority": 20}]
+
+
+@functools.lru_cache(maxsize=64)
+def stability_capabilities(engine: str, model: str | None) -> Capabilities:
+    """What v2beta takes (the OpenAPI above): an aspect ratio, never pixels; a negative prompt
+    (not sd3-large-turbo); seed 0..4294967294; png|jpeg|webp (sd3: png|jpeg); prompt up to
+    10000 characters; no steps, guidance or sampler; the sd3 model comes from the config."""
+    takes = ("size", "seed") + (() if engine == "sd3" and model in _NO_NEGATIVE_PROMPT else ("negative_prompt",))
+    return Capabilities(
+        source=f"built-in: Stability v2beta {engine} (OpenAPI 2024-12-30)",
+        takes=tuple(sorted(takes)), aspect_ratios=tuple(ASPECT_RATIOS), seed=Span(min=0, max=MAX_SEED),
+        formats=("png", "jpeg") if engine == "sd3" else ("png", "jpeg", "webp"), prompt_max=10000,
+    )
 
 
 def nearest_aspect_ratio(width: int, height: int) -> str:
@@ -198,6 +214,10 @@ class StabilityBackend(HttpBackend[StabilitySettings]):
     """Stability AI's v2beta Stable Image API."""
 
     kind = "stability"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return stability_capabilities(self.settings.engine, self.settings.model)
 
     async def generate(self, request: ImageRequest, *, deadline: Deadline) -> list[GeneratedImage]:
         engine, model = self.settings.engine, self.settings.model

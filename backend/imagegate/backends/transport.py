@@ -1,6 +1,11 @@
 """The aiohttp layer under every HTTP call a backend makes: timeouts capped by the deadline,
 the TLS trust, foreign errors mapped to the taxonomy (once: :func:`map_http_errors`), the
 status-to-taxonomy table, Retry-After, bounded body reads, and DNS/connect/first-byte timings.
+
+Every body a provider sends is read by :func:`read_body` (through ``HttpBackend.send``, the
+Space backend's own calls and the diagnosis alike): an expected answer under the caller's
+cap, proportional to what it may carry, streamed and abandoned past it; anything else only up
+to ``ERROR_BODY_CAP``, enough for a message. Nothing reads a provider's body whole.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import email.utils
 import os
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,16 +40,20 @@ from imagegate.errors import (
 from imagegate.models import Deadline
 
 __all__ = [
+    "ERROR_BODY_CAP",
     "client_timeout",
     "error_for_status",
     "error_text",
     "make_ssl_context",
     "map_http_errors",
     "parse_retry_after",
+    "read_body",
     "read_capped",
     "read_prefix",
     "timing_trace_config",
 ]
+
+ERROR_BODY_CAP = 64 * 1024  # an error body is read this far: enough for any message
 
 
 def client_timeout(timeouts: Timeouts, deadline: Deadline | None) -> aiohttp.ClientTimeout:
@@ -91,7 +100,10 @@ def map_http_errors(
     except aiohttp.ClientOSError as exc:
         raise ConnectFailed(f"connection reset ({exc.strerror or exc})", backend=backend) from exc
     except aiohttp.ClientResponseError as exc:
-        raise error_for_status(exc.status, exc.message, backend=backend) from exc
+        # aiohttp raises this for an answer it cannot parse (status line, headers, too many
+        # redirects): the provider is broken, whatever "status" aiohttp put on it
+        first_line = error_text(str(exc.message).split("\n", 1)[0], 120)
+        raise BadResponse(f"malformed answer: {first_line}", backend=backend) from exc
     except aiohttp.ClientError as exc:
         raise ConnectFailed(f"{type(exc).__name__}: {exc}", backend=backend) from exc
     except TimeoutError as exc:
@@ -145,6 +157,16 @@ def error_for_status(
     else:
         cls = BadResponse
     return cls(message, backend=backend, status=status, retry_after=retry_after)
+
+
+async def read_body(
+    resp: aiohttp.ClientResponse, cap: int, *, backend: str, ok: Collection[int] = (200,)
+) -> bytes:
+    """The body of ``resp``, bounded: under ``cap`` when its status is one of ``ok`` (more is
+    BadResponse), else its first ``ERROR_BODY_CAP`` bytes (the rest is never read)."""
+    if resp.status in ok:
+        return await read_capped(resp, cap, backend=backend)
+    return await read_prefix(resp, ERROR_BODY_CAP)
 
 
 async def read_capped(resp: aiohttp.ClientResponse, max_bytes: int, *, backend: str) -> bytes:

@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from imagegate.cli.live import listener
 from imagegate.cli.output import (
     EXIT_DOWN,
     EXIT_FAILED,
@@ -23,7 +24,6 @@ from imagegate.cli.output import (
     print_result,
 )
 from imagegate.cli.parser import build_parser
-from imagegate.cli.spinner import spinning
 from imagegate.errors import AllBackendsFailed, ConfigError, InvalidRequest
 from imagegate.logging import configure_logging, event_of
 from imagegate.models import ImageRequest
@@ -113,9 +113,11 @@ async def _generate(args: argparse.Namespace) -> int:
     request = request_from_args(args)  # before any config or network: bad input costs nothing
     service = ImageService.from_config(args.config)
     out_dir = args.out or service.settings.service.output_dir
-    async with service, spinning(sys.stderr):
+    async with service, listener(sys.stderr, events=args.events) as on_event:
         try:
-            result = await service.generate(request, backend=args.backend, deadline_s=args.deadline)
+            result = await service.generate(
+                request, backend=args.backend, deadline_s=args.deadline, on_event=on_event
+            )
         except AllBackendsFailed as exc:
             print_failure(exc, as_json=args.json)
             return EXIT_FAILED

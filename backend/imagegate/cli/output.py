@@ -46,6 +46,7 @@ def result_json(result: ImageResult, paths: Sequence[Path]) -> dict[str, Any]:
             for p, i in zip(paths, result.images, strict=True)
         ],
         "attempts": [_attempt_json(a) for a in result.attempts],
+        "adjustments": [a.model_dump(mode="json") for a in result.adjustments],
     }
 
 
@@ -62,6 +63,8 @@ def print_result(result: ImageResult, paths: Sequence[Path], *, as_json: bool) -
         print(f"{path}  ({img.width}x{img.height} {img.format.value}{seed})")
     tried = f", after {len(result.attempts)} attempts" if len(result.attempts) > 1 else ""
     print(f"backend: {result.backend}  time: {result.elapsed_s:.2f} s{tried}")
+    for a in result.adjustments:
+        print(f"adjusted: {a.short()} ({a.why})")
 
 
 def failure_json(exc: AllBackendsFailed) -> dict[str, Any]:

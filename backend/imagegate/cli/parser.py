@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen = _sub(sub, "generate", "generate image(s) from a prompt")
     gen.add_argument("prompt", help="what to draw")
     gen.add_argument("--negative-prompt", metavar="TEXT", help="what not to draw (default: none)")
-    gen.add_argument("--width", type=int, default=1024, help="image width in pixels")
-    gen.add_argument("--height", type=int, default=1024, help="image height in pixels")
+    # unset: 1024, which adaptation may fit to a backend without calling it the caller's ask
+    gen.add_argument("--width", type=int, help="image width in pixels (default: 1024)")
+    gen.add_argument("--height", type=int, help="image height in pixels (default: 1024)")
     gen.add_argument("--steps", type=int, help="sampling steps (default: the backend's)")
     gen.add_argument(
         "--guidance", type=float, dest="guidance_scale", metavar="SCALE",
@@ -101,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, metavar="DIR", help="output directory (default: [service] output_dir)"
     )
     _json(gen, "one object with the files and the attempt trail")
+    gen.add_argument(
+        "--events", action="store_true",
+        help="print the request's events (queued, progress, failover, ...) as JSON lines on stdout",
+    )
 
     bk = _sub(sub, "backends", "probe every configured backend once and print the table")
     _config(bk)

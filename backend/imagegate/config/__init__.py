@@ -6,12 +6,12 @@ loader to call: it is :func:`read_settings` with the provider registry as its ki
 
 from imagegate.config.load import (
     CONFIG_ENV,
-    SERVICE_SECRETS,
     STATE_URL_ENV,
     KindTable,
     read_settings,
 )
 from imagegate.config.settings import (
+    SERVICE_SECRETS,
     BackendSettings,
     HttpBackendSettings,
     ServiceSettings,

@@ -22,16 +22,21 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from imagegate.config.settings import BackendSettings, ServiceSettings, Settings, check_pem
+from imagegate.config.settings import (
+    SERVICE_SECRETS,
+    BackendSettings,
+    ServiceSettings,
+    Settings,
+    check_pem,
+)
 from imagegate.config.sources import environment, errors_text, read_toml
 from imagegate.errors import ConfigError
 from imagegate.logging import get_logger
 
-__all__ = ["CONFIG_ENV", "SERVICE_SECRETS", "STATE_URL_ENV", "KindTable", "read_settings"]
+__all__ = ["CONFIG_ENV", "STATE_URL_ENV", "KindTable", "read_settings"]
 
 CONFIG_ENV = "IMAGEGATE_CONFIG"
 STATE_URL_ENV = "IMAGEGATE_STATE_URL"
-SERVICE_SECRETS = "[service]"  # Settings.secrets key of the service's own secrets (no backend is named so)
 _SECRETISH = ("api_key", "token", "password", "hf_token", "key")
 
 log = get_logger(__name__)
@@ -98,8 +103,9 @@ def read_settings(
     if disabled and len(disabled) == len(backends):
         raise ConfigError(f"{source}: no backend is usable: " + "; ".join(disabled.values()))
     backends = sorted((b for b in backends if b.name not in disabled), key=lambda b: b.priority)
+    secrets.update(_service_secrets(service, env, source, require=require_secrets))
     if service.state_url and env.get(service.state_password_env, "").strip():
-        secrets[SERVICE_SECRETS] = {"state_password": env[service.state_password_env].strip()}
+        secrets.setdefault(SERVICE_SECRETS, {})["state_password"] = env[service.state_password_env].strip()
     return Settings(
         service=service, backends=tuple(backends), secrets=secrets, source=source, disabled=disabled
     )
@@ -202,3 +208,19 @@ def _resolve_secrets(
                 )
         secrets[b.name] = found
     return secrets, disabled
+
+
+def _service_secrets(
+    service: ServiceSettings, env: Mapping[str, str], source: str, *, require: bool
+) -> dict[str, dict[str, str]]:
+    """``[service] webhook_secret_env``'s value, under SERVICE_SECRETS."""
+    var = service.webhook_secret_env
+    if var is None:
+        return {}
+    value = env.get(var, "").strip()
+    if not value and require:
+        raise ConfigError(
+            f"{source}: [service] key 'webhook_secret_env': the environment variable {var} "
+            "is not set (set it, or put it in .env)"
+        )
+    return {SERVICE_SECRETS: {"webhook_secret": value}} if value else {}

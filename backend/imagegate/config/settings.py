@@ -11,17 +11,19 @@ looked up once, when the settings are loaded.
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
 from imagegate.errors import ConfigError
 
 __all__ = [
+    "SERVICE_SECRETS",
     "BackendSettings",
     "HttpBackendSettings",
     "ServiceSettings",
@@ -31,6 +33,13 @@ __all__ = [
     "check_url",
     "url_from_env",
 ]
+
+
+SERVICE_SECRETS = "[service]"
+"""The key of ``Settings.secrets`` holding the service's own secrets (``webhook_secret``); no
+backend can have this name."""
+
+_HOST_PATTERN = re.compile(r"(\*\.)?([A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
 
 
 class Timeouts(BaseModel):
@@ -93,6 +102,19 @@ class BackendSettings(_Frozen):
     queue: bool = False
     cost: float = Field(default=0.0, ge=0)
     max_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # image URLs a provider hands us may point at these hosts even on a private address
+    # ("host", "host:port", "*.example.com"); the backend's own origin always may
+    download_hosts: tuple[str, ...] = ()
+
+    @field_validator("download_hosts")
+    @classmethod
+    def _host_patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            if not _HOST_PATTERN.fullmatch(entry):
+                raise ValueError(
+                    f"{entry!r} is not a host pattern: write host, host:port or *.example.com"
+                )
+        return value
 
     @property
     def timeouts(self) -> Timeouts:
@@ -177,6 +199,48 @@ class ServiceSettings(_Frozen):
     url_ttl_s: int = Field(default=3600, ge=1, le=366 * 86400)
     # ``serve``: delete images older than this many days from output_dir (none: keep them)
     retention_days: float | None = Field(default=None, gt=0)
+    # A request a backend cannot serve as asked: "nearest" fits it (size snapped, steps and
+    # guidance clamped, ...; every change reported), "strict" skips that backend instead.
+    adapt: Literal["nearest", "strict"] = "nearest"
+    # HTTP API async jobs (``Prefer: respond-async``): kept in memory, at most this many, each
+    # for this long after it ended
+    jobs_max: int = Field(default=1000, ge=1)
+    jobs_ttl_s: float = Field(default=3600.0, gt=0)
+    # Job webhooks: the variable holding the HMAC-SHA256 key, the hosts a webhook_url may
+    # name (none: webhooks are off), and the base of the backoff between delivery attempts
+    webhook_secret_env: str | None = None
+    webhook_hosts: list[str] = Field(default_factory=list)
+    webhook_backoff_s: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _webhooks_are_signed(self) -> ServiceSettings:
+        if self.webhook_hosts and not self.webhook_secret_env:
+            raise ValueError(
+                "webhook_hosts needs webhook_secret_env: every webhook is signed (HMAC-SHA256)"
+            )
+        return self
+    # HTTP API, what a hostile client meets (imagegate.server.limits, guards, storage):
+    # the base of ``url`` answers (else the request's validated Host)
+    public_url: str | None = None
+    # browser origins allowed to call the API (CORS); empty: no cross-origin browser calls
+    cors_origins: tuple[str, ...] = ()
+    header_timeout_s: float = Field(default=10.0, gt=0, le=600)  # a request's head must arrive
+    body_timeout_s: float = Field(default=60.0, gt=0, le=3600)  # its whole body must arrive
+    keepalive_timeout_s: float = Field(default=15.0, gt=0, le=3600)  # idle between requests
+    max_connections: int = Field(default=512, ge=1, le=100_000)  # more are refused with a 503
+    min_free_mb: float = Field(default=100.0, ge=0)  # free space output_dir keeps for `url`
+
+    _public = field_validator("public_url")(classmethod(lambda cls, v: check_url(v)))
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if origin != "*" and (check_url(origin) != origin or urlsplit(origin).path):
+                raise ValueError(
+                    f"{origin!r} is not an origin: write scheme://host[:port] (no path), or \"*\""
+                )
+        return value
 
 
 class Settings(_Frozen):

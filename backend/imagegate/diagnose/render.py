@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TextIO
 
+from imagegate.config.redact import Redactor
 from imagegate.diagnose.report import STEP_NAMES, BackendReport, Report, Step, scrub
 
 __all__ = ["ASCII", "UNICODE", "Marks", "pick_marks", "render_plain", "render_table", "write_report"]
@@ -132,9 +133,10 @@ def _encodable(text: str, encoding: str) -> str:
 
 def write_report(
     report: Report, stream: TextIO, *, as_json: bool = False, table: bool | None = None,
-    secrets: Iterable[str] = (),
+    secrets: Iterable[str] | Redactor = (),
 ) -> None:
-    """Print ``report``: JSON, a table (default on a terminal), or plain text."""
+    """Print ``report``: JSON, a table (default on a terminal), or plain text; every secret
+    (a Redactor, or the values) masked in every form."""
 
     if as_json:
         stream.write(json.dumps(report.to_json(secrets=secrets), indent=2) + "\n")

@@ -48,6 +48,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from imagegate.config.redact import Redactor
 from imagegate.diagnose.advice import ADVICE, SYMPTOMS, advice_text
 from imagegate.version import __version__
 
@@ -188,7 +189,7 @@ class Report:
             counts[b.verdict] += 1
         return counts
 
-    def to_json(self, *, secrets: Iterable[str] = ()) -> dict[str, Any]:
+    def to_json(self, *, secrets: Iterable[str] | Redactor = ()) -> dict[str, Any]:
         doc = {
             "schema_version": SCHEMA_VERSION,
             "imagegate_version": __version__,
@@ -204,22 +205,9 @@ class Report:
         return scrub(doc, secrets)
 
 
-def scrub(value: Any, secrets: Iterable[str]) -> Any:
-    """``value`` with every occurrence of a secret replaced (defence in depth: backends
-    already keep keys out of their messages, but a provider may echo one back)."""
-    needles = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
-    if not needles:
-        return value
-    return _scrub(value, needles)
-
-
-def _scrub(value: Any, needles: list[str]) -> Any:
-    if isinstance(value, str):
-        for needle in needles:
-            value = value.replace(needle, "<redacted>")
-        return value
-    if isinstance(value, dict):
-        return {k: _scrub(v, needles) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_scrub(v, needles) for v in value]
-    return value
+def scrub(value: Any, secrets: Iterable[str] | Redactor) -> Any:
+    """``value`` (a text or a JSON document) with every secret masked in every form a server
+    may echo it (defence in depth: backends and the router mask already, but a provider may
+    echo a key anywhere). ``secrets``: a Redactor, or the secret values themselves."""
+    redactor = secrets if isinstance(secrets, Redactor) else Redactor(secrets)
+    return redactor.value(value)

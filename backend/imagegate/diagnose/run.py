@@ -35,6 +35,7 @@ from imagegate.backends.hf_space import HFSpaceSettings
 from imagegate.backends.registry import backend_class, create_backend, load_settings
 from imagegate.backends.transport import make_ssl_context, timing_trace_config
 from imagegate.config import BackendSettings, Settings
+from imagegate.config.redact import Redactor
 from imagegate.diagnose.http import (
     FirstResponse,
     auth_step,
@@ -176,8 +177,9 @@ def _generate_budget(cfg: BackendSettings, settings: Settings) -> float:
     return float(min(cfg.connect_timeout_s + cfg.read_timeout_s, settings.service.deadline_s))
 
 
-def all_secrets(settings: Settings) -> list[str]:
-    return [v for per in settings.secrets.values() for v in per.values()]
+def all_secrets(settings: Settings) -> Redactor:
+    """Every configured secret, in every form a server may echo it (Basic tokens included)."""
+    return Redactor.for_settings(settings.secrets)
 
 
 def run(

@@ -36,7 +36,7 @@ from imagegate.backends.transport import (
     error_text,
     make_ssl_context,
     map_http_errors,
-    read_capped,
+    read_body,
 )
 from imagegate.config import Timeouts
 from imagegate.diagnose.http import FirstResponse, auth_step, http_step, public_url
@@ -136,7 +136,7 @@ async def _get_json(session: aiohttp.ClientSession, url: str, headers: dict[str,
         kwargs["ssl"] = make_ssl_context(ca_bundle)
     with map_http_errors("diagnose", timeouts, deadline):
         async with asyncio.timeout(timeout + 1.0), session.get(url, **kwargs) as resp:
-            raw = await read_capped(resp, _MAX_JSON, backend="diagnose")
+            raw = await read_body(resp, _MAX_JSON, backend="diagnose")  # an error: its first 64 KiB
             body = json.loads(raw) if resp.status == 200 else error_text(raw)
     return resp.status, body
 

@@ -66,6 +66,11 @@ class BackendState:
     def saturated(self) -> bool:
         return self.in_flight >= self.max_concurrency
 
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot now (``queue = true``)."""
+        return len(self._waiters)
+
     def try_enter(self) -> bool:
         if self.saturated:
             return False

@@ -1,4 +1,5 @@
 """One request's journey: attempts in candidate order, retries, hedging, the deadline.
+Before any I/O each candidate's plan (``adapt.py``) fits the request to it, or skips it.
 
 ``RequestRun`` runs each attempt on a backend as a task ("lane"), so that a hedge can race the
 first attempt and the loser can be cancelled (closing its HTTP request). Everything that
@@ -25,7 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imagegate.backends.base import ImageBackend
+from imagegate.backends.images import asked_only
+from imagegate.capabilities import Adjustment
 from imagegate.config import ServiceSettings
+from imagegate.config.redact import Redactor
 from imagegate.errors import (
     AllBackendsFailed,
     BackendError,
@@ -34,7 +38,9 @@ from imagegate.errors import (
     ServerError,
 )
 from imagegate.logging import get_logger
-from imagegate.models import Attempt, Deadline, GeneratedImage, ImageRequest, ImageResult, Outcome
+from imagegate.models import Deadline, GeneratedImage, ImageRequest, ImageResult, Outcome
+from imagegate.routing.adapt import execute, plan_all, skip_rows
+from imagegate.routing.announce import QUIET, Announcer
 from imagegate.routing.breaker import Permit
 from imagegate.routing.fleet import Fleet, FleetSaturated
 from imagegate.routing.policy import (
@@ -45,6 +51,7 @@ from imagegate.routing.policy import (
     Skip,
     full_jitter,
 )
+from imagegate.routing.trail import Trail
 from imagegate.routing.waiting import wait_for
 
 __all__ = ["RequestRun", "Runtime"]
@@ -65,6 +72,8 @@ class Runtime:
     rng: random.Random
     fleet: Fleet
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    # masks every configured secret in what leaves a backend (errors, the trail, logs)
+    redact: Redactor = field(default_factory=Redactor)
 
 
 @dataclass(eq=False)
@@ -87,14 +96,18 @@ class RequestRun:
         request: ImageRequest,
         deadline: Deadline,
         candidates: list[BackendState],
+        tell: Announcer = QUIET,
     ) -> None:
         self.rt = rt
+        self.tell = tell  # what a listener hears: announce.py
         self.request = request
         self.deadline = deadline
-        self.attempts: list[Attempt] = []
+        self.plans, refused = plan_all(request, candidates, rt.backends, rt.settings.adapt)
+        self.trail = Trail(skip_rows(refused), tell)  # refused before any I/O: no breaker effect
+        self._adjusted: dict[str, list[Adjustment]] = {}
         self.used = 0
         self._waited_s = 0.0
-        self.admission = Admission(candidates, self._skipped)
+        self.admission = Admission([c for c in candidates if c.name in self.plans], self.trail.skipped)
         self._lanes: dict[asyncio.Task[list[GeneratedImage]], _Lane] = {}
         self._hedged = False
         self._hedge_at: float | None = None
@@ -151,7 +164,7 @@ class RequestRun:
         if admitted is None:
             return False
         if admitted.permit == "forced":
-            self._unskip(admitted.state)
+            self.trail.unskip(admitted.state.name)
         self._start_lane(admitted, hedge=hedge)
         return True
 
@@ -166,24 +179,17 @@ class RequestRun:
             if plan.wait_s > 0:
                 waited = await wait_for(plan, self.rt.sleep)
                 self._waited_s += waited.elapsed_s
-                self.attempts.append(waited)
+                self.trail.waited(waited)
             admitted = self.admission.readmit(plan)
             if admitted is not None:
                 self._start_lane(admitted, hedge=False)
                 return True
         return False
 
-    def _unskip(self, st: BackendState) -> None:
-        """Every candidate was blocked: the one let through is an attempt, not a skip."""
-        for i in range(len(self.attempts) - 1, -1, -1):
-            if self.attempts[i].backend == st.name and self.attempts[i].outcome == "skipped":
-                why = self.attempts.pop(i).error
-                log.info("breaker_bypassed", backend=st.name, kind="forced", reason=why)
-                return
-
     def _start_lane(self, admitted: Admitted, *, hedge: bool) -> None:
         st = admitted.state
         lane = _Lane(st, admitted.permit, hedge, holds_slot=not admitted.wait)
+        self.tell.lane(st, hedge=hedge, waits=admitted.wait)
         self.used += 1
         log.debug("attempt_started", backend=st.name, kind="hedge" if hedge else "attempt",
                   permit=admitted.permit, number=self.used)
@@ -237,30 +243,31 @@ class RequestRun:
             backend=lane.state.name,
             kind="ok",
             hedge=lane.hedge,
-            attempts=len(self.attempts),
+            attempts=len(self.trail.attempts),
             elapsed_s=round(elapsed, 4),
         )
         return ImageResult(
-            images=task.result(), backend=lane.state.name, attempts=self.attempts, elapsed_s=elapsed
+            images=task.result(), backend=lane.state.name, attempts=self.trail.attempts, elapsed_s=elapsed,
+            adjustments=self._adjusted.get(lane.state.name, []),
         )
 
     def _exhausted(self) -> AllBackendsFailed:
         expired = self.deadline.expired
-        tried = {a.backend for a in self.attempts}
+        tried = self.trail.tried()
         why = "deadline spent" if expired else f"max_attempts ({self.rt.settings.max_attempts}) reached"
         for st in self.admission.untried():
             if st.name not in tried:
-                self._skipped(Skip(st, why, "not_tried"))
+                self.trail.skipped(Skip(st, why, "not_tried"))
         elapsed = time.monotonic() - self._started
         log.warning(
             "all_backends_failed",
             kind="all_backends_failed",
-            attempts=len(self.attempts),
+            attempts=len(self.trail.attempts),
             deadline_exceeded=expired,
             elapsed_s=round(elapsed, 4),
         )
         message = "no backend produced an image" + (" before the deadline" if expired else "")
-        return AllBackendsFailed(message, attempts=self.attempts, deadline_exceeded=expired)
+        return AllBackendsFailed(message, attempts=self.trail.attempts, deadline_exceeded=expired)
 
     async def _cancel_all(self) -> None:
         tasks = list(self._lanes)
@@ -285,13 +292,14 @@ class RequestRun:
             lane.settled = True
             st.breaker.release(lane.permit)
             self.used -= 1
-            self._skipped(Skip(st, str(exc), "saturated"))
+            self.trail.skipped(Skip(st, str(exc), "saturated"))
             raise
         retry = 0
         while True:
             lane.started = time.monotonic()
+            self.tell.started(st.name, hedge=lane.hedge)
             try:
-                images = await self._call(st.name)
+                images, note = await self._call(st.name)
             except BackendError as exc:
                 self._record(lane, exc.kind, error=str(exc), status=exc.status)
                 delay = self._retry_delay(exc, retry)
@@ -308,7 +316,7 @@ class RequestRun:
             lane.settled = True
             st.breaker.on_success(lane.permit)
             st.observe_latency(time.monotonic() - lane.started)
-            self._record(lane, "ok")
+            self._record(lane, "ok", note=note)
             return images
 
     async def _queue_for_slot(self, lane: _Lane) -> None:
@@ -326,21 +334,23 @@ class RequestRun:
             raise exc from None
         lane.holds_slot = True
 
-    async def _call(self, name: str) -> list[GeneratedImage]:
+    async def _call(self, name: str) -> tuple[list[GeneratedImage], str | None]:
+        """One backend call: at most n images and the trail's note; errors leave redacted."""
         backend = self.rt.backends[name]
         try:
             async with asyncio.timeout(self.deadline.remaining() + GRACE_S):
-                images = await backend.generate(self.request, deadline=self.deadline)
-        except BackendError:
-            raise
+                images, self._adjusted[name] = await execute(backend, self.plans[name], self.deadline)
+        except BackendError as exc:
+            raise self.rt.redact.error(exc)
         except TimeoutError as exc:
             raise GenerationTimeout("the request deadline ran out", backend=name) from exc
         except Exception as exc:  # a backend bug must not escape as a foreign type
             log.exception("backend_crashed", backend=name, kind=type(exc).__name__)
-            raise ServerError(f"backend raised {type(exc).__name__}: {exc}", backend=name) from exc
+            message = self.rt.redact.text(f"backend raised {type(exc).__name__}: {exc}")
+            raise ServerError(message, backend=name) from exc
         if not images:
             raise BadResponse("the backend answered with no image", backend=name)
-        return images
+        return asked_only(images, self.request.n)
 
     def _retry_delay(self, exc: BackendError, retry: int) -> float | None:
         """Backoff before retrying the same backend, or None: only errors with a retry hint
@@ -376,33 +386,7 @@ class RequestRun:
             lane.state.breaker.release(lane.permit)
             self._record(lane, "cancelled", error=self._cancel_reason)
 
-    # -- the trail ----------------------------------------------------------------------
-
-    def _record(
-        self, lane: _Lane, outcome: Outcome, *, error: str | None = None, status: int | None = None
-    ) -> None:
-        elapsed = time.monotonic() - lane.started
-        self.attempts.append(
-            Attempt(
-                backend=lane.state.name,
-                outcome=outcome,
-                elapsed_s=elapsed,
-                error=error,
-                status=status,
-                hedge=lane.hedge,
-                timings={"total_s": round(elapsed, 6)},
-            )
-        )
-        emit = log.warning if outcome not in ("ok", "cancelled") else log.info
-        emit(
-            "backend_attempt",
-            backend=lane.state.name,
-            kind=outcome,
-            elapsed_s=round(elapsed, 4),
-            hedge=lane.hedge,
-            error=error,
-        )
-
-    def _skipped(self, skip: Skip) -> None:
-        self.attempts.append(Attempt(backend=skip.state.name, outcome="skipped", error=skip.why))
-        log.info("backend_skipped", backend=skip.state.name, kind=skip.kind, reason=skip.why)
+    def _record(self, lane: _Lane, outcome: Outcome, *, error: str | None = None,
+                status: int | None = None, note: str | None = None) -> None:
+        self.trail.record(lane.state.name, outcome, started=lane.started, hedge=lane.hedge,
+                          error=error, status=status, note=note)

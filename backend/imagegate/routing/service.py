@@ -2,8 +2,9 @@
 
 The pieces: ``breaker.py`` (the circuit breaker), ``prober.py`` (the background probe loop),
 ``policy.py`` (per-backend state, ordering policy, admission, hedge budget; no I/O),
-``run.py`` (one request's attempts, retries and hedges as tasks) and ``waiting.py`` (waiting
-for a breaker to reopen). This module owns their lifetimes.
+``run.py`` (one request's attempts, retries and hedges as tasks), ``adapt.py`` (fitting the
+request to each backend, ``[service] adapt``) and ``waiting.py`` (waiting for a breaker to
+reopen). This module owns their lifetimes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -22,9 +23,12 @@ from imagegate.backends.base import ImageBackend
 from imagegate.backends.registry import create_backend, load_settings
 from imagegate.backends.transport import timing_trace_config
 from imagegate.config import SERVICE_SECRETS, BackendSettings, Settings
+from imagegate.config.redact import Redactor
 from imagegate.errors import ConfigError, HealthEffect, error_class_for_kind
+from imagegate.events import TERMINAL, Event, EventSink
 from imagegate.logging import get_logger
 from imagegate.models import BackendHealth, Deadline, ImageRequest, ImageResult
+from imagegate.routing.announce import QUIET, Announcer
 from imagegate.routing.breaker import BreakerPolicy, CircuitBreaker, Transition
 from imagegate.routing.fleet import TRIAL_MARGIN_S, Fleet
 from imagegate.routing.policy import BackendState, HedgeBudget, order
@@ -68,6 +72,8 @@ class ImageService:
         self._runtime: Runtime | None = None
         self._fleet: Fleet | None = None
         self._turn = 0
+        # every configured secret, in every form: masked in what leaves a backend
+        self.redactor = Redactor.for_settings(settings.secrets)
 
     @classmethod
     def from_config(cls, path: str | Path | None = None) -> ImageService:
@@ -117,6 +123,7 @@ class ImageService:
             rng=self._rng,
             fleet=self._fleet,
             sleep=self._sleep,
+            redact=self.redactor,
         )
         self._prober = HealthProber(
             list(self._states),
@@ -199,11 +206,16 @@ class ImageService:
         *,
         backend: str | None = None,
         deadline_s: float | None = None,
+        on_event: EventSink | None = None,
+        previews: bool = False,
     ) -> ImageResult:
         """Generate ``request``: candidates in policy order, failing over on the taxonomy,
         retrying and hedging as configured, all inside one deadline.
 
-        Raises AllBackendsFailed (with the whole attempt trail) when no backend answered.
+        ``on_event`` (called on the event loop, must not block) hears the request's events
+        (``imagegate.events``), the last one terminal; ``previews=True`` asks the backends
+        that can for preview images. Raises AllBackendsFailed (with the whole attempt trail)
+        when no backend answered.
         """
         if self._runtime is None:
             raise RuntimeError("ImageService is not started: use 'async with ImageService...'")
@@ -215,14 +227,55 @@ class ImageService:
             self._turn += 1
             candidates = order(list(self._states.values()), self.settings.service.order, self._turn)
         self._runtime.fleet.on_request(self._runtime.budget)
-        return await RequestRun(self._runtime, request, deadline, candidates).run()
+        if on_event is None:
+            return await RequestRun(self._runtime, request, deadline, candidates, QUIET).run()
+        tell = Announcer(on_event, previews=previews)
+        return await tell.around(RequestRun(self._runtime, request, deadline, candidates, tell).run())
+
+    async def stream(
+        self,
+        request: ImageRequest,
+        *,
+        backend: str | None = None,
+        deadline_s: float | None = None,
+        previews: bool = False,
+    ) -> AsyncIterator[Event]:
+        """Generate ``request`` and yield its events as they happen, ending with the terminal
+        one (``completed`` carries the result; a failure is a ``failed`` event, not an
+        exception). Leaving the loop early cancels the generation.
+
+            async for event in service.stream(ImageRequest(prompt="a fox"), previews=True):
+                print(event.type)
+        """
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        task = asyncio.create_task(self.generate(
+            request, backend=backend, deadline_s=deadline_s, on_event=queue.put_nowait,
+            previews=previews,
+        ))
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+                if event.type in TERMINAL:
+                    return
+            await task  # ended without a terminal event: raise what ended it (not started, ...)
+        finally:
+            if not task.done():
+                task.cancel("the stream's consumer stopped reading")
+            await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # retrieved: it was told as a ``failed`` event
 
     # -- health -------------------------------------------------------------------------
 
     def health(self) -> list[BackendHealth]:
         """What is known of every backend now, without any network call."""
         now = time.time()
-        return [state.health(now=now) for state in self._states.values()]
+        caps = {name: backend.capabilities for name, backend in self._backends.items()}
+        return [
+            state.health(now=now).model_copy(update={"capabilities": caps.get(name)})
+            for name, state in self._states.items()
+        ]
 
     async def probe_all(self, *, timeout: float | None = None) -> list[BackendHealth]:
         """Probe every backend once, concurrently; feed the breakers; return the health table."""
@@ -256,6 +309,8 @@ class ImageService:
                 last_error_kind=kind, last_error=f"probe failed: {type(exc).__name__}: {exc}",
                 timings={"total_s": time.monotonic() - started},
             )
+        masked = {"last_error": self.redactor(result.last_error), "detail": self.redactor(result.detail)}
+        result = result.model_copy(update=masked)
         state.last_probe = result
         error_kind = result.last_error_kind or "failure"
         if not result.ok:

@@ -20,19 +20,26 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 from aiohttp import web
 
-from imagegate.config import Settings
+from imagegate.config import SERVICE_SECRETS, Settings
+from imagegate.config.redact import Redactor
 from imagegate.errors import ConfigError
 from imagegate.logging import get_logger
 from imagegate.routing import ImageService
-from imagegate.server.errors import Redactor
 from imagegate.server.files import UrlSigner, default_state_dir, sweep, url_secret
+from imagegate.server.guards import GUARDS, Guards
+from imagegate.server.job_routes import job_routes
+from imagegate.server.jobs import JOBS, JobRunner
+from imagegate.server.jobstore import MemoryJobStore
 from imagegate.server.metrics import ServerMetrics
-from imagegate.server.middleware import MIDDLEWARES
+from imagegate.server.middleware import MIDDLEWARES, request_id_header
 from imagegate.server.openapi import openapi_document
-from imagegate.server.routes import routes
+from imagegate.server.routes import routes, store_images
 from imagegate.server.state import OPTIONS, SERVICE, STATE, ServerOptions, ServerState
+from imagegate.server.storage import stale_file_cleaner
+from imagegate.server.webhooks import Webhooks
 from imagegate.server.wire import ANY_BACKEND
 from imagegate.store import ImageStore
 from imagegate.version import __version__
@@ -51,22 +58,32 @@ def create_app(settings: Settings, options: ServerOptions | None = None) -> web.
     app = web.Application(
         middlewares=MIDDLEWARES, client_max_size=options.max_body_bytes
     )
-    secret_values = [v for found in settings.secrets.values() for v in found.values()]
+    guards = Guards.from_settings(
+        settings.service, public_url=options.public_url, keyed=bool(options.api_keys)
+    )
     served = settings.service.output_dir
+    store = ImageStore(served)
     state_dir = options.state_dir or default_state_dir(os.environ)
     signing_key = url_secret(options.url_secret, state_dir, served)
     app[OPTIONS] = options
+    app[GUARDS] = guards
     app[STATE] = ServerState(
         options=options,
         metrics=ServerMetrics(lambda: app[SERVICE].health()),
         signer=UrlSigner(signing_key, settings.service.url_ttl_s),
-        store=ImageStore(served),
-        redact=Redactor([*secret_values, *options.api_keys, signing_key.decode()]),
-        openapi=openapi_document(version=__version__, server_url=options.public_url),
+        store=store,
+        redact=Redactor.for_settings(
+            settings.secrets, extra=(*options.api_keys, signing_key.decode())
+        ),
+        openapi=openapi_document(version=__version__, server_url=guards.public_url),
     )
+    app.on_startup.append(stale_file_cleaner(store))
     app.cleanup_ctx.append(_service_context(settings))
+    app.cleanup_ctx.append(_jobs_context(settings))
+    app.on_response_prepare.append(request_id_header)
     app.on_shutdown.append(_begin_shutdown)
     app.add_routes(routes)
+    app.add_routes(job_routes)
     return app
 
 
@@ -117,6 +134,28 @@ async def _retention(settings: Settings) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def _jobs_context(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Async jobs: the store (memory: ``jobs_max``, ``jobs_ttl_s``), the runner, webhooks."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        svc = settings.service
+        store = MemoryJobStore(max_jobs=svc.jobs_max, ttl_s=svc.jobs_ttl_s)
+        secret = settings.secret(SERVICE_SECRETS, "webhook_secret")
+        session = aiohttp.ClientSession() if svc.webhook_hosts and secret else None
+        webhooks = (
+            Webhooks(session, secret, backoff_s=svc.webhook_backoff_s)
+            if session is not None and secret else None
+        )
+        app[JOBS] = JobRunner(store, app[SERVICE], app[STATE], store_images, webhooks)
+        yield
+        await app[JOBS].aclose()
+        await store.aclose()
+        if session is not None:
+            await session.close()
+
+    return context
 
 
 async def _begin_shutdown(app: web.Application) -> None:

@@ -3,18 +3,20 @@
     {"error": {"message": ..., "type": ..., "code": ..., "param": ...}}
 
 ``api_error_for(exc)`` is the one place an exception becomes a status code. Nothing here ever
-returns a traceback, and every message passes through a ``Redactor`` holding the configured
-secrets (provider keys, our own API keys) so that a provider echoing a key cannot leak it.
+returns a traceback, and every message passes through the ``Redactor``
+(``imagegate.config.redact``) holding the configured secrets (provider keys, our own API
+keys) in every form, so that a provider echoing a key cannot leak it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
+from imagegate.config.redact import Redactor
 from imagegate.errors import AllBackendsFailed, ConfigError, InvalidRequest
 
 __all__ = ["ApiError", "Redactor", "api_error_for"]
@@ -66,22 +68,6 @@ class ApiError(Exception):
             content_type="application/json",
             headers=self.headers,
         )
-
-
-class Redactor:
-    """Replaces every configured secret in a text with ``***``."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        # longest first, so that a key containing another is replaced whole
-        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
-
-    def __call__(self, text: str | None) -> str | None:
-        if not text:
-            return text
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, "***")
-        return text
 
 
 def api_error_for(exc: BaseException, redact: Redactor) -> ApiError:

@@ -1,6 +1,6 @@
 """The middlewares, outermost first: ``observe`` (request id, one access-log line, metrics),
-``errors`` (every failure in OpenAI's error shape), ``auth`` (Bearer keys from
-IMAGEGATE_API_KEY), ``body_limit``."""
+``errors`` (every failure in OpenAI's error shape), ``cors`` (guards.py), ``auth`` (Bearer keys
+from IMAGEGATE_API_KEY), ``body_limit``, ``read_body`` and ``json_only`` (guards.py)."""
 
 from __future__ import annotations
 
@@ -18,13 +18,17 @@ from aiohttp import web
 from imagegate.logging import get_logger
 from imagegate.server.errors import ApiError, api_error_for
 from imagegate.server.files import SIGNED_FILE
+from imagegate.server.guards import cors, json_only, read_body
 from imagegate.server.state import OPTIONS, STATE
 
-__all__ = ["MIDDLEWARES", "auth", "body_limit", "errors", "key_matches", "observe"]
+__all__ = [
+    "MIDDLEWARES", "auth", "body_limit", "errors", "key_matches", "observe", "request_id_header",
+]
 
 log = get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_ID = web.RequestKey("request_id", str)  # the request's own id, for streamed answers
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
@@ -38,6 +42,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id (bound for every log line of the request), access log, HTTP metrics."""
     given = request.headers.get("x-request-id", "")
     request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id  # a streamed answer sends it before the handler returns
     metrics = request.app[STATE].metrics
     started = time.monotonic()
     status = 500
@@ -47,8 +52,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             response = await handler(request)
             status, served = response.status, response.headers
-            response.headers["x-request-id"] = request_id
-            return response
+            return response  # its x-request-id: request_id_header, when it is prepared
         finally:
             elapsed = time.monotonic() - started
             metrics.in_flight.dec()
@@ -63,6 +67,14 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
                 attempts=int(served.get("x-imagegate-attempts") or 0) or None,
                 duration_s=round(elapsed, 4),
             )
+
+
+async def request_id_header(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every answer carries its request id, a streamed one included
+    (its headers go out before the handler returns)."""
+    request_id = request.get(REQUEST_ID)
+    if isinstance(request_id, str):
+        response.headers["x-request-id"] = request_id
 
 
 @web.middleware
@@ -131,4 +143,4 @@ async def body_limit(request: web.Request, handler: Handler) -> web.StreamRespon
     return await handler(request)
 
 
-MIDDLEWARES = (observe, errors, auth, body_limit)
+MIDDLEWARES = (observe, errors, cors, auth, body_limit, read_body, json_only)

@@ -9,11 +9,25 @@ from __future__ import annotations
 from typing import Any
 
 from imagegate.models import BackendHealth
+from imagegate.server.jobs import JobRecord
 from imagegate.server.wire import GenerationBody, ImagesResponse
 
 __all__ = ["openapi_document"]
 
 _REF = "#/components/schemas/{model}"
+_SSE = "text/event-stream"
+# one Server-Sent Event (WHATWG HTML, "event stream interpretation"): its fields as received;
+# ``data`` is a JSON document in every event imagegate sends
+_SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
 
 
 def _schema(model: Any) -> dict[str, Any]:
@@ -68,16 +82,32 @@ _AUTH_ERRORS = {"401": _error("missing or wrong API key (only when IMAGEGATE_API
 def _generations() -> dict[str, Any]:
     ok_headers = {
         "x-request-id": _header("the request id (echoed when the caller sent a safe one)"),
-        "x-imagegate-backend": _header("the backend that produced the images"),
-        "x-imagegate-attempts": _header("how many backend attempts were made", kind="string"),
+        # known only once the images are: on JSON answers, not on a stream (sent before them)
+        "x-imagegate-backend": _header("the backend that produced the images (JSON answers)",
+                                       required=False),
+        "x-imagegate-attempts": _header("how many backend attempts were made (JSON answers)",
+                                        required=False),
         "x-imagegate-ignored": _header(
             "body fields that were not understood and were ignored", required=False
         ),
+        "x-imagegate-warning": _header("why the answer is not what was asked (e.g. images "
+                                       "that could not be saved come as b64_json)", required=False),
     }
+    accepted = _json("JobAccepted", "with Prefer: respond-async: the job, started", {
+        "Location": _header("the job's URL"),
+        "Preference-Applied": _header("respond-async"),
+    })
+    images = _json("ImagesResponse", "the images", ok_headers)
+    images["content"][_SSE] = {"schema": _SSE_EVENT}
+    images["description"] = 'the images; with "stream": true, OpenAI\'s image event stream'
     return {
         "post": {
             "operationId": "createImage",
-            "summary": "Generate images (OpenAI-compatible)",
+            "summary": "Generate images (OpenAI-compatible; streamed; or as an async job)",
+            "parameters": [{
+                "name": "Prefer", "in": "header", "required": False, "schema": {"type": "string"},
+                "description": "respond-async: answer 202 with a job to follow (RFC 7240)",
+            }],
             "requestBody": {
                 "required": True,
                 "content": {
@@ -87,18 +117,54 @@ def _generations() -> dict[str, Any]:
                 },
             },
             "responses": {
-                "200": _json("ImagesResponse", "the images", ok_headers),
+                "200": images,
+                "202": accepted,
                 "400": _error(
-                    "malformed JSON, a field failed validation (`param` names it), or every "
-                    "backend refused the request (`attempts` holds the trail)"
+                    "malformed JSON, a field failed validation (`param` names it), every "
+                    "backend refused the request (`attempts` holds the trail), an invalid Host "
+                    "header, or a body that does not decode"
                 ),
                 **_AUTH_ERRORS,
+                "403": _error("a browser origin not in [service] cors_origins"),
+                "408": _error("the body did not arrive within [service] body_timeout_s"),
                 "413": _error("body larger than the limit (IMAGEGATE_MAX_BODY_BYTES)"),
+                "415": _error("not application/json (required while no API key is set)"),
                 "502": _error("every backend failed; the message and `attempts` hold the trail"),
-                "503": _error("the server is shutting down"),
+                "503": _error("the server is shutting down, has too many connections, or too "
+                              "many jobs run (jobs_full)"),
                 "504": _error("the deadline passed before any backend answered"),
+                "507": _error("a `url` answer cannot be saved (output_dir unwritable or full)"),
             },
         }
+    }
+
+
+def _job_paths() -> dict[str, Any]:
+    job_id = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    record = _json("JobRecord", "the job")
+    missing = _error("no such job (or it expired)")
+    events = {
+        "description": "Server-Sent Events: id, event (queued, started, progress, preview, "
+        "failover, completed, failed, cancelled) and JSON data; ends after the terminal one",
+        "content": {_SSE: {"schema": _SSE_EVENT}},
+    }
+    return {
+        "/v1/jobs/{job_id}": {"get": {
+            "operationId": "getJob", "summary": "An async job's record", "parameters": job_id,
+            "responses": {"200": record, **_AUTH_ERRORS, "404": missing}}},
+        "/v1/jobs/{job_id}/events": {"get": {
+            "operationId": "getJobEvents", "summary": "An async job's events (resume with "
+            "Last-Event-ID)", "parameters": [*job_id, {
+                "name": "Last-Event-ID", "in": "header", "required": False,
+                "schema": {"type": "string"}, "description": "resume after this event id"}],
+            "responses": {"200": events, "204": {"description": "nothing after Last-Event-ID"},
+                          "400": _error("Last-Event-ID is not an event id"), **_AUTH_ERRORS,
+                          "404": missing}}},
+        "/v1/jobs/{job_id}/cancel": {"post": {
+            "operationId": "cancelJob", "summary": "Cancel an async job", "parameters": job_id,
+            "responses": {"200": _json("JobRecord", "the cancelled job"), **_AUTH_ERRORS,
+                          "404": missing, "409": _error("the job already succeeded or failed"),
+                          "504": _error("the job did not stop in time")}}},
     }
 
 
@@ -118,6 +184,7 @@ def _paths() -> dict[str, Any]:
     text = {"text/plain": {"schema": {"type": "string"}}}
     return {
         "/v1/images/generations": _generations(),
+        **_job_paths(),
         "/v1/files/{day}/{name}": {
             "get": {
                 "operationId": "getFile",
@@ -196,10 +263,17 @@ def _paths() -> dict[str, Any]:
 def _components() -> dict[str, Any]:
     request = _schema(GenerationBody)
     response = _schema(ImagesResponse)
-    schemas: dict[str, Any] = {**response.pop("$defs", {})}
+    job = _schema(JobRecord)
+    schemas: dict[str, Any] = {**response.pop("$defs", {}), **job.pop("$defs", {})}
     schemas.update(
         ImageGenerationRequest=request,
         ImagesResponse=response,
+        JobRecord=job,
+        JobAccepted=_plain_schema({
+            "id": {"type": "string"}, "object": {"type": "string"}, "status": {"type": "string"},
+            "created_at": {"type": "number"},
+            "urls": _plain_schema({k: {"type": "string"} for k in ("get", "events", "cancel")}),
+        }),
         Error=_ERROR_SCHEMA,
         BackendHealth=_schema(BackendHealth),
         BackendList=_plain_schema(

@@ -16,17 +16,22 @@ from imagegate.models import ImageResult
 from imagegate.routing import ImageService
 from imagegate.server.errors import API_ERROR, ApiError
 from imagegate.server.files import SIGNED_FILE, STORED
+from imagegate.server.guards import GUARDS
 from imagegate.server.metrics import CONTENT_TYPE
 from imagegate.server.state import SERVICE, STATE, ServerState
+from imagegate.server.storage import ensure_room, output_problem, save_failed_warning
+from imagegate.server.streaming import other_answer
+from imagegate.server.urls import base_url
 from imagegate.server.wire import (
     IGNORED_HEADER,
     Generation,
+    adjustments_header,
     ignored_header,
     images_response,
     parse_generation,
 )
 
-__all__ = ["routes"]
+__all__ = ["routes", "store_images"]
 
 log = get_logger(__name__)
 routes = web.RouteTableDef()
@@ -51,7 +56,7 @@ def _shutting_down() -> ApiError:
 
 
 @routes.post("/v1/images/generations")
-async def create_image(request: web.Request) -> web.Response:
+async def create_image(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     if state.closing:
         raise _shutting_down()
@@ -64,19 +69,32 @@ async def create_image(request: web.Request) -> web.Response:
         unknown_model=svc.unknown_model,
         strict_fields=svc.strict_fields,
     )
+    other = await other_answer(request, generation)  # stream: true, or an async job
+    if other is not None:
+        return other
+    guards = request.app[GUARDS]
+    base = None
+    if generation.response_format == "url":  # checked before anything is paid for
+        base = base_url(request, guards.public_url)
+        await ensure_room(state.store, guards.min_free_mb)
     result = await _generate(state, service, generation)
-    urls = (
-        await _store(request, state, generation, result)
-        if generation.response_format == "url"
-        else None
-    )
     headers = {
         "x-imagegate-backend": result.backend,
         "x-imagegate-attempts": str(len(result.attempts)),
+        **adjustments_header(result),
     }
     if generation.ignored:
         headers[IGNORED_HEADER] = ignored_header(generation.ignored)
+    urls, warnings = None, []
+    if base is not None:
+        try:
+            urls = await store_images(base, state, generation, result)
+        except OSError as exc:  # paid for: never lost (storage.py)
+            warnings.append(save_failed_warning(exc))
+            headers["x-imagegate-warning"] = warnings[0]
     body = images_response(result, urls=urls)
+    if warnings:
+        body["warnings"] = warnings
     return web.Response(text=json.dumps(body), content_type="application/json", headers=headers)
 
 
@@ -92,6 +110,7 @@ async def _generate(
     except asyncio.CancelledError:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
+            log.info("generation_cancelled_client_gone")  # the provider call is cancelled too
             raise  # the handler itself is being cancelled (client gone, hard shutdown)
         state.metrics.observe_generation(None, "cancelled", time.monotonic() - started, [])
         log.warning("generation_cancelled_for_shutdown")
@@ -106,10 +125,11 @@ async def _generate(
     return result
 
 
-async def _store(
-    request: web.Request, state: ServerState, generation: Generation, result: ImageResult
+async def store_images(
+    base: str, state: ServerState, generation: Generation, result: ImageResult
 ) -> list[str]:
-    """Save the images (in a thread: the store fsyncs) and return their signed links."""
+    """Save the images (in a thread: the store fsyncs) and return their signed links under
+    ``base``."""
 
     def save_all() -> list[Path]:
         return [
@@ -118,7 +138,6 @@ async def _store(
         ]
 
     paths = await asyncio.to_thread(save_all)
-    base = state.options.public_url or str(request.url.origin())
     links = []
     for path in paths:
         relpath = path.relative_to(state.store.root).as_posix()
@@ -190,11 +209,13 @@ async def readyz(request: web.Request) -> web.Response:
     if request.app[STATE].closing:
         return web.json_response({"status": "shutting_down", "usable_backends": 0}, status=503)
     usable = sum(1 for h in request.app[SERVICE].health() if _usable(h))
-    status = 200 if usable else 503
-    return web.json_response(
-        {"status": "ready" if usable else "no_usable_backend", "usable_backends": usable},
-        status=status,
-    )
+    problem = await output_problem(request.app[STATE].store, request.app[GUARDS].min_free_mb)
+    body: dict[str, Any] = {"status": "ready", "usable_backends": usable}
+    if not usable:
+        body["status"] = "no_usable_backend"
+    elif problem is not None:  # cannot serve `url` answers (storage.py)
+        body.update(status="output_unavailable", output=problem)
+    return web.json_response(body, status=200 if body["status"] == "ready" else 503)
 
 
 def _usable(health: Any) -> bool:

@@ -17,6 +17,8 @@ from imagegate.backends.registry import load_settings
 from imagegate.errors import listen_failed
 from imagegate.logging import get_logger
 from imagegate.server.app import create_app
+from imagegate.server.guards import GUARDS
+from imagegate.server.limits import GuardedRunner
 from imagegate.server.state import OPTIONS, STATE, ServerOptions
 
 __all__ = ["run_cli", "running", "serve"]
@@ -80,8 +82,10 @@ async def running(
     """Serve ``app`` in this loop (tests, embedding) and yield its base URL; on exit, the same
     graceful shutdown as ``serve``."""
     options = app[OPTIONS]
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=options.shutdown_grace_s + 2.0
+    runner = GuardedRunner(  # connection limits: limits.py; handler_cancellation: a client
+        # that goes away cancels its work
+        app, limits=app[GUARDS].limits, access_log=None, handle_signals=False,
+        shutdown_timeout=options.shutdown_grace_s + 2.0, handler_cancellation=True,
     )
     await runner.setup()
     try:

@@ -13,9 +13,9 @@ from typing import Any
 
 from aiohttp import web
 
+from imagegate.config.redact import Redactor
 from imagegate.errors import ConfigError
 from imagegate.routing import ImageService
-from imagegate.server.errors import Redactor
 from imagegate.server.files import SECRET_ENV, UrlSigner, default_state_dir
 from imagegate.server.metrics import ServerMetrics
 from imagegate.store import ImageStore

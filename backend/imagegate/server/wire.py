@@ -17,7 +17,10 @@ sources, are in tests/server/test_clients.py):
   ``output_compression``, ``safety_identifier``) are accepted and ignored;
 - any other field is ignored and named in the ``x-imagegate-ignored`` answer header
   (``[service] strict_fields = true``: refused, as api.openai.com refuses it);
-- ``stream: true`` is refused.
+- ``stream: true`` answers Server-Sent Events in OpenAI's shapes (``sse.py``);
+  ``partial_images`` (0-3) is how many previews become partial images (and, for an async job,
+  whether it asks for previews at all); ``webhook_url`` is for async jobs only
+  (``Prefer: respond-async``, ``jobs.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from imagegate.capabilities import Adjustment
 from imagegate.errors import InvalidRequest
 from imagegate.models import MAX_SEED, ImageRequest, ImageResult, validation_message
 
@@ -41,6 +45,7 @@ __all__ = [
     "Generation",
     "GenerationBody",
     "ImagesResponse",
+    "adjustments_header",
     "ignored_header",
     "images_response",
     "parse_generation",
@@ -85,7 +90,16 @@ class GenerationBody(BaseModel):
     cfg_scale: float | None = Field(default=None, ge=0, le=30, description="= guidance_scale")
     sampler_name: str | None = Field(default=None, min_length=1, max_length=100)
     output_format: Literal["png", "jpeg", "webp"] | None = None
-    stream: bool | None = Field(default=None, description="only false is supported")
+    stream: bool | None = Field(
+        default=None, description="true: answer text/event-stream in OpenAI's image stream shape"
+    )
+    partial_images: int | None = Field(
+        default=None, ge=0, le=3, description="previews sent as partial images (stream, jobs)"
+    )
+    webhook_url: str | None = Field(
+        default=None, max_length=2048,
+        description="async jobs: POSTed the signed job record when it ends ([service] webhook_hosts)",
+    )
     quality: str | None = Field(default=None, max_length=32, description="accepted, ignored")
     style: str | None = Field(default=None, max_length=32, description="accepted, ignored")
     background: str | None = Field(default=None, max_length=32, description="accepted, ignored")
@@ -101,12 +115,15 @@ class ImageDatum(BaseModel):
 
 
 class ImagesResponse(BaseModel):
-    """The answer: OpenAI's ``ImagesResponse`` (plus ``size`` and ``output_format``)."""
+    """The answer: OpenAI's ``ImagesResponse`` (plus ``size``, ``output_format`` and
+    ``adjustments``: what was changed to fit the backend that served it)."""
 
     created: int
     data: list[ImageDatum]
     size: str | None = None
     output_format: str | None = None
+    adjustments: list[Adjustment] = Field(default_factory=list)
+    warnings: list[str] | None = None  # e.g. the images could not be saved: b64_json instead
 
 
 @dataclass(frozen=True)
@@ -118,6 +135,9 @@ class Generation:
     response_format: Literal["b64_json", "url"]
     user: str | None = None
     ignored: tuple[str, ...] = ()  # unknown body fields, left out
+    stream: bool = False
+    partial_images: int = 0
+    webhook_url: str | None = None
 
 
 def parse_generation(
@@ -137,9 +157,9 @@ def parse_generation(
         raise InvalidRequest(
             f"Unknown parameter: {shown!r} ([service] strict_fields = true)", field=shown
         )
-    if body.stream:
-        raise InvalidRequest("stream: streaming answers are not supported", field="stream")
     width, height = parse_size(body.size)
+    # "auto" or no size: the request's default, which the router may fit to a backend
+    size = {} if body.size in (None, "auto") else {"width": width, "height": height}
     fields = {
         "prompt": body.prompt,
         "n": body.n,
@@ -152,7 +172,7 @@ def parse_generation(
     }
     data = {k: v for k, v in fields.items() if v is not None}
     try:
-        request = ImageRequest.parse({**data, "width": width, "height": height})
+        request = ImageRequest.parse({**data, **size})
     except InvalidRequest as exc:
         if exc.field in ("width", "height"):
             raise InvalidRequest(
@@ -160,7 +180,11 @@ def parse_generation(
             ) from None
         raise
     backend = resolve_model(body.model, backends, aliases, unknown_model=unknown_model)
-    return Generation(request, backend, body.response_format or "b64_json", body.user, ignored)
+    return Generation(
+        request, backend, body.response_format or "b64_json", body.user, ignored,
+        stream=bool(body.stream), partial_images=body.partial_images or 0,
+        webhook_url=body.webhook_url,
+    )
 
 
 def _one_of(body: GenerationBody, ours: str, theirs: str) -> Any:
@@ -249,4 +273,15 @@ def images_response(
         "data": data,
         "size": f"{first.width}x{first.height}",
         "output_format": first.format.value,
+        "adjustments": [a.model_dump(mode="json") for a in result.adjustments],
     }
+
+
+def adjustments_header(result: ImageResult) -> dict[str, str]:
+    """``x-imagegate-adjustments: size 128x128->256x256; steps 150->50`` when anything was
+    changed (ASCII only: anything else is backslash-escaped), else no header."""
+    if not result.adjustments:
+        return {}
+    text = "; ".join(a.short() for a in result.adjustments)
+    safe = text.encode("ascii", "backslashreplace").decode("ascii")
+    return {"x-imagegate-adjustments": "".join(c if c.isprintable() else " " for c in safe)[:1024]}

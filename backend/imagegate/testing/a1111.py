@@ -1,12 +1,36 @@
-"""An AUTOMATIC1111 ``--api`` stand-in: txt2img with real PNGs, progress, options, models.
+"""An AUTOMATIC1111 ``--api`` stand-in: txt2img with real images, progress, options, models.
 
 Speaks the webui's wire format (modules/api/api.py): txt2img answers
 ``{"images": [b64], "parameters": {...}, "info": "<JSON string with all_seeds>"}``; a body
-that fails validation gets FastAPI's 422 ``{"detail": [{"loc", "msg", "type"}]}``; an unknown
-sampler gets 400 ``{"error": "HTTPException", "detail": "Sampler not found"}``; generations are
-serialised by one lock like the real webui. Optional HTTP Basic auth (``--api-auth``).
+that fails validation gets FastAPI's 422 ``{"detail": [{"loc", "msg", "type"}]}``;
+generations are serialised by one lock like the real webui. Optional HTTP Basic auth
+(``--api-auth``). The webui's defaults and silent fallbacks, as in 1.9+:
 
-    python -m imagegate.testing a1111 --port 7860
+- omitted fields take the API's defaults (``StableDiffusionProcessingTxt2Img``): 512x512,
+  **50 steps** (not the UI's 20), cfg 7.0, sampler ``sampler_index`` "Euler";
+- the sampler is resolved like ``sd_samplers.get_sampler_and_scheduler``: a trailing
+  scheduler name ("DPM++ 2M Karras") is split off, the rest is looked up by exact name in
+  ``all_samplers_map``, and an **unknown name silently becomes ``samplers[0]``** ("DPM++
+  2M" since 1.9), which ``validate_sampler_name`` then accepts: no error reaches the caller;
+- ``override_settings.sd_model_checkpoint`` naming no known checkpoint (any of
+  ``CheckpointInfo.ids``: title, name, model_name, hash, sha256, ...) is **silently dropped**
+  and the loaded checkpoint is used (``processing.process_images``);
+- images are encoded in ``opts.samples_format`` (png by default; ``create_app(
+  samples_format="webp")``), which ``GET /sdapi/v1/options`` reports.
+
+``GET /sdapi/v1/samplers``, ``/schedulers`` (1.9+) and ``/sd-models`` list what the
+emulator knows, in the webui's shapes.
+
+Progress is the webui's own (``a1111_webui.py``, with sources): ``force_task_id``, sampling
+steps over time (``step_s`` seconds each; 0 by default: instant), ``/internal/progress`` with
+live previews, the global ``/sdapi/v1/progress``, and ``/sdapi/v1/interrupt``. A client that
+goes away does not stop its job, as in the webui; an interrupt does.
+
+Knobs, besides the shared ones: ``arm("not_image")`` -> an image that is HTML;
+``arm("many_images", count=3000)`` -> ``count`` small images whatever ``batch_size`` asked
+(hostile: a provider that does not honour the request).
+
+    python -m imagegate.testing a1111 --port 7860 [--step-s 0.05]
 """
 
 from __future__ import annotations
@@ -20,17 +44,54 @@ from typing import Any
 
 from aiohttp import web
 
+from imagegate.testing.a1111_webui import Latent, Webui, add_progress_routes
 from imagegate.testing.images import make_image
 from imagegate.testing.knobs import Knobs, misbehaviour_middleware, record_json_body
 
 __all__ = ["KNOBS_KEY", "create_app"]
 
 KNOBS_KEY = web.AppKey("knobs", Knobs)
-SAMPLERS = ["Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDIM"]
+# samplers[0] first: A1111 1.9 moved "DPM++ 2M" to the head of samplers_k_diffusion
+# (modules/sd_samplers_kdiffusion.py), so it is the fallback for an unknown name.
+SAMPLERS = ["DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "Euler a", "Euler", "LMS", "Heun", "DDIM", "UniPC"]
+# (name, label, aliases) as GET /sdapi/v1/schedulers lists them (modules/sd_schedulers.py).
+SCHEDULERS = [
+    ("automatic", "Automatic", None), ("uniform", "Uniform", None), ("karras", "Karras", None),
+    ("exponential", "Exponential", None), ("sgm_uniform", "SGM Uniform", ["SGMUniform"]),
+]
 MODELS = [
     {"title": "sd_xl_base_1.0.safetensors [31e35c80fc]", "model_name": "sd_xl_base_1.0",
-     "hash": "31e35c80fc", "sha256": None, "filename": "/models/sd_xl_base_1.0.safetensors", "config": None},
+     "hash": "be9edd61", "sha256": "31e35c80fc4829d14f90153f4c74cd59c90b779f6afe05a74cd6120b893f7e5b",
+     "filename": "/models/Stable-diffusion/sd_xl_base_1.0.safetensors", "config": None},
+    {"title": "dreamshaper_8.safetensors [879db523c3]", "model_name": "dreamshaper_8",
+     "hash": "9d40847d", "sha256": "879db523c30d3b9017143d56705015e15a2cb5628762c11d086fed9538abd7fd",
+     "filename": "/models/Stable-diffusion/dreamshaper_8.safetensors", "config": None},
 ]
+_FORMATS = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}
+
+
+def checkpoint_ids(model: dict[str, Any]) -> list[str]:
+    """The names a checkpoint answers to (modules/sd_models.py ``CheckpointInfo.ids``)."""
+    name = str(model["title"]).rsplit(" [", 1)[0]
+    stem = str(model["filename"]).rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    short = str(model["sha256"])[:10]
+    return [model["hash"], model["model_name"], model["title"], name, stem, f"{name} [{model['hash']}]",
+            short, model["sha256"], f"{name} [{short}]", f"{stem} [{short}]"]
+
+
+def resolve_sampler(name: str | None) -> tuple[str, str]:
+    """(sampler, scheduler label) as A1111 1.9+ resolves a requested name: exact names only,
+    an unknown one silently replaced by ``samplers[0]``."""
+    name = name or SAMPLERS[0]
+    scheduler = SCHEDULERS[0][1]
+    for sched_name, label, aliases in SCHEDULERS:
+        for option in (label, sched_name, *(aliases or [])):
+            if name.endswith(" " + option):
+                scheduler, name = label, name[: -len(option) - 1]
+                break
+    return (name if name in SAMPLERS else SAMPLERS[0]), scheduler
+
+
 _INT_FIELDS = ("width", "height", "steps", "seed", "batch_size", "n_iter")
 _NUM_FIELDS = ("cfg_scale",)
 _STR_FIELDS = ("prompt", "negative_prompt", "sampler_name", "sampler_index")
@@ -67,11 +128,23 @@ def _validate(body: Any) -> list[dict[str, Any]]:
 
 
 def create_app(
-    *, knobs: Knobs | None = None, username: str | None = None, password: str | None = None
+    *,
+    knobs: Knobs | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    samples_format: str = "png",
+    webui: Webui | None = None,
+    step_s: float | None = None,
 ) -> web.Application:
-    """The emulator app; pass ``username``/``password`` to require Basic auth."""
+    """The emulator app; pass ``username``/``password`` to require Basic auth,
+    ``samples_format`` (png, jpg, webp) for the webui's image format setting, and ``webui``
+    (or just ``step_s``, seconds per sampling step) to shape its progress."""
     knobs = knobs or Knobs()
-    lock = asyncio.Lock()
+    fmt = _FORMATS[samples_format]
+    loaded = MODELS[0]
+    webui = webui or Webui()
+    if step_s is not None:
+        webui.step_s = step_s
     routes = web.RouteTableDef()
     expected_auth = (
         "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode() if username else None
@@ -96,23 +169,34 @@ def create_app(
         problems = _validate(body)
         if problems:
             return web.json_response({"detail": problems}, status=422)
-        sampler = body.get("sampler_name") or body.get("sampler_index") or "Euler"
-        if sampler not in SAMPLERS:
-            return web.json_response({"error": "HTTPException", "detail": "Sampler not found"}, status=400)
+        sampler, scheduler = resolve_sampler(body.get("sampler_name") or body.get("sampler_index") or "Euler")
+        wanted = (body.get("override_settings") or {}).get("sd_model_checkpoint")
+        model = next((m for m in MODELS if wanted in checkpoint_ids(m)), loaded)  # unknown: ignored
         width, height = body.get("width", 512), body.get("height", 512)
         count = body.get("batch_size", 1) * body.get("n_iter", 1)
         seed = body.get("seed", -1)
         if seed == -1:
             seed = random.randrange(2**32)
         prompt = body.get("prompt", "")
-        async with lock:  # the webui's queue_lock: one generation at a time
+
+        def render() -> list[str]:
+            many = knobs.take("many_images", request.path)
             if knobs.take("not_image", request.path) is not None:
-                images = [base64.b64encode(b"<html>not an image</html>").decode()]
-            else:
-                images = [
-                    base64.b64encode(make_image(width, height, prompt, seed + i)).decode()
-                    for i in range(count)
-                ]
+                return [base64.b64encode(b"<html>not an image</html>").decode()]
+            if many is not None:  # hostile: far more images than were asked for
+                one = base64.b64encode(make_image(64, 64, prompt, seed)).decode()
+                return [one] * int(many.get("count", 3000))
+            return [
+                base64.b64encode(make_image(width, height, prompt, seed + i, fmt)).decode()
+                for i in range(count)
+            ]
+
+        job = webui.submit(  # the webui's queue_lock: one generation at a time
+            webui.task_id(body), steps=body.get("steps", 50), n_iter=body.get("n_iter", 1),
+            latent=Latent(prompt, seed, width, height), render=render,
+        )
+        images = await asyncio.shield(job)  # a client that goes away leaves the job running
+        count = max(count, len(images))
         info = {
             "prompt": prompt,
             "all_prompts": [prompt] * count,
@@ -124,33 +208,20 @@ def create_app(
             "width": width,
             "height": height,
             "sampler_name": sampler,
+            "extra_generation_params": {"Schedule type": scheduler},
             "cfg_scale": body.get("cfg_scale", 7.0),
             "steps": body.get("steps", 50),
             "batch_size": body.get("batch_size", 1),
-            "sd_model_name": "sd_xl_base_1.0",
-            "sd_model_hash": MODELS[0]["hash"],
+            "sd_model_name": model["model_name"],
+            "sd_model_hash": model["hash"],
             "index_of_first_image": 0,
             "infotexts": [f"{prompt}\nSteps: {body.get('steps', 50)}, Seed: {seed + i}" for i in range(count)],
         }
         return web.json_response({"images": images, "parameters": body, "info": json.dumps(info)})
 
-    @routes.get("/sdapi/v1/progress")
-    async def progress(request: web.Request) -> web.Response:
-        busy = lock.locked()
-        return web.json_response(
-            {
-                "progress": 0.5 if busy else 0.0,
-                "eta_relative": 1.0 if busy else 0.0,
-                "state": {"job": "txt2img" if busy else "", "job_count": int(busy), "interrupted": False,
-                          "skipped": False, "sampling_step": 0, "sampling_steps": 0},
-                "current_image": None,
-                "textinfo": None,
-            }
-        )
-
     @routes.get("/sdapi/v1/options")
     async def options(request: web.Request) -> web.Response:
-        return web.json_response({"sd_model_checkpoint": MODELS[0]["title"], "samples_format": "png"})
+        return web.json_response({"sd_model_checkpoint": loaded["title"], "samples_format": samples_format})
 
     @routes.get("/sdapi/v1/sd-models")
     async def sd_models(request: web.Request) -> web.Response:
@@ -159,6 +230,13 @@ def create_app(
     @routes.get("/sdapi/v1/samplers")
     async def samplers(request: web.Request) -> web.Response:
         return web.json_response([{"name": s, "aliases": [], "options": {}} for s in SAMPLERS])
+
+    @routes.get("/sdapi/v1/schedulers")
+    async def schedulers(request: web.Request) -> web.Response:
+        return web.json_response([
+            {"name": n, "label": label, "aliases": aliases, "default_rho": -1, "need_inner_model": False}
+            for n, label, aliases in SCHEDULERS
+        ])
 
     @routes.get("/internal/ping")
     async def ping(request: web.Request) -> web.Response:
@@ -175,6 +253,7 @@ def create_app(
     )
     app[KNOBS_KEY] = knobs
     app.add_routes(routes)
+    add_progress_routes(app, webui)
     return app
 
 

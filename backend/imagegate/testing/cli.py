@@ -54,6 +54,10 @@ def main(argv: Sequence[str] | None = None, *, kind: str | None = None) -> int:
         "--render", action="store_true",
         help="draw every image anew instead of from a cache (as a real provider does)",
     )
+    parser.add_argument("--official", action="store_true",
+                        help="openai: behave as api.openai.com (OpenAI's models, no extension fields)")
+    parser.add_argument("--step-s", type=float, dest="step_s",
+                        help="a1111: seconds per sampling step (progress and previews over time)")
     args = parser.parse_args(argv)
     args.kind = kind or args.kind
     try:
@@ -71,13 +75,15 @@ async def _serve(args: argparse.Namespace) -> None:
     module = importlib.import_module(EMULATORS[args.kind])
     accepted = inspect.signature(module.create_app).parameters
     options: dict[str, Any] = {"knobs": Knobs(latency_s=args.latency)}
-    for name in ("api_key", "username", "password"):
+    for name in ("api_key", "username", "password", "step_s"):
         if name in accepted and getattr(args, name) is not None:
             options[name] = getattr(args, name)
     if args.render:
         if "render" not in accepted:
             raise SystemExit(f"python -m imagegate.testing {args.kind}: --render is not supported")
         options["render"] = True
+    if args.official and "official" in accepted:
+        options["official"] = True
     app = module.create_app(**options)
     ca = LocalCA() if args.tls else None
     async with serve_app(app, tls=ca, host=args.host, port=args.port) as url:

@@ -12,6 +12,12 @@ Its parameter names differ from imagegate's on purpose (``text``, ``num_inferenc
 - at ``{url}/busy-space``, a second Gradio app on the same server: ``/busy(text, delay)``,
   like ``/slow`` with ``concurrency_limit=1`` and a queue of ``queue_size`` (default 1)
   waiting events: with one call running and one waiting, the next gets "queue full"
+- with ``replicas=True`` (``--replicas``), at ``{url}/replica/<name>``
+  (``space.replicas[name]``), replicas of real Spaces' interfaces: ``flux-schnell``, ``sd3-medium``, ``sd3.5-large`` (``space_replicas.py``:
+  their sliders' real ranges, a negative-prompt box with no value, WebP ``(image, seed)``)
+- at ``{url}/progress-space``, a third: ``/steps`` (``gr.Progress`` steps behind a real
+  one-at-a-time queue) and ``/steps_preview`` (a generator yielding previews); see
+  ``gradio_progress.py``
 
 Every call is recorded in ``SpaceCalls`` (in-process), so tests assert the arguments that
 reached the app. Launch it on loopback in a background thread:
@@ -46,7 +52,9 @@ import uvicorn
 from PIL import Image
 
 from imagegate.errors import listen_failed, port_number
+from imagegate.testing.gradio_progress import build_progress_space
 from imagegate.testing.images import make_image
+from imagegate.testing.space_replicas import REPLICAS
 
 __all__ = ["RunningSpace", "SpaceCalls", "build_space", "launch_space", "running_space"]
 
@@ -238,18 +246,26 @@ class RunningSpace:
     calls: SpaceCalls
     server: uvicorn.Server
     thread: threading.Thread
+    replicas: dict[str, str] = field(default_factory=dict)  # replica name -> its URL
+    progress_url: str = ""
 
     def close(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=5)
 
 
-def launch_space(*, host: str = "127.0.0.1", port: int = 0, queue_size: int = 1) -> RunningSpace:
-    """Serve the stand-in at ``/`` and the queue-limited ``/busy`` app at ``/busy-space`` on one
-    uvicorn server, in a background thread; ``port=0`` takes a free one."""
+def launch_space(
+    *, host: str = "127.0.0.1", port: int = 0, queue_size: int = 1, replicas: bool = False
+) -> RunningSpace:
+    """Serve the stand-in at ``/``, the queue-limited ``/busy`` app at ``/busy-space`` and (with
+    ``replicas``) the real Spaces' replicas at ``/replica/<name>`` on one uvicorn server, in a
+    background thread; ``port=0`` takes a free one."""
     calls = SpaceCalls()
     app = fastapi.FastAPI()
     app = gr.mount_gradio_app(app, build_busy_space(calls, queue_size=queue_size), "/busy-space")
+    for name, (_, build) in REPLICAS.items() if replicas else ():
+        app = gr.mount_gradio_app(app, build(calls), f"/replica/{name}")
+    app = gr.mount_gradio_app(app, build_progress_space(calls), "/progress-space")
     app = gr.mount_gradio_app(app, build_space(calls), "")
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
@@ -264,7 +280,9 @@ def launch_space(*, host: str = "127.0.0.1", port: int = 0, queue_size: int = 1)
     bound = server.servers[0].sockets[0].getsockname()[1]
     url = f"http://{host}:{bound}"
     return RunningSpace(
-        url=url, busy_url=f"{url}/busy-space", calls=calls, server=server, thread=thread
+        url=url, busy_url=f"{url}/busy-space", calls=calls, server=server, thread=thread,
+        replicas={name: f"{url}/replica/{name}" for name in REPLICAS} if replicas else {},
+        progress_url=f"{url}/progress-space",
     )
 
 
@@ -288,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--queue-size", type=int, default=1, help="/busy's queue max_size (default 1)"
     )
+    parser.add_argument(
+        "--replicas", action="store_true", help="also serve the real Spaces' replicas"
+    )
     args = parser.parse_args(argv)
     try:  # uvicorn would only log it from its thread: say it in one line, exit 2
         with socket.socket() as probe:
@@ -295,11 +316,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"{parser.prog}: {listen_failed(exc, args.host, args.port)}", file=sys.stderr)
         return 2
-    space = launch_space(host=args.host, port=args.port, queue_size=args.queue_size)
+    space = launch_space(
+        host=args.host, port=args.port, queue_size=args.queue_size, replicas=args.replicas
+    )
     print(
         f"stand-in Space listening on {space.url} (queue-limited /busy: {space.busy_url})",
         flush=True,
     )
+    for name, url in space.replicas.items():
+        print(f"replica of {REPLICAS[name][0]}: {url}", flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

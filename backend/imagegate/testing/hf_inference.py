@@ -7,9 +7,14 @@ whoami routes the backend's probe uses.
   JSON object, 422 naming the field otherwise); a model not in ``SERVED_MODELS`` gets 404
   plain "Not Found"; answers the raw image bytes (``image/png``), with
   ``x-inference-provider`` and ``x-request-id`` headers.
-- ``GET /api/models/{owner}/{name}?expand[]=inferenceProviderMapping`` and
-  ``GET /api/whoami-v2``: the Hub's answers; 404 with ``X-Error-Code: RepoNotFound`` for an
-  unknown model.
+- ``GET /api/models/{owner}/{name}`` and ``GET /api/whoami-v2``: the Hub's answers, as
+  ``huggingface_hub``'s own ``InferenceClient`` calls them (notes/hf_providers.md §4-§5):
+  with no query, the model info with ``pipeline_tag`` (``provider="hf-inference"`` checks it
+  is ``text-to-image`` before posting) and ``tags``; with ``expand=inferenceProviderMapping``
+  (the Python client's form; the JS client sends ``expand[]=``; both, and repeated keys, are
+  accepted) only ``_id``, ``id`` and the expanded mapping, as ``model_info``'s docstring
+  says ("only the properties in the list will be returned"; UNCONFIRMED on the live Hub);
+  404 with ``X-Error-Code: RepoNotFound`` for an unknown model.
 
 Emulator knobs, besides the shared ones (latency, status, reset, stall, stall_body):
 ``knobs.arm("loading", estimated_time=20)`` -> 503 ``{"error": "Model ... is currently
@@ -126,7 +131,11 @@ def create_app(*, knobs: Knobs | None = None, api_key: str | None = "test-key") 
                 {"error": "Repository not found"}, status=404, headers={"X-Error-Code": "RepoNotFound"}
             )
         doc: dict[str, Any] = {"_id": uuid.uuid5(uuid.NAMESPACE_URL, model).hex[:24], "id": model}
-        if "inferenceProviderMapping" in request.query.getall("expand[]", []):
+        expand = request.query.getall("expand", []) + request.query.getall("expand[]", [])
+        if not expand:
+            doc.update(modelId=model, pipeline_tag="text-to-image", library_name="diffusers",
+                       tags=["diffusers", "text-to-image", "safetensors"], private=False)
+        if "inferenceProviderMapping" in expand:
             doc["inferenceProviderMapping"] = {
                 "hf-inference": {"status": "live", "providerId": model, "task": "text-to-image"}
             }

@@ -8,8 +8,12 @@ of what each emulator received, so tests can assert the exact wire fields.
     knobs.arm("stall")             # accept the request, never answer
     knobs.arm("stall_body")        # send headers and a few bytes, then stall
     knobs.arm("not_image")         # emulator-specific: answer with bytes that are no image
+    knobs.arm("huge_body", status=500, size=2**30)  # hostile: see hostile.py
+    knobs.arm("echo_auth", status=401)              # hostile: quote the credentials back
+    knobs.arm("bad_headers")                        # hostile: headers no parser accepts
 
-Faults apply to generation routes only unless ``path`` is given when arming.
+Faults apply to generation routes only unless ``path`` is given when arming. ``in_flight``
+and ``peak_in_flight`` count the requests to those routes being answered at once.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from imagegate.testing.hostile import echo_credentials, malformed_headers, stream_huge_body
 
 __all__ = ["Knobs", "RecordedRequest", "misbehaviour_middleware", "record_json_body", "send_junk"]
 
@@ -54,16 +60,20 @@ class Knobs:
     latency: Callable[[], float] | None = None
     requests: list[RecordedRequest] = field(default_factory=list)
     cancelled: int = 0
+    bytes_streamed: int = 0
+    in_flight: int = 0
+    peak_in_flight: int = 0
     _armed: list[_Armed] = field(default_factory=list)
 
     def arm(self, kind: str, *, count: int = 1, path: str | None = None, **params: Any) -> None:
-        """Make the next ``count`` matching requests misbehave in way ``kind``."""
+        """Make the next ``count`` matching requests misbehave in way ``kind`` (``path`` ending
+        in ``*`` matches every path it starts)."""
         self._armed.append(_Armed(kind, count, params, path))
 
     def take(self, kind: str, path: str | None = None) -> dict[str, Any] | None:
         """Consume one armed ``kind`` for ``path``; its params, or None when none is armed."""
         for armed in self._armed:
-            if armed.kind == kind and (armed.path is None or armed.path == path):
+            if armed.kind == kind and (armed.path is None or _matches(armed.path, path)):
                 armed.count -= 1
                 if armed.count <= 0:
                     self._armed.remove(armed)
@@ -72,7 +82,7 @@ class Knobs:
 
     def armed_for(self, path: str) -> bool:
         """Whether a fault was armed for exactly ``path`` (faults then apply off generation routes)."""
-        return any(armed.path == path for armed in self._armed)
+        return any(armed.path is not None and _matches(armed.path, path) for armed in self._armed)
 
     def clear(self) -> None:
         self._armed.clear()
@@ -81,6 +91,12 @@ class Knobs:
 
     def delay(self) -> float:
         return self.latency() if self.latency is not None else self.latency_s
+
+
+def _matches(pattern: str, path: str | None) -> bool:
+    if pattern.endswith("*"):
+        return path is not None and path.startswith(pattern[:-1])
+    return pattern == path
 
 
 async def record_json_body(request: web.Request) -> Any:
@@ -145,6 +161,9 @@ def misbehaviour_middleware(
         )
         path = request.path
         faultable = any(path.startswith(p) for p in generation_paths) or knobs.armed_for(path)
+        if faultable:
+            knobs.in_flight += 1
+            knobs.peak_in_flight = max(knobs.peak_in_flight, knobs.in_flight)
         try:
             if faultable:
                 early = await _apply_faults(knobs, request, path, error_body)
@@ -154,6 +173,9 @@ def misbehaviour_middleware(
         except asyncio.CancelledError:
             knobs.cancelled += 1
             raise
+        finally:
+            if faultable:
+                knobs.in_flight -= 1
 
     return middleware
 
@@ -175,6 +197,13 @@ async def _apply_faults(
         await resp.prepare(request)
         await resp.write(b'{"images": ["')
         await asyncio.sleep(3600)
+    if (params := knobs.take("huge_body", path)) is not None:
+        return await stream_huge_body(request, knobs, **params)
+    if (params := knobs.take("echo_auth", path)) is not None:
+        return echo_credentials(request, **params)
+    if knobs.take("bad_headers", path) is not None:
+        malformed_headers(request)
+        raise web.HTTPServiceUnavailable()  # never reaches the client: the socket is closed
     params = knobs.take("status", path)
     if params is not None:
         status = int(params.get("status", 500))

@@ -7,7 +7,10 @@ by this emulator under ``/files/<token>.<ext>`` with no auth (like a presigned U
 TTL runs out (then 403 with an S3-style XML body); ``GET /v3/user`` reports a credit balance.
 Errors use Novita's shape ``{"code", "reason", "message", "metadata"}``.
 
-A task succeeds at its first poll unless told otherwise:
+A task succeeds at its first poll unless told otherwise. While it runs, ``task.progress_percent``
+(0-100) grows with each poll along its plan and ``task.eta`` (seconds) shrinks (the fields of
+``V3TaskResponseTask`` in novitalabs/python-sdk ``src/novita_client/proto.py``; their units are
+inferred from names and ints, no doc text states them):
 
     knobs.arm("task_slow", polls=3)        # QUEUED, PROCESSING, then SUCCEED at the 3rd poll
     knobs.arm("task_plan", statuses=[...])  # any status sequence; the last one repeats
@@ -15,6 +18,8 @@ A task succeeds at its first poll unless told otherwise:
     knobs.arm("task_stuck")                 # TASK_STATUS_QUEUED for ever
     knobs.arm("url_expired")                # the next task's image URLs are already expired
     knobs.arm("not_image", size=50_000_000) # the next image download is junk (default: HTML)
+    knobs.arm("many_images", count=300)     # hostile: the next task has 300 image URLs
+    knobs.arm("image_url", url="http://...") # hostile: the next task's image URLs point there
 
     python -m imagegate.testing novita --port 8081 --tls --api-key test-key
 """
@@ -30,6 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
+from imagegate.backends import novita as novita_backend
 from imagegate.testing.images import make_image
 from imagegate.testing.knobs import Knobs, misbehaviour_middleware, record_json_body, send_junk
 
@@ -38,7 +44,7 @@ __all__ = ["KNOBS_KEY", "STATE_KEY", "create_app", "error_body", "validate"]
 KNOBS_KEY = web.AppKey("knobs", Knobs)
 QUEUED, PROCESSING = "TASK_STATUS_QUEUED", "TASK_STATUS_PROCESSING"
 SUCCEED, FAILED = "TASK_STATUS_SUCCEED", "TASK_STATUS_FAILED"
-SAMPLERS = ("Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ SDE Karras", "DDIM", "LMS")
+SAMPLERS = novita_backend.SAMPLERS  # the docs' sampler_name enum (sources there)
 MODELS = ("sd_xl_base_1.0.safetensors", "dreamshaper_8_93211.safetensors")
 _REASONS = {
     400: "INVALID_REQUEST_BODY", 401: "INVALID_API_KEY", 402: "BILLING_BALANCE_NOT_ENOUGH",
@@ -72,6 +78,8 @@ class _Task:
     plan: list[str]
     reason: str = ""
     ttl_s: float = 3600.0
+    image_count: int | None = None  # hostile: not what image_num asked
+    image_url: str | None = None  # hostile: a URL to anywhere
     polls: int = 0
     submitted: float = field(default_factory=time.time)
     images: list[dict[str, Any]] = field(default_factory=list)
@@ -207,6 +215,8 @@ async def _txt2img(request: web.Request) -> web.Response:
         plan=plan,
         reason=reason,
         ttl_s=0.0 if expired else state.image_ttl_s,
+        image_count=_param(state.knobs.take("many_images", request.path), "count", 300),
+        image_url=_param(state.knobs.take("image_url", request.path), "url", None),
     )
     state.tasks[task.task_id] = task
     return web.json_response({"task_id": task.task_id})
@@ -244,16 +254,26 @@ async def _user(request: web.Request) -> web.Response:
     return web.json_response({"allow_features": [], "credit_balance": 123450, "free_trial": {}})
 
 
+def _param(params: dict[str, Any] | None, name: str, default: Any) -> Any:
+    """``params[name]`` of an armed knob (``default`` when armed without it), None unarmed."""
+    return None if params is None else params.get(name, default)
+
+
 def _render(task: _Task, files: dict[str, _File], origin: str) -> list[dict[str, Any]]:
     """Make the task's images, store them under /files, and describe them for task-result."""
     req, ext = task.request, "jpeg" if task.fmt == "jpeg" else task.fmt
     out = []
-    for i in range(req.get("image_num", 1)):
-        data = make_image(req["width"], req["height"], req["prompt"], task.seed + i, task.fmt)
+    many = task.image_count is not None
+    count = task.image_count if task.image_count is not None else req.get("image_num", 1)
+    for i in range(count):
+        if many:  # small, identical images, quickly made
+            data = make_image(64, 64, req["prompt"], task.seed, task.fmt)
+        else:
+            data = make_image(req["width"], req["height"], req["prompt"], task.seed + i, task.fmt)
         token = uuid.uuid4().hex
         files[token] = _File(data, _CONTENT_TYPES[task.fmt], time.time() + task.ttl_s)
         out.append({
-            "image_url": f"{origin}/files/{token}.{ext}",
+            "image_url": task.image_url or f"{origin}/files/{token}.{ext}",
             "image_url_ttl": str(int(task.ttl_s)),
             "image_type": task.fmt,
             "nsfw_detection_result": None,
@@ -261,8 +281,20 @@ def _render(task: _Task, files: dict[str, _File], origin: str) -> list[dict[str,
     return out
 
 
+def _progress(task: _Task, status: str) -> tuple[int, int]:
+    """(progress_percent, eta) of the poll just answered: along the plan, 0 while queued."""
+    if status in (SUCCEED, FAILED):
+        return 100, 0
+    if status == QUEUED:
+        return 0, len(task.plan)
+    last = max(1, len(task.plan) - 1)
+    done = min(task.polls - 1, last)
+    return round(100 * done / last), last - done
+
+
 def _task_json(task: _Task, status: str) -> dict[str, Any]:
     done = status in (SUCCEED, FAILED)
+    percent, eta = _progress(task, status)
     now_ms = str(int(time.time() * 1000))
     return {
         "extra": {
@@ -280,8 +312,8 @@ def _task_json(task: _Task, status: str) -> dict[str, Any]:
             "task_type": "TXT_TO_IMG",
             "status": status,
             "reason": task.reason if status == FAILED else "",
-            "eta": 0 if done else 2,
-            "progress_percent": 100 if done else (0 if status == QUEUED else 50),
+            "eta": eta,
+            "progress_percent": percent,
         },
         "images": task.images if status == SUCCEED else [],
         "videos": [],

@@ -9,7 +9,9 @@ gradio_client is synchronous: its constructor does network I/O, and a prediction
 - a job is awaited through ``asyncio.wrap_future(job.future)`` (the Job's inner future:
   wrapping the Job itself would make a cancelled await call ``Job.cancel()`` -- an HTTP POST
   -- on the event loop) under ``min(read_timeout_s, deadline)``; on time-out or cancellation
-  the job is cancelled from a worker thread;
+  the job is cancelled from a worker thread, unless another job of this client runs (gradio
+  would cancel it too: ``jobs.py``); while someone listens, ``jobs.py`` turns the Job's status
+  into queued/progress events and a generator's outputs into previews;
 - every httpx call gradio_client makes, its SSE result stream included, is bounded by
   ``httpx.Timeout(read_timeout_s + 2, connect=connect_timeout_s)``, so no thread waits
   forever (the 2 s let our own ``read_timeout_s`` budget fire first and cancel cleanly);
@@ -32,12 +34,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import io
 import random
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -45,13 +45,21 @@ import httpx
 from gradio_client import Client
 
 from imagegate.backends.base import ImageBackend
+from imagegate.backends.download import Downloader, DownloadPolicy
 from imagegate.backends.hf_space import gradio as _gradio
+from imagegate.backends.hf_space.discover import interface_capabilities, interface_from_gradio
 from imagegate.backends.hf_space.gradio import ImageRef, map_gradio_errors
 from imagegate.backends.hf_space.http import SpaceHttp
+from imagegate.backends.hf_space.jobs import JobWatch, safe_to_cancel
+from imagegate.backends.hf_space.session import Session as _Session
+from imagegate.backends.hf_space.session import cancel_quietly as _cancel_quietly
+from imagegate.backends.hf_space.session import close_client as _close_client
+from imagegate.backends.hf_space.session import png_bytes as _png_bytes
 from imagegate.backends.hf_space.settings import HFSpaceSettings
-from imagegate.backends.hf_space.spaces import known_space
+from imagegate.backends.hf_space.spaces import known_interface, known_space
 from imagegate.backends.images import check_image
 from imagegate.backends.transport import error_text, make_ssl_context
+from imagegate.capabilities import Capabilities
 from imagegate.errors import (
     BackendError,
     BadResponse,
@@ -73,15 +81,7 @@ _SEED_MAX = 2**31 - 1  # Spaces' seed sliders stop at int32 max
 # stream timing out (which it reports as a bare CancelledError, printing a traceback).
 _HTTPX_GRACE_S = 2.0
 _CONNECTION_LEVEL = (ConnectFailed, HandshakeTimeout)
-
-
-@dataclass(frozen=True)
-class _Session:
-    """A built client and what was learnt from it once."""
-
-    client: Any
-    api_name: str
-    parameters: list[dict[str, Any]]
+CAPABILITIES_TTL_S = 600.0  # a probe re-reads a Space's /config at most this often
 
 
 class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
@@ -94,9 +94,14 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
     ) -> None:
         super().__init__(settings, secrets=secrets)
         self._ssl = make_ssl_context(settings.ca_bundle)
-        self._web = SpaceHttp(session, self._ssl, self.timeouts, self.name, secrets.get("token"))
         self.space: str | None = settings.space
         self.src: str = settings.app_url
+        policy = DownloadPolicy(self.src, tuple(settings.download_hosts))
+        self._downloads = Downloader(self.name, policy, session, self.timeouts, self._ssl)
+        self._web = SpaceHttp(
+            session, self._ssl, self.timeouts, self.name, secrets.get("token"), self.redactor,
+            self._downloads,
+        )
         self.base_url = self.src
         known = known_space(settings.space) or {}
         given = settings.model_fields_set
@@ -112,6 +117,18 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
         self._build_lock = asyncio.Lock()
         self._session: _Session | None = None
         self._closed = False
+        interface = known_interface(settings.space)
+        self._capabilities = (
+            interface_capabilities(interface, self._inputs)
+            if interface is not None and interface.api_name == self._api_name else None
+        )
+        self._discovered_at: float | None = None
+        self._jobs: set[Any] = set()  # in flight: a cancel must spare the others (jobs.py)
+
+    @property
+    def capabilities(self) -> Capabilities | None:
+        """Built in for a known Space; replaced by what its app says (client built, probes)."""
+        return self._capabilities
 
     # ------------------------------------------------------------ generate
 
@@ -126,12 +143,11 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
     async def _generate_one(
         self, request: ImageRequest, seed: int | None, deadline: Deadline
     ) -> GeneratedImage:
-        arguments = _gradio.build_arguments(
-            request, self._inputs, self._fixed, seed=seed, model=self.settings.model
-        )
         await self._acquire_slot(deadline)
         try:
             session = await self._get_session(deadline)
+            arguments = _gradio.build_arguments(request, self._inputs, self._fixed, seed=seed,
+                                                model=self.settings.model, required=session.required)
             _gradio.check_arguments(
                 arguments, session.parameters, api_name=session.api_name, backend=self.name
             )
@@ -151,7 +167,7 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
         data = await self._image_bytes(ref, session, deadline)
         final_seed = returned_seed if returned_seed is not None else seed
         return check_image(
-            data, backend=self.name, seed=final_seed, info={"api_name": session.api_name}
+            data, backend=self.name, seed=final_seed, info={"api_name": session.api_name}, quote=False
         )
 
     async def _acquire_slot(self, deadline: Deadline) -> None:
@@ -173,6 +189,8 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
         with map_gradio_errors(self.name, self.timeouts):
             job = session.client.submit(api_name=session.api_name, **arguments)  # no I/O: queues
         started = time.monotonic()
+        watch = JobWatch(job, self.reporter, deadline, lambda out: self._preview(out, session, deadline))
+        self._jobs.add(job)
         try:
             async with asyncio.timeout(budget):
                 with map_gradio_errors(self.name, self.timeouts):
@@ -194,10 +212,17 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
             raise _gradio.stream_cut_error(
                 time.monotonic() - started, self.timeouts.read, backend=self.name
             ) from None
+        finally:
+            self._jobs.discard(job)
+            await watch.stop()
 
     def _cancel_job(self, job: Any) -> None:
-        """Cancel ``job`` from a worker thread (Job.cancel() POSTs to the app's /cancel)."""
+        """Cancel ``job`` from a worker thread (Job.cancel() POSTs to the app's /cancel),
+        unless that would cancel another running job of this client too (then abandon it)."""
         if job.done():
+            return
+        if not safe_to_cancel(job, self._jobs):
+            log.info("space_job_abandoned", backend=self.name, reason="another job of it runs")
             return
         with contextlib.suppress(RuntimeError):  # the executor is already shut down
             self._executor.submit(_cancel_quietly, job)
@@ -262,7 +287,7 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
             },
             download_files=False,
             ssl_verify=self._ssl,
-            analytics_enabled=False,
+            **_gradio.client_options(Client),
         )
         try:
             info = client.view_api(print_info=False, return_format="dict")
@@ -278,7 +303,9 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
                 raise Rejected(
                     f"the Space {what} (named endpoints: {named}); set api_name", backend=self.name
                 )
-            return _Session(client, api_name, list(endpoints[api_name].get("parameters") or []))
+            parameters = list(endpoints[api_name].get("parameters") or [])
+            self._learn(getattr(client, "config", None) or {}, info, api_name)
+            return _Session(client, api_name, parameters)
         except BaseException:
             _close_client(client)
             raise
@@ -302,6 +329,7 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
 
     async def aclose(self) -> None:
         self._closed = True
+        await self._downloads.aclose()
         session, self._session = self._session, None
         if session is not None:
             loop = asyncio.get_running_loop()
@@ -325,16 +353,18 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
             url = _gradio.file_url({"path": ref.value}, root)
         else:
             url = str(ref.value)
-        return await self._download(url, root, session, deadline)
+        return await self._download(url, session, deadline)
 
-    async def _download(self, url: str, root: str, session: _Session, deadline: Deadline) -> bytes:
-        headers: dict[str, str] = {}
-        cookies: dict[str, str] = {}
+    async def _preview(self, output: Any, session: _Session, deadline: Deadline) -> bytes | None:
+        """The image in a generator's intermediate ``output`` (progress.py asks for it)."""
+        ref, _ = _gradio.find_image(output)
+        return None if ref is None else await self._image_bytes(ref, session, deadline)
+
+    async def _download(self, url: str, session: _Session, deadline: Deadline) -> bytes:
+        # the token and cookies go to the Space's own origin only (download.py sees to it)
         token = self._secrets.get("token")
-        if _gradio.same_origin(url, root):  # the token and cookies go to the Space's own host only
-            cookies = dict(getattr(session.client, "cookies", {}) or {})
-            if token:
-                headers["x-hf-authorization"] = f"Bearer {token}"
+        headers = {"x-hf-authorization": f"Bearer {token}"} if token else {}
+        cookies = dict(getattr(session.client, "cookies", {}) or {})
         return await self._web.download(
             url, deadline, max_bytes=self.settings.max_image_bytes, headers=headers, cookies=cookies
         )
@@ -344,29 +374,24 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
     async def _probe(self, deadline: Deadline, timings: dict[str, float]) -> str:
         """A hub Space: its runtime stage on the Hub. A bare URL: the Gradio app's /config."""
         if self.space is not None:
-            return await self._web.check_runtime(
-                self.settings.hub_url, self.space, deadline, timings
-            )
-        config = await self._web.get_json(f"{self.src}/config", deadline, timings)
-        return f"gradio {config.get('version', '?')} app at {self.src}"
+            detail = await self._web.check_runtime(self.settings.hub_url, self.space, deadline, timings)
+            config = None
+        else:
+            config = await self._web.get_json(f"{self.src}/config", deadline, timings)
+            detail = f"gradio {config.get('version', '?')} app at {self.src}"
+        stale = self._discovered_at is None or time.monotonic() - self._discovered_at > CAPABILITIES_TTL_S
+        if stale:
+            try:  # the probe passed: a Space whose API cannot be read keeps what was known
+                config, info = await self._web.gradio_api(self.src, deadline, config=config)
+                self._learn(config, info, self._api_name or _gradio.pick_api_name(info))
+            except BackendError as exc:
+                log.info("capabilities_not_refreshed", backend=self.name, error_kind=exc.kind)
+        return detail
 
-
-def _cancel_quietly(job: Any) -> None:
-    with contextlib.suppress(Exception):  # best effort: the app may already be gone
-        job.cancel()
-
-
-def _close_client(client: Any) -> None:
-    """Stop the heartbeat and shut the client's thread pools down (Client.close() does not)."""
-    with contextlib.suppress(Exception):
-        client.close()
-    for pool in ("executor", "helper_executor", "stream_executor"):
-        executor = getattr(client, pool, None)
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _png_bytes(image: Any) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
+    def _learn(self, config: Mapping[str, Any], info: Mapping[str, Any], api_name: str | None) -> None:
+        """Take the capabilities from the app's own description of ``api_name``."""
+        found = interface_from_gradio(config, info, api_name or "", source=(
+            f"discovered: {api_name} of gradio {config.get('version', '?')} app at {self.src}"))
+        if found is not None:
+            self._capabilities = interface_capabilities(found, self._inputs)
+            self._discovered_at = time.monotonic()

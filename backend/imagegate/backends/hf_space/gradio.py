@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import inspect
 import os
 import re
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ import httpx
 from gradio_client import exceptions as gc_exceptions
 from gradio_client import utils as gc_utils
 
+from imagegate.backends.download import same_origin
 from imagegate.backends.hf_space.spaces import BROKEN, STARTING
 from imagegate.backends.transport import error_for_status, error_text
 from imagegate.config import Timeouts
@@ -51,10 +53,12 @@ __all__ = [
     "app_error",
     "build_arguments",
     "check_arguments",
+    "client_options",
     "file_url",
     "find_image",
     "map_gradio_errors",
     "pick_api_name",
+    "same_origin",
     "stream_cut_error",
 ]
 
@@ -68,6 +72,20 @@ _GPU_QUOTA = re.compile(r"exceeded your (?:\w+ )?GPU quota|GPU quota exceeded", 
 _NO_GPU = re.compile(r"No GPU (?:is currently |was )?available", re.IGNORECASE)
 _TRY_AGAIN = re.compile(r"Try again in (?:(\d+) days?, )?(\d+):(\d{2}):(\d{2})")
 _HTML_TAG = re.compile(r"<[^>]+>")
+# The caller's mistakes, as gradio words them: a Slider/Number out of range (gradio
+# components/number.py raise_if_out_of_bounds; Slider since 5.39), a Dropdown/Radio value not
+# among the choices (components/dropdown.py, radio.py).
+_GRADIO_REFUSED = re.compile(
+    r"Value .* is (?:less than minimum|greater than maximum) value|is not in the list of choices"
+)
+# gradio_client <= 1.8.0 prefixes every AppError message with this (1.9.0 dropped it).
+_UPSTREAM_PREFIX = "The upstream Gradio app has raised an exception: "
+# gradio_client utils.construct_args refuses a call before sending anything (TypeError), the
+# same words in 1.3.0 and 2.7.2.
+_ARGUMENT_ERRORS = re.compile(
+    r"No value provided for required argument|is not a valid key-word argument"
+    r"|is already set as a positional argument"
+)
 
 _ValidationError: type[Exception] = getattr(
     gc_exceptions, "ValidationError", gc_exceptions.AppError
@@ -84,12 +102,15 @@ def build_arguments(
     *,
     seed: int | None,
     model: str | None = None,
+    required: Collection[str] = (),
 ) -> dict[str, Any]:
     """The Space's keyword arguments for ``request`` (pure).
 
     ``inputs`` maps our field names to the Space's parameter names; fields the caller left
     unset are not sent (the Space's defaults apply), except ``seed``, which is ``seed`` here
-    (the caller's, or one drawn by the backend so that the image can be reproduced).
+    (the caller's, or one drawn by the backend so that the image can be reproduced), and an
+    empty negative prompt whose parameter is in ``required`` (a text box with no initial
+    value: gradio_client refuses a call without it), which is sent as ``""``.
     """
     values: dict[str, Any] = {
         "prompt": request.prompt,
@@ -102,11 +123,24 @@ def build_arguments(
         "sampler": request.sampler,
         "model": request.model or model,
     }
+    if inputs.get("negative_prompt") in required and values["negative_prompt"] is None:
+        values["negative_prompt"] = ""
     arguments = dict(fixed)
     for field, parameter in inputs.items():
         if values.get(field) is not None:
             arguments[parameter] = values[field]
     return arguments
+
+
+def client_options(client_class: Any) -> dict[str, Any]:
+    """Keyword arguments only some gradio_client versions take: ``analytics_enabled`` exists
+    from 1.10 (wheels 1.9.1 vs 1.10.0; an unknown keyword is a TypeError before 1.10). It is
+    passed where it exists; the environment variables set above are what turn telemetry off."""
+    try:
+        names = inspect.signature(client_class).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"analytics_enabled": False} if "analytics_enabled" in names else {}
 
 
 def check_arguments(
@@ -194,18 +228,16 @@ def file_url(filedata: Mapping[str, Any], root: str) -> str:
     return str(filedata["url"])
 
 
-def same_origin(url: str, root: str) -> bool:
-    """Whether ``url`` is on the Space's own host (only then does it get the token)."""
-    a, b = urllib.parse.urlsplit(url), urllib.parse.urlsplit(root)
-    return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
-
-
 # ---------------------------------------------------------------- errors
 
 
 def app_error(message: str | None, *, backend: str) -> BackendError:
-    """What the app raised, by its text: ZeroGPU quota, no GPU free, or a plain app error."""
+    """What the app raised, by its text: a value gradio refused (the caller's: rejected),
+    ZeroGPU quota, no GPU free, or a plain app error."""
     text = error_text(_HTML_TAG.sub("", message or "the app raised an error without a message"))
+    text = text.removeprefix(_UPSTREAM_PREFIX)
+    if _GRADIO_REFUSED.search(text):
+        return Rejected(f"the Space refused the value: {text}", backend=backend)
     if _GPU_QUOTA.search(text):
         return QuotaExhausted(text, backend=backend, retry_after=_try_again_s(text))
     if _NO_GPU.search(text):
@@ -279,6 +311,14 @@ def map_gradio_errors(backend: str, timeouts: Timeouts) -> Iterator[None]:
         ) from exc
     except ValueError as exc:
         raise _value_error(exc, backend) from exc
+    except TypeError as exc:
+        if not _ARGUMENT_ERRORS.search(str(exc)):
+            raise BadResponse(
+                f"unexpected TypeError: {error_text(str(exc))}", backend=backend
+            ) from exc
+        raise Rejected(
+            f"the Space's endpoint refused the arguments: {error_text(str(exc))}", backend=backend
+        ) from exc
     except concurrent.futures.CancelledError:
         raise  # the caller decides: our own cancel, or a cut result stream (stream_cut_error)
     except Exception as exc:  # an exchange gradio_client could not make sense of
@@ -295,6 +335,8 @@ def _value_error(exc: ValueError, backend: str) -> BackendError:
         return Unavailable(
             "the Gradio server stopped", backend=backend, retry_after=STARTING.retry_after_s
         )
+    if "does not support key-word arguments" in text:
+        return Rejected(f"the Space's endpoint takes no keyword arguments: {text}", backend=backend)
     if "Unknown protocol" in text or "Gradio 2.x" in text:
         return Rejected(f"this Gradio app is too old for gradio_client: {text}", backend=backend)
     return BadResponse(f"unexpected answer: {text}", backend=backend)

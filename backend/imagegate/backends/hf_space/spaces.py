@@ -25,13 +25,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from imagegate.backends.hf_space.discover import Interface, Param
 from imagegate.backends.transport import error_text
 from imagegate.errors import BackendError, Unavailable
 
 __all__ = [
+    "INTERFACES",
     "KNOWN_SPACES",
     "STAGES",
     "StageGroup",
+    "known_interface",
     "known_space",
     "runtime_detail",
     "space_backend_tables",
@@ -76,6 +79,80 @@ KNOWN_SPACES: dict[str, dict[str, Any]] = {
         "fixed": {"randomize_seed": False},
     },
 }
+
+
+# ---------------------------------------------------------------- the Spaces' app.py
+
+# Each known Space's /infer as its public app.py defines it: ``gr.on(triggers=[run_button.click,
+# prompt.submit], fn=infer, inputs=[...], outputs=[result, seed])`` (so the api_name is the
+# function's), ``result = gr.Image(label="Result", show_label=False)`` with no ``format=``
+# (WebP: gradio's default since 4.44; the Spaces' gradio versions are UNCONFIRMED), and
+# ``MAX_SEED = np.iinfo(np.int32).max``. Slider ranges are what gradio >= 5.39 enforces
+# ("Value 128 is less than minimum value 256."). A text box with no initial value is a
+# *required* API argument. No stored copy of any official app.py was found; the sources are
+# copies of it, named per Space (notes/gradio.md §1). Checked against replicas of these
+# files by tests/backends/test_space_replicas.py.
+_MAX_SEED = 2**31 - 1
+
+
+def _slider(name: str, lo: float, hi: float, step: float, value: float) -> Param:
+    return Param(name, "Slider", lo, hi, step, value)
+
+
+_SEED = _slider("seed", 0, _MAX_SEED, 1, 0)
+_RANDOMIZE = Param("randomize_seed", "Checkbox", value=True)
+
+
+def _stability_space(name: str, size: tuple[int, int, int], guidance: tuple[float, float],
+                     steps: int) -> Interface:
+    """The Stability Spaces' shared /infer: (prompt, negative_prompt, seed, randomize_seed,
+    width, height, guidance_scale, num_inference_steps), sizes ``(min, max, step)`` with
+    value 1024, guidance ``(max, value)`` from 0 in steps of 0.1, steps 1..50 with ``steps``."""
+    lo, hi, step = size
+    return Interface("/infer", (
+        Param("prompt", "Textbox", required=True), Param("negative_prompt", "Textbox", required=True),
+        _SEED, _RANDOMIZE, _slider("width", lo, hi, step, 1024), _slider("height", lo, hi, step, 1024),
+        _slider("guidance_scale", 0.0, guidance[0], 0.1, guidance[1]),
+        _slider("num_inference_steps", 1, 50, 1, steps),
+    ), "webp", f"built-in: {name}'s app.py")
+
+
+INTERFACES: dict[str, Interface] = {
+    # infer(prompt, seed=42, randomize_seed=False, width=1024, height=1024,
+    # num_inference_steps=4): the PR-branch page refs/pr/176 of the official Space, its
+    # duplicates (arad1367/FLUX.1_For_Marketing_Advertising@8b46b5a, evalstate/flux1.schnell)
+    # and a client call against the real Space (HoseinHasani/OoD_Spurious_Robustness
+    # wb_api.py: api_name="/infer" with exactly these keywords). guidance is fixed at 0.0.
+    "black-forest-labs/FLUX.1-schnell": Interface("/infer", (
+        Param("prompt", "Textbox", required=True), _SEED, _RANDOMIZE,
+        _slider("width", 256, 2048, 32, 1024), _slider("height", 256, 2048, 32, 1024),
+        _slider("num_inference_steps", 1, 50, 1, 4),
+    ), "webp", "built-in: FLUX.1-schnell's app.py"),
+    # infer(prompt, negative_prompt, seed, randomize_seed, width, height, guidance_scale,
+    # num_inference_steps); MAX_IMAGE_SIZE = 1344: Spaces duplicated from the official one
+    # (philipp-zettl/stable-diffusion-3-medium@4601bb7) and connor33341/SD3M test.py (sends
+    # negative_prompt). The slider rows come from a derivative copy: UNCONFIRMED for the
+    # current official file.
+    "stabilityai/stable-diffusion-3-medium": _stability_space(
+        "stable-diffusion-3-medium", (256, 1344, 64), (10.0, 5.0), 28
+    ),
+    # infer(prompt, negative_prompt="", seed=42, ..., guidance_scale=4.5,
+    # num_inference_steps=40); MAX_IMAGE_SIZE = 1024; the negative-prompt box is hidden
+    # (visible=False) yet still a required API input: the official Space's one commit 6e5e1d5
+    # "SD3.5 Large Public Release" (151 lines), its header confirmed by Brian-A/text-to-image
+    # @bfc8aa9, the full text from PRITHIVSAKTHIUR/SD3.5-Large-LoRA-Tester app.py.
+    "stabilityai/stable-diffusion-3.5-large": _stability_space(
+        "stable-diffusion-3.5-large", (512, 1024, 32), (7.5, 4.5), 40
+    ),
+}
+
+
+def known_interface(space: str | None) -> Interface | None:
+    """The built-in interface of ``space`` (case-insensitive), or None."""
+    for key, interface in INTERFACES.items():
+        if space and key.lower() == space.lower():
+            return interface
+    return None
 
 
 def known_space(space: str | None) -> dict[str, Any] | None:
