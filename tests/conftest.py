@@ -24,6 +24,7 @@ from imagegate.logging import unconfigure_logging
 from imagegate.testing import Knobs, LocalCA, black_hole, serve_app
 from imagegate.testing import a1111 as a1111_emulator
 from imagegate.testing.a1111_webui import Webui
+from imagegate.testing.redis import RedisServer, redis_available, redis_server
 
 
 @pytest.fixture(autouse=True)
@@ -142,3 +143,37 @@ def _toml(value: Any) -> str:
     if isinstance(value, dict):  # an inline table, e.g. [service] aliases = {"dall-e-3" = "a"}
         return "{" + ", ".join(f"{_toml(str(k))} = {_toml(v)}" for k, v in value.items()) + "}"
     raise TypeError(value)
+
+
+def need_redis() -> None:
+    """Skip (with the reason) where no redis-server is installed; fail instead under .ci/run,
+    which installs it and sets IMAGEGATE_TEST_REQUIRE_SERVICES=1, so CI never skips silently."""
+    if redis_available():
+        return
+    message = "redis-server is not installed (.ci/run installs it: apt-get install -y redis-server)"
+    if os.environ.get("IMAGEGATE_TEST_REQUIRE_SERVICES") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def redis_session() -> Iterator[RedisServer]:
+    """One redis-server for the session."""
+    need_redis()
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_session: RedisServer) -> str:
+    """The session's redis-server, emptied for this test."""
+    redis_session.flush()
+    return redis_session.url
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which the test may stop and start again."""
+    need_redis()
+    with redis_server() as server:
+        yield server

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "backend" / "imagegate"
 MAX_LINES = 400
 
 # What each part may import (besides itself). The arrows run one way:
-# cli/server/diagnose -> routing -> backends -> config -> models -> errors;
+# cli/server/diagnose -> routing -> backends, state -> config -> models -> errors;
 # events (the progress model) sits beside models: backends report through it, routing emits.
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
@@ -27,10 +27,12 @@ ALLOWED: dict[str, set[str]] = {
     "events": {"errors", "models", "logging"},
     "config": {"errors", "models", "logging"},
     "backends": {"errors", "models", "config", "capabilities", "events", "logging"},
-    "routing": {"errors", "models", "config", "backends", "capabilities", "events", "logging"},
+    "state": {"errors", "models", "config", "logging"},
+    "routing": {"errors", "models", "config", "backends", "capabilities", "events", "state",
+                "logging"},
     "diagnose": {"errors", "models", "config", "backends", "capabilities", "logging", "version"},
-    "server": {"errors", "models", "config", "backends", "routing", "store", "logging", "version",
-               "capabilities", "events"},
+    "server": {"errors", "models", "config", "backends", "routing", "state", "store", "logging",
+               "version", "capabilities", "events"},
     "testing": {"errors", "models", "backends", "capabilities"},
     "cli": {"errors", "models", "config", "backends", "routing", "store", "logging", "diagnose",
             "server", "testing", "version", "capabilities", "events"},

@@ -36,7 +36,7 @@ from tests.readme_blocks import Block, fenced_blocks, runnable_blocks, to_json
 ROOT = Path(__file__).resolve().parents[1]
 README_TEXT = (ROOT / "README.md").read_text()
 RUNNABLE = runnable_blocks(README_TEXT)
-SETUP = ["python3 -m pip install -e '.[test]'", "python3 -m pytest"]
+SETUP = ["sh scripts/setup.sh", "python3 -m pytest"]
 
 
 def _block_id(block: Block) -> str:

@@ -19,6 +19,7 @@ from benchlib.common import OUT_DIR
 from benchlib.compare import compare_arguments, print_compare, run_compare
 from benchlib.failover import failover_arguments, print_failover, run_failover
 from benchlib.first_event import first_event_arguments, print_first_event, run_first_event
+from benchlib.fleet import fleet_arguments, print_fleet, run_fleet
 from benchlib.hedge import hedge_arguments, print_hedge, run_hedge
 from benchlib.http_api import http_arguments, print_http, run_http
 from benchlib.memory import memory_arguments, print_memory, run_memory
@@ -51,6 +52,8 @@ SCENARIOS: dict[str, Scenario] = {
                        print_memory, memory_arguments),
     "compare": Scenario("overhead and failover, imagegate vs LiteLLM's Router (needs litellm)",
                         run_compare, print_compare, compare_arguments),
+    "fleet": Scenario("several instances through Redis: breaker propagation, added latency, 1 vs 3",
+                      run_fleet, print_fleet, fleet_arguments),
     "clients": Scenario("LiteLLM as a client of `imagegate serve` (needs litellm)", run_clients,
                         print_clients, clients_arguments),
     "soak": Scenario("60 s against three flapping backends, with leak and breaker checks",

@@ -4,7 +4,12 @@
 loader to call: it is :func:`read_settings` with the provider registry as its kind table.
 """
 
-from imagegate.config.load import CONFIG_ENV, KindTable, read_settings
+from imagegate.config.load import (
+    CONFIG_ENV,
+    STATE_URL_ENV,
+    KindTable,
+    read_settings,
+)
 from imagegate.config.settings import (
     SERVICE_SECRETS,
     BackendSettings,
@@ -21,6 +26,7 @@ from imagegate.config.sources import environment
 __all__ = [
     "CONFIG_ENV",
     "SERVICE_SECRETS",
+    "STATE_URL_ENV",
     "BackendSettings",
     "HttpBackendSettings",
     "KindTable",

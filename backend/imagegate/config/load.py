@@ -33,9 +33,10 @@ from imagegate.config.sources import environment, errors_text, read_toml
 from imagegate.errors import ConfigError
 from imagegate.logging import get_logger
 
-__all__ = ["CONFIG_ENV", "KindTable", "read_settings"]
+__all__ = ["CONFIG_ENV", "STATE_URL_ENV", "KindTable", "read_settings"]
 
 CONFIG_ENV = "IMAGEGATE_CONFIG"
+STATE_URL_ENV = "IMAGEGATE_STATE_URL"
 _SECRETISH = ("api_key", "token", "password", "hf_token", "key")
 
 log = get_logger(__name__)
@@ -91,6 +92,7 @@ def read_settings(
         raw_backends = kinds.tables_from_env(env)
         if not any(env.get(var, "").strip() for var in kinds.env_variables):
             log.warning("no_config_found", message=_no_config_notice(kinds))
+    service = _service_from_env(service, env, source)
     backends = [_validate_backend(raw, i, source, kinds) for i, raw in enumerate(raw_backends)]
     _check_unique(backends, source)
     backends = [_with_ca_bundle(b, path, source) for b in backends if b.enabled]
@@ -102,6 +104,8 @@ def read_settings(
         raise ConfigError(f"{source}: no backend is usable: " + "; ".join(disabled.values()))
     backends = sorted((b for b in backends if b.name not in disabled), key=lambda b: b.priority)
     secrets.update(_service_secrets(service, env, source, require=require_secrets))
+    if service.state_url and env.get(service.state_password_env, "").strip():
+        secrets.setdefault(SERVICE_SECRETS, {})["state_password"] = env[service.state_password_env].strip()
     return Settings(
         service=service, backends=tuple(backends), secrets=secrets, source=source, disabled=disabled
     )
@@ -139,6 +143,17 @@ def _validate_service(raw: Any, source: str) -> ServiceSettings:
         return ServiceSettings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{source}: [service]: {errors_text(exc)}") from None
+
+
+def _service_from_env(service: ServiceSettings, env: Mapping[str, str], source: str) -> ServiceSettings:
+    """``$IMAGEGATE_STATE_URL`` when the file sets no ``state_url``."""
+    url = env.get(STATE_URL_ENV, "").strip()
+    if not url or service.state_url:
+        return service
+    try:
+        return ServiceSettings.model_validate({**service.model_dump(exclude_unset=True), "state_url": url})
+    except ValidationError as exc:
+        raise ConfigError(f"environment variable {STATE_URL_ENV}: {errors_text(exc)}") from None
 
 
 def _validate_backend(raw: Any, index: int, source: str, kinds: KindTable) -> BackendSettings:

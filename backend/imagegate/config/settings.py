@@ -169,6 +169,28 @@ class ServiceSettings(_Frozen):
     max_wait_s: float = Field(default=10.0, ge=0)
     # HTTP API: OpenAI ``model`` names -> a backend name, or "*" for any backend
     aliases: dict[str, str] = Field(default_factory=dict)
+    # Shared state for several instances (breakers, slots, hedge budget, jobs): a Redis URL
+    # (redis:// or rediss://; also $IMAGEGATE_STATE_URL). Its password comes from the variable
+    # named by state_password_env, never from this file. None: in-process state.
+    state_url: str | None = None
+    state_password_env: str = "IMAGEGATE_STATE_PASSWORD"
+    state_timeout_s: float = Field(default=0.25, gt=0, le=10)
+    state_ca_bundle: Path | None = None
+
+    @field_validator("state_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"must be a redis://, rediss:// or unix:// URL (got {parts.scheme}://...)")
+        if parts.password:
+            raise ValueError(
+                "holds a password: put it in the environment variable named by "
+                "state_password_env (IMAGEGATE_STATE_PASSWORD), not in the URL"
+            )
+        return value
     # HTTP API: a ``model`` that names no backend or alias is routed as usual, or refused (400)
     unknown_model: Literal["route", "reject"] = "route"
     # HTTP API: refuse body fields we do not know (default: ignore them, listed in a header)

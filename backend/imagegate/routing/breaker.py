@@ -43,12 +43,14 @@ class BreakerPolicy:
 
 @dataclass(frozen=True)
 class Transition:
-    """One state change, for the log and the health table."""
+    """One state change, for the log and the health table; ``remote`` when it is another
+    instance's verdict adopted here (so it is not published back to the fleet)."""
 
     old: State
     new: State
     reason: str
     open_for_s: float | None = None
+    remote: bool = False
 
 
 class CircuitBreaker:
@@ -70,6 +72,7 @@ class CircuitBreaker:
         self._open_until = 0.0
         self._hold_until = 0.0  # a provider's Retry-After: probes do not shorten it
         self._disabled_by: str | None = None
+        self._remote = False  # set while adopting another instance's verdict
         self.epoch = 0  # bumped on every transition; a probe started before one is stale
 
     @property
@@ -169,6 +172,24 @@ class CircuitBreaker:
         elif self._state == "closed" and effect != "none":
             self.on_failure("normal", effect, kind=kind)
 
+    def adopt(self, state: State, open_for_s: float | None, reason: str) -> None:
+        """Take another instance's verdict as it is: open for ``open_for_s`` more seconds
+        (a peer's half-open trial counts as open: that peer sends it), disabled, or closed.
+        Nothing is counted; the transition is reported with ``remote=True``."""
+        self._remote = True
+        try:
+            if state == "closed":
+                self._close(reason)
+            elif state == "disabled":
+                self._disabled_by = reason.split(":")[0] or "another instance"
+                self._set("disabled", reason, math.inf)
+            else:
+                hold = max(open_for_s or 0.0, 0.0)
+                self._open_until = self._clock() + hold
+                self._set("open", reason, hold)
+        finally:
+            self._remote = False
+
     # -- transitions --------------------------------------------------------------------
 
     def _cooldown(self) -> float:
@@ -206,4 +227,4 @@ class CircuitBreaker:
         self._state = new
         self.epoch += 1
         if self._on_transition is not None and (old != new or new == "open"):
-            self._on_transition(Transition(old, new, reason, open_for))
+            self._on_transition(Transition(old, new, reason, open_for, remote=self._remote))

@@ -42,6 +42,7 @@ from imagegate.models import Deadline, GeneratedImage, ImageRequest, ImageResult
 from imagegate.routing.adapt import execute, plan_all, skip_rows
 from imagegate.routing.announce import QUIET, Announcer
 from imagegate.routing.breaker import Permit
+from imagegate.routing.fleet import Fleet, FleetSaturated
 from imagegate.routing.policy import (
     Admission,
     Admitted,
@@ -69,6 +70,7 @@ class Runtime:
     backends: dict[str, ImageBackend[Any]]
     budget: HedgeBudget
     rng: random.Random
+    fleet: Fleet
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     # masks every configured secret in what leaves a backend (errors, the trail, logs)
     redact: Redactor = field(default_factory=Redactor)
@@ -82,6 +84,7 @@ class _Lane:
     holds_slot: bool
     settled: bool = False
     started: float = field(default_factory=time.monotonic)
+    fleet_slot: str | None = None  # the fleet-wide slot's token (shared state only)
 
 
 class RequestRun:
@@ -114,6 +117,7 @@ class RequestRun:
 
     async def run(self) -> ImageResult:
         try:
+            await self.rt.fleet.claim_trials(self.admission.pending)
             self._launch()
             while self._lanes or await self._wait_for_reopening():
                 done = await self._wait()
@@ -139,7 +143,7 @@ class RequestRun:
             return done
         if self._hedge_at is not None and time.monotonic() >= self._hedge_at:
             self._hedge_at = None
-            self._hedge()
+            await self._hedge()
         elif self.deadline.expired:
             self._cancel_reason = "the request deadline ran out"
             await self._cancel_all()
@@ -205,12 +209,12 @@ class RequestRun:
                 return p95
         return s.hedge_after_s
 
-    def _hedge(self) -> None:
-        budget = self.rt.budget
-        if self._hedged or not budget.available():
+    async def _hedge(self) -> None:
+        """One hedge, paid from the budget (the fleet's when shared: a hedge the fleet paid for
+        but no candidate could take is lost, which only makes hedging rarer)."""
+        if self._hedged or not await self.rt.fleet.spend_hedge(self.rt.budget):
             return
         if self._launch(hedge=True):
-            budget.spend()
             self._hedged = True
             lane = list(self._lanes.values())
             log.info(
@@ -224,7 +228,7 @@ class RequestRun:
     def _after_failure(self, lane: _Lane, exc: BaseException | None) -> None:
         if isinstance(exc, BackendError) and not exc.failover:
             self.admission.close()
-        elif exc is not None and not isinstance(exc, BackendError):
+        elif exc is not None and not isinstance(exc, BackendError | FleetSaturated):
             log.error("attempt_crashed", backend=lane.state.name, kind=type(exc).__name__, error=str(exc))
         if not self._lanes:
             self._launch()
@@ -282,6 +286,14 @@ class RequestRun:
         st = lane.state
         if not lane.holds_slot:
             await self._queue_for_slot(lane)
+        try:
+            lane.fleet_slot = await self.rt.fleet.enter(st, self.deadline)
+        except FleetSaturated as exc:  # a skip, not an attempt: nothing was sent
+            lane.settled = True
+            st.breaker.release(lane.permit)
+            self.used -= 1
+            self.trail.skipped(Skip(st, str(exc), "saturated"))
+            raise
         retry = 0
         while True:
             lane.started = time.monotonic()
@@ -365,6 +377,10 @@ class RequestRun:
         if lane.holds_slot:
             lane.holds_slot = False
             lane.state.leave()
+        self.rt.fleet.leave(lane.state, lane.fleet_slot)
+        lane.fleet_slot = None
+        if lane.permit == "trial":
+            self.rt.fleet.trial_done(lane.state)
         if not lane.settled:
             lane.settled = True
             lane.state.breaker.release(lane.permit)

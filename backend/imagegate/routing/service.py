@@ -22,7 +22,7 @@ import aiohttp
 from imagegate.backends.base import ImageBackend
 from imagegate.backends.registry import create_backend, load_settings
 from imagegate.backends.transport import timing_trace_config
-from imagegate.config import BackendSettings, Settings
+from imagegate.config import SERVICE_SECRETS, BackendSettings, Settings
 from imagegate.config.redact import Redactor
 from imagegate.errors import ConfigError, HealthEffect, error_class_for_kind
 from imagegate.events import TERMINAL, Event, EventSink
@@ -30,9 +30,11 @@ from imagegate.logging import get_logger
 from imagegate.models import BackendHealth, Deadline, ImageRequest, ImageResult
 from imagegate.routing.announce import QUIET, Announcer
 from imagegate.routing.breaker import BreakerPolicy, CircuitBreaker, Transition
+from imagegate.routing.fleet import TRIAL_MARGIN_S, Fleet
 from imagegate.routing.policy import BackendState, HedgeBudget, order
 from imagegate.routing.prober import HealthProber
 from imagegate.routing.run import RequestRun, Runtime
+from imagegate.state import open_state
 
 __all__ = ["ImageService"]
 
@@ -68,6 +70,7 @@ class ImageService:
         self._states: dict[str, BackendState] = {}
         self._prober: HealthProber | None = None
         self._runtime: Runtime | None = None
+        self._fleet: Fleet | None = None
         self._turn = 0
         # every configured secret, in every form: masked in what leaves a backend
         self.redactor = Redactor.for_settings(settings.secrets)
@@ -105,21 +108,26 @@ class ImageService:
             trace_configs=[timing_trace_config()],
         )
         policy = BreakerPolicy(svc.breaker_threshold, svc.breaker_cooldown_s, svc.breaker_max_cooldown_s)
+        password = self.settings.secrets.get(SERVICE_SECRETS, {}).get("state_password")
+        self._fleet = Fleet(open_state(svc, password=password), self._states)
         for cfg in self.settings.backends:
             secrets = self.settings.secrets.get(cfg.name, {})
             self._backends[cfg.name] = create_backend(cfg, secrets=secrets, session=self._session)
             self._states[cfg.name] = self._new_state(cfg, policy)
+            self._fleet.trial_ttl[cfg.name] = cfg.connect_timeout_s + cfg.read_timeout_s + TRIAL_MARGIN_S
+        await self._fleet.start()
         self._runtime = Runtime(
             settings=svc,
             backends=self._backends,
             budget=HedgeBudget(svc.hedge_budget),
             rng=self._rng,
+            fleet=self._fleet,
             sleep=self._sleep,
             redact=self.redactor,
         )
         self._prober = HealthProber(
             list(self._states),
-            self._probe_one,
+            self._probe_round,
             interval_s=svc.probe_interval_s,
             urgent=lambda name: self._states[name].breaker.state != "closed",
             rng=self._rng,
@@ -137,6 +145,8 @@ class ImageService:
                 reason=t.reason,
                 open_for_s=None if t.open_for_s is None else round(t.open_for_s, 3),
             )
+            if self._fleet is not None:
+                self._fleet.transition(name, t)
             if t.new != "closed" and self._prober is not None:
                 self._prober.nudge(name)
             if name in self._states:  # requests waiting for this backend re-check it
@@ -166,6 +176,9 @@ class ImageService:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._fleet is not None:
+            await self._fleet.aclose()
+            self._fleet = None
         self._runtime = None
 
     # -- what is configured -------------------------------------------------------------
@@ -213,7 +226,7 @@ class ImageService:
         else:
             self._turn += 1
             candidates = order(list(self._states.values()), self.settings.service.order, self._turn)
-        self._runtime.budget.on_request()
+        self._runtime.fleet.on_request(self._runtime.budget)
         if on_event is None:
             return await RequestRun(self._runtime, request, deadline, candidates, QUIET).run()
         tell = Announcer(on_event, previews=previews)
@@ -270,6 +283,16 @@ class ImageService:
             raise RuntimeError("ImageService is not started: use 'async with ImageService...'")
         await asyncio.gather(*(self._probe_one(name, timeout=timeout) for name in self._states))
         return self.health()
+
+    async def _probe_round(self, name: str) -> BackendHealth | None:
+        """The background probe of ``name``: by one instance of the fleet per interval, whose
+        result every instance shows (its breaker verdicts arrive as news)."""
+        assert self._fleet is not None
+        if not await self._fleet.lead_probe(name, self.settings.service.probe_interval_s):
+            return None
+        result = await self._probe_one(name)
+        await self._fleet.probed(result)
+        return result
 
     async def _probe_one(self, name: str, *, timeout: float | None = None) -> BackendHealth:
         state, backend = self._states[name], self._backends[name]

@@ -1,0 +1,141 @@
+"""Several real ``imagegate serve`` processes sharing one real redis-server: a breaker opened by
+one instance is respected by the others at once, ``max_concurrency`` holds across the fleet,
+and Redis dying and coming back under load never hangs a request.
+
+Time bounds here are generous (a factor of 2 or more over what is asserted): they tell "paid
+a connect timeout" from "did not", not how fast anything is; speed is measured in
+``scripts/bench.py fleet``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from imagegate.testing import Knobs, black_hole, serve_app
+from imagegate.testing import a1111 as a1111_emulator
+from imagegate.testing.redis import RedisServer
+
+from tests.conftest import write_config
+from tests.instances import Instance, serve_instances
+
+BODY = {"prompt": "a lighthouse at dusk", "size": "64x64", "response_format": "b64_json"}
+CONNECT_S = 3.0
+
+
+def config(tmp_path: Path, *backends: dict[str, Any], **service: Any) -> Path:
+    service = {"output_dir": str(tmp_path / "out"), "probe_interval_s": 3600, "deadline_s": 30, **service}
+    lines = ["[service]", *(f"{k} = {_toml(v)}" for k, v in service.items())]
+    for b in backends:
+        lines += ["", "[[backend]]", *(f"{k} = {_toml(v)}" for k, v in b.items())]
+    return write_config(tmp_path, "\n".join(lines) + "\n")
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, int | float) else f'"{value}"'
+
+
+async def generate(url: str) -> tuple[int, str | None, float]:
+    """(status, the backend that answered, seconds)."""
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as http, http.post(url + "/v1/images/generations", json=BODY) as r:
+        await r.read()
+        return r.status, r.headers.get("x-imagegate-backend"), time.monotonic() - started
+
+
+async def backend_state(instance: Instance, name: str) -> str:
+    async with aiohttp.ClientSession() as http, http.get(instance.url + "/v1/backends") as r:
+        table = (await r.json())["data"]
+    return next(b["state"] for b in table if b["name"] == name)
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < end, "not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_one_instance_pays_the_black_hole_once_and_the_others_skip_it_at_once(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with black_hole() as (host, port), serve_app(a1111_emulator.create_app()) as spare:
+        cfg = config(
+            tmp_path,
+            {"name": "space", "kind": "a1111", "base_url": f"https://{host}:{port}", "priority": 0,
+             "connect_timeout_s": CONNECT_S},
+            {"name": "spare", "kind": "a1111", "base_url": spare, "priority": 1},
+        )
+        async with serve_instances(cfg, 2, tmp_path, {"IMAGEGATE_STATE_URL": redis_url}) as (a, b):
+            status, served, elapsed = await generate(a.url)
+            assert (status, served) == (200, "spare")
+            assert elapsed >= CONNECT_S * 0.9  # A paid the handshake timeout
+            await eventually(lambda: _is(backend_state(b, "space"), "open"))
+            status, served, elapsed = await generate(b.url)
+            assert (status, served) == (200, "spare")
+            assert elapsed < CONNECT_S / 2  # B skipped it without a connection attempt
+
+
+async def _is(state: Any, wanted: str) -> bool:
+    return await state == wanted
+
+
+async def test_max_concurrency_holds_across_the_fleet(redis_url: str, tmp_path: Path) -> None:
+    gpu_knobs = Knobs(latency_s=1.5)
+    async with (
+        serve_app(a1111_emulator.create_app(knobs=gpu_knobs)) as gpu,
+        serve_app(a1111_emulator.create_app()) as spare,
+    ):
+        cfg = config(
+            tmp_path,
+            {"name": "gpu", "kind": "a1111", "base_url": gpu, "priority": 0, "max_concurrency": 1,
+             "queue": False},
+            {"name": "spare", "kind": "a1111", "base_url": spare, "priority": 1},
+        )
+        async with serve_instances(cfg, 2, tmp_path, {"IMAGEGATE_STATE_URL": redis_url}) as (a, b):
+            first = asyncio.create_task(generate(a.url))
+            await eventually(lambda: _requests_seen(gpu_knobs, 1))
+            status, served, _ = await generate(b.url)  # the one slot is A's
+            assert (status, served) == (200, "spare")
+            assert (await first)[:2] == (200, "gpu")
+            status, served, _ = await generate(b.url)  # free again
+            assert (status, served) == (200, "gpu")
+
+
+async def _requests_seen(knobs: Knobs, count: int) -> bool:
+    return sum(1 for r in knobs.requests if r.path.endswith("txt2img")) >= count
+
+
+async def test_redis_dying_and_coming_back_under_load_hangs_no_request(
+    own_redis: RedisServer, tmp_path: Path
+) -> None:
+    knobs = Knobs(latency_s=0.05)
+    async with serve_app(a1111_emulator.create_app(knobs=knobs)) as gpu:
+        cfg = config(tmp_path, {"name": "gpu", "kind": "a1111", "base_url": gpu, "max_concurrency": 8},
+                     deadline_s=10)
+        async with serve_instances(cfg, 2, tmp_path, {"IMAGEGATE_STATE_URL": own_redis.url}) as instances:
+            results: list[tuple[int, str | None, float]] = []
+
+            async def client(instance: Instance, stop: float) -> None:
+                while time.monotonic() < stop:
+                    results.append(await generate(instance.url))
+
+            stop = time.monotonic() + 3.0
+            load = asyncio.gather(*(client(i, stop) for i in instances for _ in range(2)))
+            await asyncio.sleep(0.5)
+            own_redis.stop()
+            await asyncio.sleep(1.0)
+            own_redis.start()
+            await load
+            await asyncio.sleep(1.5)  # the instances' next ping finds it back
+        logs = [i.stderr() for i in instances]
+    assert results and all(status == 200 for status, _, _ in results)
+    assert max(seconds for _, _, seconds in results) < 5.0  # deadline 10 s: nothing waited on Redis
+    for log in logs:
+        assert log.count("state_store_unavailable") == 1, log  # once per outage, not per request
+        assert "state_store_recovered" in log
