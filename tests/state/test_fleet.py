@@ -139,3 +139,107 @@ async def test_redis_dying_and_coming_back_under_load_hangs_no_request(
     for log in logs:
         assert log.count("state_store_unavailable") == 1, log  # once per outage, not per request
         assert "state_store_recovered" in log
+
+
+# -- jobs and files across instances -----------------------------------------------------------
+
+JOB = {"prompt": "a lighthouse at dusk", "size": "64x64", "steps": 40}
+
+
+async def submit(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.post(
+        url + "/v1/images/generations", json=body or JOB, headers={"Prefer": "respond-async"}
+    ) as r:
+        assert r.status == 202, await r.text()
+        return dict(await r.json())
+
+
+async def record(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(url) as r:
+        return dict(await r.json())
+
+
+async def sse_events(url: str) -> list[str]:
+    names = []
+    async with aiohttp.ClientSession() as http, http.get(url) as r:
+        async for raw in r.content:
+            line = raw.decode().strip()
+            if line.startswith("event: "):
+                names.append(line[7:])
+    return names
+
+
+def on(instance: Instance, url: str) -> str:
+    """``url`` (an instance's link) asked of another instance."""
+    path = url.split("/v1/", 1)[1]
+    return f"{instance.url}/v1/{path}"
+
+
+async def test_a_job_submitted_on_one_instance_is_read_on_another(redis_url: str, tmp_path: Path) -> None:
+    async with serve_app(a1111_emulator.create_app(step_s=0.01)) as gpu:
+        cfg = config(tmp_path, {"name": "gpu", "kind": "a1111", "base_url": gpu})
+        async with serve_instances(cfg, 2, tmp_path, {"IMAGEGATE_STATE_URL": redis_url}) as (a, b):
+            job = await submit(a.url)
+            names = await asyncio.wait_for(sse_events(on(b, job["urls"]["events"])), 30)
+            assert names[0] in ("queued", "started") and names[-1] == "completed"
+            assert "progress" in names
+            done = await record(on(b, job["urls"]["get"]))
+            assert done["status"] == "succeeded" and done["runs"] == 1
+            assert done["result"]["data"][0]["b64_json"]
+
+
+async def test_a_job_whose_instance_is_killed_still_ends(redis_url: str, tmp_path: Path) -> None:
+    async with serve_app(a1111_emulator.create_app(step_s=0.05)) as gpu:  # 40 steps: 2 s
+        cfg = config(tmp_path, {"name": "gpu", "kind": "a1111", "base_url": gpu}, jobs_lease_s=1.0)
+        async with serve_instances(cfg, 2, tmp_path, {"IMAGEGATE_STATE_URL": redis_url}) as instances:
+            ids = {(await record(i.url + "/healthz"))["instance"]: i for i in instances}
+            job = await submit(instances[0].url)
+            get = job["urls"]["get"]
+            await eventually(lambda: _running(on(instances[0], get)), timeout=15)
+            runner = ids[(await record(on(instances[0], get)))["runner"]]
+            survivor = next(i for i in instances if i is not runner)
+            runner.kill()  # SIGKILL mid-run: no drain, no goodbye
+            await eventually(lambda: _ended(on(survivor, get)), timeout=30)
+            done = await record(on(survivor, get))
+            assert done["status"] == "succeeded", done
+            assert done["runs"] == 2  # taken again after the killed one's lease lapsed
+            assert ids[done["runner"]] is survivor
+            names = await asyncio.wait_for(sse_events(on(survivor, job["urls"]["events"])), 10)
+            assert names.count("completed") == 1 and names[-1] == "completed"  # one result
+
+
+async def _running(url: str) -> bool:
+    doc = await record(url)
+    return doc.get("status") == "running" and doc.get("runner") is not None
+
+
+async def _ended(url: str) -> bool:
+    return (await record(url)).get("status") in ("succeeded", "failed", "cancelled")
+
+
+async def test_an_image_link_from_one_instance_opens_on_another(redis_url: str, tmp_path: Path) -> None:
+    async with serve_app(a1111_emulator.create_app()) as gpu:
+        cfg = config(tmp_path, {"name": "gpu", "kind": "a1111", "base_url": gpu})
+        env = {"IMAGEGATE_STATE_URL": redis_url, "IMAGEGATE_URL_SECRET": "a-shared-secret-of-32-chars-xx"}
+        async with serve_instances(cfg, 2, tmp_path, env) as (a, b), aiohttp.ClientSession() as http:
+            body = {"prompt": "a fox", "size": "64x64", "response_format": "url"}
+            async with http.post(a.url + "/v1/images/generations", json=body) as r:
+                link = (await r.json())["data"][0]["url"]
+            async with http.get(on(b, link)) as r:  # the shared output folder and secret
+                assert r.status == 200 and (await r.read()).startswith(b"\x89PNG")
+
+
+async def test_an_async_job_without_its_store_is_a_quick_503_not_a_hang(tmp_path: Path) -> None:
+    from tests.server.kit import a1111_settings, gateway
+
+    async with serve_app(a1111_emulator.create_app()) as gpu:
+        settings = a1111_settings(gpu, tmp_path, state_url="redis://127.0.0.1:9/0", state_timeout_s=0.2)
+        async with gateway(settings) as (url, _), aiohttp.ClientSession() as http:
+            started = time.monotonic()
+            async with http.post(url + "/v1/images/generations", json=JOB,
+                                 headers={"Prefer": "respond-async"}) as r:
+                assert r.status == 503 and r.headers["Retry-After"] == "1"
+                assert (await r.json())["error"]["code"] == "job_store_unavailable"
+            assert time.monotonic() - started < 3.0  # bounded by state_timeout_s, not hung
+            async with http.post(url + "/v1/images/generations", json={"prompt": "x", "size": "64x64"}) as r:
+                assert r.status == 200  # a synchronous generation never waits on the store

@@ -206,6 +206,9 @@ class ServiceSettings(_Frozen):
     # for this long after it ended
     jobs_max: int = Field(default=1000, ge=1)
     jobs_ttl_s: float = Field(default=3600.0, gt=0)
+    # with state_url: an instance that stops renewing its lease on a job this long is taken
+    # for dead, and another instance runs the job again
+    jobs_lease_s: float = Field(default=10.0, gt=0, le=600)
     # Job webhooks: the variable holding the HMAC-SHA256 key, the hosts a webhook_url may
     # name (none: webhooks are off), and the base of the backoff between delivery attempts
     webhook_secret_env: str | None = None

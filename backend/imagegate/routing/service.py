@@ -193,6 +193,13 @@ class ImageService:
         except KeyError:
             raise ConfigError(f"no backend named {name!r} (configured: {self.settings.names()})") from None
 
+    @property
+    def instance(self) -> str:
+        """This service's id in its fleet (shared state); fixed while it runs."""
+        if self._fleet is None:
+            raise RuntimeError("ImageService is not started: use 'async with ImageService...'")
+        return self._fleet.state.instance
+
     def breaker(self, name: str) -> CircuitBreaker:
         """The circuit breaker of backend ``name``."""
         self.backend(name)

@@ -33,6 +33,7 @@ from imagegate.server.guards import GUARDS, Guards
 from imagegate.server.job_routes import job_routes
 from imagegate.server.jobs import JOBS, JobRunner
 from imagegate.server.jobstore import MemoryJobStore
+from imagegate.server.jobstore_redis import RedisJobStore
 from imagegate.server.metrics import ServerMetrics
 from imagegate.server.middleware import MIDDLEWARES, request_id_header
 from imagegate.server.openapi import openapi_document
@@ -137,11 +138,21 @@ async def _retention(settings: Settings) -> AsyncIterator[None]:
 
 
 def _jobs_context(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
-    """Async jobs: the store (memory: ``jobs_max``, ``jobs_ttl_s``), the runner, webhooks."""
+    """Async jobs: the store (``jobs_max``, ``jobs_ttl_s``: in memory, or in Redis shared by
+    the fleet with ``state_url``), the runner, webhooks."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         svc = settings.service
-        store = MemoryJobStore(max_jobs=svc.jobs_max, ttl_s=svc.jobs_ttl_s)
+        store: MemoryJobStore | RedisJobStore
+        if svc.state_url:
+            store = RedisJobStore(
+                svc.state_url, instance=app[SERVICE].instance, max_jobs=svc.jobs_max,
+                ttl_s=svc.jobs_ttl_s, lease_s=svc.jobs_lease_s, timeout_s=svc.state_timeout_s,
+                password=settings.secret(SERVICE_SECRETS, "state_password"),
+                ca_file=str(svc.state_ca_bundle) if svc.state_ca_bundle else os.environ.get("SSL_CERT_FILE"),
+            )
+        else:
+            store = MemoryJobStore(max_jobs=svc.jobs_max, ttl_s=svc.jobs_ttl_s)
         secret = settings.secret(SERVICE_SECRETS, "webhook_secret")
         session = aiohttp.ClientSession() if svc.webhook_hosts and secret else None
         webhooks = (
@@ -149,6 +160,7 @@ def _jobs_context(settings: Settings) -> Callable[[web.Application], AsyncIterat
             if session is not None and secret else None
         )
         app[JOBS] = JobRunner(store, app[SERVICE], app[STATE], store_images, webhooks)
+        await app[JOBS].start()
         yield
         await app[JOBS].aclose()
         await store.aclose()

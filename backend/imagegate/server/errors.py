@@ -18,6 +18,7 @@ from aiohttp import web
 
 from imagegate.config.redact import Redactor
 from imagegate.errors import AllBackendsFailed, ConfigError, InvalidRequest
+from imagegate.server.jobstore import JobStoreUnavailable
 
 __all__ = ["ApiError", "Redactor", "api_error_for"]
 
@@ -85,6 +86,9 @@ def api_error_for(exc: BaseException, redact: Redactor) -> ApiError:
         return ApiError(400, redact(str(exc)) or "", code="invalid_value")
     if isinstance(exc, web.HTTPException):
         return _http_exception(exc)
+    if isinstance(exc, JobStoreUnavailable):
+        return ApiError(503, f"{exc}; try again", type=API_ERROR, code="job_store_unavailable",
+                        headers={"Retry-After": "1"})
     return ApiError(500, "internal server error", type=SERVER_ERROR, code="internal_error")
 
 

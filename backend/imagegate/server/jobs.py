@@ -9,6 +9,12 @@ running the job hears it; the generation is cancelled (the backends stop their p
 work: a gradio job cancelled, an A1111 task of ours interrupted if it runs) and the
 ``cancelled`` event ends the job. A job with a ``webhook_url`` is POSTed its final record.
 
+With a shared store (Redis, ``jobstore_redis.py``) a submitted job goes into the fleet's
+queue instead, and every instance's consumer takes jobs from it: any instance may run a job
+and every instance reads it; a job whose instance dies is taken again by another after its
+lease lapses (``runs`` counts the runs; a job whose instance died ``MAX_RUNS`` times fails
+with that reason), and the store keeps a job to one result whichever run ends first.
+
 Status: ``queued`` until an attempt starts and while the provider reports the job queued,
 ``running`` while it works, then ``succeeded`` (``result`` in the synchronous answer's shape),
 ``failed`` (``error`` and the attempt trail) or ``cancelled``.
@@ -17,10 +23,11 @@ Status: ``queued`` until an attempt starts and while the provider reports the jo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal
 
 from aiohttp import web
@@ -44,7 +51,12 @@ from imagegate.routing import ImageService
 from imagegate.server.jobstore import JobStore
 from imagegate.server.state import ServerState
 from imagegate.server.webhooks import Webhooks
-from imagegate.server.wire import Generation, images_response
+from imagegate.server.wire import (
+    Generation,
+    generation_from_json,
+    generation_json,
+    images_response,
+)
 
 __all__ = ["JOBS", "JobProgress", "JobRecord", "JobRunner", "JobStatus", "SaveImages", "advance"]
 
@@ -53,6 +65,9 @@ log = get_logger(__name__)
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 SaveImages = Callable[[str, ServerState, Generation, ImageResult], Awaitable[list[str]]]
 CANCEL_WAIT_S = 10.0  # how long POST .../cancel waits for the job to say it is cancelled
+MAX_RUNS = 2  # a job whose instance died this many times fails instead of running again
+LOCAL_JOBS = 32  # the most jobs one instance takes from the shared queue at once
+FINAL_RETRY_S = 1.0  # a final event the store refused is written again this often ...
 _ENDED: dict[str, JobStatus] = {"completed": "succeeded", "failed": "failed", "cancelled": "cancelled"}
 
 
@@ -89,6 +104,8 @@ class JobRecord(BaseModel):
     attempts: list[dict[str, Any]] | None = None
     urls: JobUrls
     webhook_url: str | None = None
+    runs: int = 0  # how many times an instance took it (more than 1: an instance died)
+    runner: str | None = None  # the instance running it (shared store: its /healthz instance)
 
 
 def advance(record: JobRecord, event: Event, result: dict[str, Any] | None = None) -> JobRecord:
@@ -134,6 +151,19 @@ class JobRunner:
         self.store, self._service, self._state, self._save = store, service, state, save
         self._webhooks = webhooks
         self._tasks: set[asyncio.Task[None]] = set()
+        self._shared = getattr(store, "shared", False)
+        self._loops: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """With a shared store: take jobs from the fleet's queue, and keep this instance's
+        lease on the ones it runs."""
+        if self._shared:
+            store: Any = self.store
+            await store.start()
+            self._loops = [
+                asyncio.create_task(self._consume(), name="imagegate-jobs-consume"),
+                asyncio.create_task(self._keep_alive(), name="imagegate-jobs-lease"),
+            ]
 
     async def submit(self, generation: Generation, base: str) -> JobRecord:
         """Keep the job and start it; its first record (raises JobsFull)."""
@@ -142,11 +172,18 @@ class JobRunner:
                        cancel=f"{base}/v1/jobs/{job_id}/cancel")
         record = JobRecord(id=job_id, urls=urls, webhook_url=generation.webhook_url)
         await self.store.create(job_id, record.model_dump(mode="json"))
-        task = asyncio.create_task(self._run(record, generation, base), name=f"imagegate-{job_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if self._shared:  # any instance of the fleet runs it
+            spec = json.dumps({"generation": generation_json(generation), "base": base})
+            await self.store.enqueue(job_id, spec)  # type: ignore[attr-defined]
+        else:
+            self._start(self._run(record, generation, base), job_id)
         log.info("job_submitted", job=job_id, webhook=generation.webhook_url is not None)
         return record
+
+    def _start(self, run: Coroutine[Any, Any, None], job_id: str) -> None:
+        task = asyncio.create_task(run, name=f"imagegate-{job_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def cancel(self, job_id: str) -> dict[str, Any] | None:
         """Ask for the job to be cancelled and wait (bounded) until it has ended; its record."""
@@ -158,6 +195,8 @@ class JobRunner:
 
     async def aclose(self) -> None:
         """Shutdown: the generations were drained or cancelled already; end the writers."""
+        for task in self._loops:
+            task.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -191,8 +230,7 @@ class JobRunner:
                 record = advance(record, event, result)
                 data = _data(event, result)
                 final = event.type in TERMINAL
-                await self.store.append(record.id, event.type, data, record.model_dump(mode="json"),
-                                        final=final)
+                await self._tell(record, event.type, data, final)
                 if final:
                     self._observe(event)
                     break
@@ -228,6 +266,78 @@ class JobRunner:
         if generation.response_format == "url":
             urls = await self._save(base, self._state, generation, event.result)
         return images_response(event.result, urls=urls)
+
+
+    async def _tell(self, record: JobRecord, type: str, data: str, final: bool) -> None:
+        """Write one event and its record. A store that is away loses a progress event (it
+        says so once in the log); a final event is written again until the store takes it
+        (``runs_out``: then the job is left to another instance's run)."""
+        doc = record.model_dump(mode="json")
+        for attempt in range(int(self._final_budget() / FINAL_RETRY_S) + 1):
+            try:
+                await self.store.append(record.id, type, data, doc, final=final)
+                return
+            except KeyError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the store is away (jobstore_redis.py)
+                if not final:
+                    log.warning("job_event_lost", job=record.id, type=type, error=str(exc))
+                    return
+                if attempt == 0:
+                    log.warning("job_final_event_waiting", job=record.id, error=str(exc))
+                await asyncio.sleep(FINAL_RETRY_S)
+        raise RuntimeError(f"the job store did not take job {record.id}'s final event")
+
+    def _final_budget(self) -> float:
+        return float(getattr(self.store, "lease_s", 0.0)) * 3
+
+    # -- the shared queue (a shared store only) -------------------------------------------
+
+    async def _consume(self) -> None:
+        store: Any = self.store
+        while True:
+            room = LOCAL_JOBS - len(self._tasks)
+            if room <= 0:
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                deliveries = await store.take(room)
+            except Exception as exc:  # noqa: BLE001 - the store is away: try again soon
+                log.warning("jobs_queue_unavailable", error=str(exc))
+                await asyncio.sleep(1.0)
+                continue
+            for delivery in deliveries:
+                self._start(self._run_delivery(delivery), delivery.job_id)
+
+    async def _keep_alive(self) -> None:
+        store: Any = self.store
+        while True:
+            await asyncio.sleep(store.lease_s / 3)
+            with contextlib.suppress(Exception):  # a lapse lets another instance take them
+                await store.keep_alive()
+
+    async def _run_delivery(self, delivery: Any) -> None:
+        store: Any = self.store
+        try:
+            doc = await store.get(delivery.job_id)
+            if doc is None or doc.get("status") in _ENDED.values():
+                return  # expired, or ended (a run that died after the final event)
+            spec = json.loads(delivery.spec)
+            record = JobRecord.model_validate(doc)
+            record = record.model_copy(update={"runs": record.runs + 1, "runner": store.instance})
+            if record.runs > MAX_RUNS:
+                message = f"the instance running it stopped {MAX_RUNS} times"
+                log.warning("job_abandoned", job=record.id, runs=record.runs - 1)
+                await self._tell(advance(record, FailedEvent(error_kind="server_error", message=message)),
+                                 "failed", json.dumps({"type": "failed", "error_kind": "server_error",
+                                                       "message": message}), final=True)
+                return
+            await self._run(record, generation_from_json(spec["generation"]), spec["base"])
+        except KeyError:
+            pass  # another run wrote the result first
+        finally:
+            with contextlib.suppress(Exception):
+                await store.ack(delivery)
 
 
 def _data(event: Event, result: dict[str, Any] | None) -> str:

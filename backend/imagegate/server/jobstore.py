@@ -28,11 +28,15 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["JobStore", "JobsFull", "MemoryJobStore", "StoredEvent"]
+__all__ = ["JobStore", "JobStoreUnavailable", "JobsFull", "MemoryJobStore", "StoredEvent"]
 
 
 class JobsFull(Exception):
     """Every kept job still runs: no room for another."""
+
+
+class JobStoreUnavailable(Exception):
+    """A shared job store did not answer in time (the HTTP answer is 503)."""
 
 
 @dataclass(frozen=True)

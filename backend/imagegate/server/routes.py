@@ -201,7 +201,8 @@ async def list_models(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    """Alive; ``instance`` names this process in its fleet (shared state, jobs' ``runner``)."""
+    return web.json_response({"status": "ok", "instance": request.app[SERVICE].instance})
 
 
 @routes.get("/readyz")

@@ -26,6 +26,7 @@ sources, are in tests/server/test_clients.py):
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -46,6 +47,8 @@ __all__ = [
     "GenerationBody",
     "ImagesResponse",
     "adjustments_header",
+    "generation_from_json",
+    "generation_json",
     "ignored_header",
     "images_response",
     "parse_generation",
@@ -138,6 +141,22 @@ class Generation:
     stream: bool = False
     partial_images: int = 0
     webhook_url: str | None = None
+
+
+def generation_json(generation: Generation) -> dict[str, Any]:
+    """A generation as JSON, for a job another instance may run (the request keeps which
+    fields the caller set: adaptation tells a default from an ask)."""
+    doc = dataclasses.asdict(generation)
+    doc["request"] = generation.request.model_dump(mode="json", exclude_unset=True)
+    doc["ignored"] = list(generation.ignored)
+    return doc
+
+
+def generation_from_json(doc: dict[str, Any]) -> Generation:
+    """The generation :func:`generation_json` wrote."""
+    fields = {**doc, "request": ImageRequest.model_validate(doc["request"]),
+              "ignored": tuple(doc.get("ignored") or ())}
+    return Generation(**fields)
 
 
 def parse_generation(
