@@ -26,6 +26,7 @@ from benchlib.memory import memory_arguments, print_memory, run_memory
 from benchlib.overhead import overhead_arguments, print_overhead, run_overhead
 from benchlib.run_all import all_arguments, print_all, run_all
 from benchlib.soak import print_soak, run_soak, soak_arguments
+from benchlib.soak_fleet import print_soak_fleet, run_soak_fleet, soak_fleet_arguments
 from benchlib.sse_fanout import print_sse_fanout, run_sse_fanout, sse_fanout_arguments
 
 __all__ = ["SCENARIOS", "Scenario"]
@@ -56,6 +57,8 @@ SCENARIOS: dict[str, Scenario] = {
                       run_fleet, print_fleet, fleet_arguments),
     "clients": Scenario("LiteLLM as a client of `imagegate serve` (needs litellm)", run_clients,
                         print_clients, clients_arguments),
+    "soak_fleet": Scenario("3 instances sharing Redis, backends flapping, one killed, Redis restarted",
+                           run_soak_fleet, print_soak_fleet, soak_fleet_arguments),
     "soak": Scenario("60 s against three flapping backends, with leak and breaker checks",
                      run_soak, print_soak, soak_arguments),
     "first_event": Scenario("how soon a listener hears: submit -> started, provider report -> "

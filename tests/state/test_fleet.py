@@ -176,7 +176,8 @@ def on(instance: Instance, url: str) -> str:
 
 
 async def test_a_job_submitted_on_one_instance_is_read_on_another(redis_url: str, tmp_path: Path) -> None:
-    async with serve_app(a1111_emulator.create_app(step_s=0.01)) as gpu:
+    # 40 steps of 0.05 s: longer than the backend's progress poll (0.5 s), so progress is told
+    async with serve_app(a1111_emulator.create_app(step_s=0.05)) as gpu:
         cfg = config(tmp_path, {"name": "gpu", "kind": "a1111", "base_url": gpu})
         async with serve_instances(cfg, 2, tmp_path, {"IMAGEGATE_STATE_URL": redis_url}) as (a, b):
             job = await submit(a.url)

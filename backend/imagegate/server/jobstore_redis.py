@@ -42,7 +42,8 @@ __all__ = ["Delivery", "RedisJobStore"]
 log = get_logger(__name__)
 T = TypeVar("T")
 
-BLOCK_MS = 1000  # one blocking read's wait: listeners and consumers wake this often at most
+BLOCK_MS = 1000  # one blocking read's wait: the queue consumer wakes this often at most
+FOLLOW_MS = 200  # the followers' read: a stream a listener joins is read within this
 GROUP = "runners"
 
 # KEYS: rec, ev, running; ARGV: job_id, type, data, record, final (0/1), ttl_ms
@@ -121,14 +122,20 @@ class RedisJobStore:
             common["ssl_cert_reqs"] = "required"
             if ca_file:
                 common["ssl_ca_certs"] = ca_file
-        self._r = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **common
-        )
-        # blocking reads wait BLOCK_MS on the server: their socket waits a little longer
-        self._block = aioredis.Redis.from_url(
-            url, socket_timeout=BLOCK_MS / 1000 + 2 * timeout_s, socket_connect_timeout=timeout_s,
+        self._r = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=16, timeout=timeout_s, socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s, **common,
+        ))
+        # blocking reads (one for every followed job stream, the queue consumer, the cancel
+        # listener) wait BLOCK_MS on the server: their socket waits a little longer; a small
+        # pool, whatever the number of listeners
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=8, timeout=BLOCK_MS / 1000 + 4 * timeout_s,
+            socket_timeout=BLOCK_MS / 1000 + 2 * timeout_s, socket_connect_timeout=timeout_s,
             **common,
         )
+        self._block = aioredis.Redis(connection_pool=pool)
+        self._hub = _Follow(self._block, self._call)
         self._append = self._r.register_script(_APPEND)
         self._create = self._r.register_script(_CREATE)
         self._cancel = self._r.register_script(_CANCEL)
@@ -177,21 +184,32 @@ class RedisJobStore:
         key = self._k(job_id, "ev")
         if not await self._call(lambda: self._r.exists(self._k(job_id, "rec"))):
             return
+        queue = self._hub.follow(key, after)  # first: nothing appended from now on is missed
         last = max(0, after)
-        while True:
-            reply: Any = await self._call(
-                functools.partial(self._block.xread, {key: f"0-{last}"}, count=100, block=BLOCK_MS),
-                timeout=BLOCK_MS / 1000 + 4 * self._timeout,
-            )
-            for _stream, entries in reply or []:
-                for entry_id, fields in entries:
-                    last = int(str(entry_id).split("-")[1])
-                    event = StoredEvent(last, fields["t"], fields["d"], fields.get("f") == "1")
+        try:
+            replay: Any = await self._call(lambda: self._r.xrange(key, min=f"({_id(last)}", max="+"))
+            pending = list(replay or [])
+            while True:
+                for entry_id, fields in pending:
+                    n = _n(entry_id)
+                    if n <= last:
+                        continue  # the hub and the replay both had it
+                    last = n
+                    event = StoredEvent(n, fields["t"], fields["d"], fields.get("f") == "1")
                     yield event
                     if event.final:
                         return
-            if not reply and not await self._call(lambda: self._r.exists(self._k(job_id, "rec"))):
-                return  # expired while we listened
+                try:
+                    async with asyncio.timeout(2.0):
+                        pending = [await queue.get()]
+                except TimeoutError:  # quiet: is the job still there?
+                    pending = []
+                    if not await self._call(lambda: self._r.exists(self._k(job_id, "rec"))):
+                        return
+                while not queue.empty():
+                    pending.append(queue.get_nowait())
+        finally:
+            self._hub.drop(key, queue)
 
     async def request_cancel(self, job_id: str) -> bool:
         done = await self._call(lambda: self._cancel(
@@ -214,12 +232,15 @@ class RedisJobStore:
             self._cancels.pop(job_id, None)
 
     async def aclose(self) -> None:
+        await self._hub.aclose()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
         await self._r.aclose()
+        await self._r.connection_pool.disconnect()
         await self._block.aclose()
+        await self._block.connection_pool.disconnect()
 
     # -- the queue ------------------------------------------------------------------------
 
@@ -299,3 +320,63 @@ class RedisJobStore:
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+
+
+def _id(n: int) -> str:
+    return f"0-{n}"
+
+
+def _n(entry_id: Any) -> int:
+    return int(str(entry_id).split("-")[1])
+
+
+class _Follow:
+    """One blocking read (``XREAD`` of many streams at once) for every job stream this
+    instance's listeners follow, so that a thousand listeners hold one Redis connection; each
+    listener gets the entries read after it joined (and dedups them against its own replay)."""
+
+    def __init__(self, redis: aioredis.Redis, call: Callable[..., Awaitable[Any]]) -> None:
+        self._redis, self._call = redis, call
+        self._since: dict[str, int] = {}
+        self._queues: dict[str, set[asyncio.Queue[Any]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def follow(self, key: str, after: int) -> asyncio.Queue[Any]:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queues.setdefault(key, set()).add(queue)
+        self._since[key] = min(self._since.get(key, after), after)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="imagegate-jobs-follow")
+        return queue
+
+    def drop(self, key: str, queue: asyncio.Queue[Any]) -> None:
+        queues = self._queues.get(key, set())
+        queues.discard(queue)
+        if not queues:
+            self._queues.pop(key, None)
+            self._since.pop(key, None)
+
+    async def _run(self) -> None:
+        while self._queues:
+            streams: dict[Any, Any] = {key: _id(n) for key, n in self._since.items()}
+            try:
+                reply: Any = await self._call(
+                    functools.partial(self._redis.xread, streams, count=100, block=FOLLOW_MS),
+                    timeout=FOLLOW_MS / 1000 + 1.0,
+                )
+            except Exception:  # noqa: BLE001 - Redis away: listeners time out and check
+                await asyncio.sleep(0.5)
+                continue
+            for key, entries in reply or []:
+                key = str(key)
+                for entry in entries:
+                    if key in self._since:
+                        self._since[key] = max(self._since[key], _n(entry[0]))
+                    for queue in self._queues.get(key, ()):
+                        queue.put_nowait(entry)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

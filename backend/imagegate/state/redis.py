@@ -46,6 +46,7 @@ log = get_logger(__name__)
 SLOT_TTL_S = 10.0
 FLUSH_S = 1.0
 HEDGE_BURST = 10.0  # as the in-process HedgeBudget
+POOL = 16  # connections to Redis at most (the pub/sub listener holds one of them)
 
 # KEYS[1] slots zset; ARGV: limit, ttl_ms, token. Server time, so instances' clocks do not matter.
 _ACQUIRE = """
@@ -116,7 +117,10 @@ class RedisState(SharedState):
             options["ssl_cert_reqs"] = "required"
             if ca_file:
                 options["ssl_ca_certs"] = ca_file
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(url, **options)
+        # a bounded pool (a call waits at most timeout_s for a free connection): however many
+        # requests run at once, this instance holds at most POOL connections to Redis
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=POOL, timeout=timeout_s, **options)
+        self._redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._slot_ttl_s = slot_ttl_s
         self._guard = StoreGuard(
             self._redis.ping, timeout_s=timeout_s, retry_s=retry_s, on_up=self._resync,
@@ -169,6 +173,7 @@ class RedisState(SharedState):
                             await self._redis.zrem(self._key("slots", backend), *tokens)
         await self._guard.aclose()
         await self._redis.aclose()
+        await self._redis.connection_pool.disconnect()
 
     # -- breakers -------------------------------------------------------------------------
 

@@ -1,5 +1,7 @@
 """A real ``redis-server`` for tests and benchmarks: started on a free loopback port, no
-persistence, killed at the end (``stop()`` then ``start()`` again is a Redis restart).
+persistence unless asked (``persist=True``: an append-only file fsynced at every write, so a
+killed and restarted server keeps its data, as a production Redis holding jobs would), killed
+at the end (``stop()`` then ``start()`` again is a Redis restart).
 
     with redis_server() as server:      # server.url = "redis://127.0.0.1:PORT/0"
         ...
@@ -39,6 +41,7 @@ class RedisServer:
     port: int
     workdir: str
     proc: subprocess.Popen[bytes] | None = None
+    persist: bool = False
 
     @property
     def url(self) -> str:
@@ -47,7 +50,8 @@ class RedisServer:
     def start(self) -> None:
         assert REDIS is not None
         self.proc = subprocess.Popen(
-            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
              "--dir", self.workdir, "--protected-mode", "yes", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -73,9 +77,9 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[RedisServer]:
+def redis_server(*, persist: bool = False) -> Iterator[RedisServer]:
     with tempfile.TemporaryDirectory(prefix="imagegate-redis-") as workdir:
-        server = RedisServer(_free_port(), workdir)
+        server = RedisServer(_free_port(), workdir, persist=persist)
         server.start()
         try:
             yield server
