@@ -17,9 +17,9 @@ from typing import Any
 import aiohttp
 from imagegate.testing import Knobs, black_hole, serve_app
 from imagegate.testing import a1111 as a1111_emulator
-from imagegate.testing.redis import RedisServer
+from imagegate.testing.redis import RedisServer, redis_server
 
-from tests.conftest import write_config
+from tests.conftest import need_redis, write_config
 from tests.instances import Instance, serve_instances
 
 BODY = {"prompt": "a lighthouse at dusk", "size": "64x64", "response_format": "b64_json"}
@@ -207,6 +207,27 @@ async def test_a_job_whose_instance_is_killed_still_ends(redis_url: str, tmp_pat
             assert ids[done["runner"]] is survivor
             names = await asyncio.wait_for(sse_events(on(survivor, job["urls"]["events"])), 10)
             assert names.count("completed") == 1 and names[-1] == "completed"  # one result
+
+
+async def test_a_job_running_through_a_long_redis_outage_still_ends_once(tmp_path: Path) -> None:
+    """Redis goes away longer than the runner waits to write the final event: the run gives
+    its queue entry back instead of acknowledging it, and the job runs again once Redis is
+    back (found by the fleet soak: such jobs used to stay ``running`` for good)."""
+    need_redis()
+    with redis_server(persist=True) as store:  # a restart keeps the jobs, as in production
+        async with serve_app(a1111_emulator.create_app(step_s=0.02)) as gpu:  # 40 steps: 0.8 s
+            cfg = config(tmp_path, {"name": "gpu", "kind": "a1111", "base_url": gpu}, jobs_lease_s=0.3)
+            async with serve_instances(cfg, 1, tmp_path, {"IMAGEGATE_STATE_URL": store.url}) as (a,):
+                job = await submit(a.url)
+                await eventually(lambda: _running(job["urls"]["get"]), timeout=15)
+                store.stop()  # the final event's budget is 3 leases (0.9 s): outlived here
+                await asyncio.sleep(3.0)
+                store.start()
+                await eventually(lambda: _ended(job["urls"]["get"]), timeout=30)
+                done = await record(job["urls"]["get"])
+                names = await asyncio.wait_for(sse_events(job["urls"]["events"]), 10)
+    assert done["status"] == "succeeded" and done["runs"] == 2, done
+    assert names.count("completed") == 1 and names[-1] == "completed"
 
 
 async def _running(url: str) -> bool:

@@ -317,27 +317,38 @@ class JobRunner:
                 await store.keep_alive()
 
     async def _run_delivery(self, delivery: Any) -> None:
+        """Run one job taken from the fleet's queue. The queue entry is acknowledged only once
+        the job has ended (or had ended already); if the store fails on the way, the entry is
+        let go instead, and any instance takes it again once its lease has lapsed."""
         store: Any = self.store
+        handled = False
         try:
-            doc = await store.get(delivery.job_id)
-            if doc is None or doc.get("status") in _ENDED.values():
-                return  # expired, or ended (a run that died after the final event)
-            spec = json.loads(delivery.spec)
-            record = JobRecord.model_validate(doc)
-            record = record.model_copy(update={"runs": record.runs + 1, "runner": store.instance})
-            if record.runs > MAX_RUNS:
-                message = f"the instance running it stopped {MAX_RUNS} times"
-                log.warning("job_abandoned", job=record.id, runs=record.runs - 1)
-                await self._tell(advance(record, FailedEvent(error_kind="server_error", message=message)),
-                                 "failed", json.dumps({"type": "failed", "error_kind": "server_error",
-                                                       "message": message}), final=True)
-                return
-            await self._run(record, generation_from_json(spec["generation"]), spec["base"])
+            handled = await self._run_taken(delivery)
         except KeyError:
-            pass  # another run wrote the result first
+            handled = True  # another run wrote the result first
+        except Exception as exc:  # noqa: BLE001 - the store failed: the entry stays in the queue
+            log.warning("job_run_interrupted", job=delivery.job_id, error=str(exc))
         finally:
             with contextlib.suppress(Exception):
-                await store.ack(delivery)
+                await (store.ack(delivery) if handled else store.release(delivery))
+
+    async def _run_taken(self, delivery: Any) -> bool:
+        store: Any = self.store
+        doc = await store.get(delivery.job_id)
+        if doc is None or doc.get("status") in _ENDED.values():
+            return True  # expired, or ended (a run that died after the final event)
+        spec = json.loads(delivery.spec)
+        record = JobRecord.model_validate(doc)
+        record = record.model_copy(update={"runs": record.runs + 1, "runner": store.instance})
+        if record.runs > MAX_RUNS:
+            message = f"the instance running it stopped {MAX_RUNS} times"
+            log.warning("job_abandoned", job=record.id, runs=record.runs - 1)
+            await self._tell(advance(record, FailedEvent(error_kind="server_error", message=message)),
+                             "failed", json.dumps({"type": "failed", "error_kind": "server_error",
+                                                   "message": message}), final=True)
+            return True
+        await self._run(record, generation_from_json(spec["generation"]), spec["base"])
+        return True
 
 
 def _data(event: Event, result: dict[str, Any] | None) -> str:

@@ -286,6 +286,11 @@ class RedisJobStore:
         await self._call(lambda: self._r.xack(self._k("queue"), GROUP, delivery.entry))
         await self._call(lambda: self._r.xdel(self._k("queue"), delivery.entry))
 
+    async def release(self, delivery: Delivery) -> None:
+        """Stop renewing the lease on an entry this instance could not finish: it stays
+        pending, and ``take`` hands it to an instance (this one too) once the lease lapses."""
+        self._held.discard(delivery.entry)
+
     async def _ensure_group(self) -> None:
         if self._group_ready:
             return
