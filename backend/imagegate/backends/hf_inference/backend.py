@@ -170,7 +170,7 @@ class HFInferenceBackend(HttpBackend[HFInferenceSettings]):
             cap = cap * 4 // 3 + _ANSWER_CAP
         answer = await self.send(
             "POST", self.base_url + call.path, json=call.body, headers=headers, deadline=deadline,
-            cap=cap, errors=lambda a: error_from_response(
+            cap=cap, ok=(200, 201), errors=lambda a: error_from_response(
                 a.status, a.body, a.headers, backend=self.name, model=target.hf_model, provider=spec),
         )
         outcome = spec.parse(answer.body, self.name)
