@@ -140,7 +140,7 @@ def field_path(doc: Any, *path: str | int) -> Any:
         if isinstance(step, int):
             if not isinstance(doc, list) or len(doc) <= step:
                 return None
-        elif not isinstance(doc, dict):
+        elif not isinstance(doc, dict) or step not in doc:
             return None
         doc = doc[step]
     return doc

@@ -83,8 +83,6 @@ def job_routes(state: RouterState) -> web.RouteTableDef:
         job = state.jobs.get(request.match_info["job"])
         if job is None or job.provider != provider:
             return web.json_response({"error": "task not found"}, status=404)
-        if job.polls_left > 0:
-            job.polls_left -= 1
         return job
 
     @routes.post("/wavespeed/api/v3/{pid:.+}")
@@ -106,7 +104,7 @@ def job_routes(state: RouterState) -> web.RouteTableDef:
         if isinstance(job, web.Response):
             return job
         job_id = request.match_info["job"]
-        if job.polls_left:
+        if job.running():
             return web.json_response(_wavespeed_doc(job_id, "", "processing", [], error=""))
         if job.failed:
             return web.json_response(_wavespeed_doc(job_id, "", "failed", [], error="inference failed"))
@@ -137,7 +135,7 @@ def job_routes(state: RouterState) -> web.RouteTableDef:
             return job
         doc: dict[str, Any] = {"model": "glm-image", "id": request.match_info["job"],
                                "request_id": request.match_info["job"]}
-        if job.polls_left:
+        if job.running():
             return web.json_response({**doc, "task_status": "PROCESSING"})
         if job.failed:
             return web.json_response({**doc, "task_status": "FAIL"})

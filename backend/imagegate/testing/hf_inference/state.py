@@ -87,6 +87,13 @@ class Job:
     failed: bool = False
     nsfw: bool = False
 
+    def running(self) -> bool:
+        """One poll: whether it still runs (then one poll fewer is left)."""
+        if self.polls_left <= 0:
+            return False
+        self.polls_left -= 1
+        return True
+
 
 @dataclass
 class RouterState:
