@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from imagegate.backends.hf_inference import HFInferenceBackend
+from imagegate.backends.hf_inference import backend as hf_backend
 from imagegate.errors import (
     AuthFailed,
     BackendError,
@@ -204,3 +205,31 @@ def test_the_backend_never_imports_huggingface_hub() -> None:
             "print('huggingface_hub' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --- the mapping cache ---------------------------------------------------------------------------
+
+
+async def test_another_models_mapping_is_looked_up_once_and_kept_when_a_refresh_fails(
+    url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dev = "black-forest-labs/FLUX.1-dev"
+    lookup = f"/api/models/{dev}"
+    async with TOGETHER.backend(url, tmp_path, local_ca) as backend:
+        await TOGETHER.generate(backend, model=dev)
+        await TOGETHER.generate(backend, model=dev)
+        assert paths(knobs, "GET").count(lookup) == 1
+        monkeypatch.setattr(hf_backend, "MAPPING_TTL_S", 0.0)  # every use is now a refresh
+        knobs.arm("status", status=503, path=lookup)
+        (image,) = await TOGETHER.generate(backend, model=dev)  # the Hub is down: the last answer serves
+        assert paths(knobs, "GET").count(lookup) == 2
+    assert image.info["model"] == dev and paths(knobs).count("/together/v1/images/generations") == 3
+
+
+async def test_hf_inference_never_waits_for_the_hub_to_generate(
+    url: str, knobs: Knobs, tmp_path: Path, local_ca: LocalCA
+) -> None:
+    this = case("hf-inference")
+    async with this.backend(url, tmp_path, local_ca) as backend:
+        await this.generate(backend)
+    assert [r.path for r in knobs.requests] == [f"/hf-inference/models/{SCHNELL}"]
