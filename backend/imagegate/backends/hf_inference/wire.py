@@ -30,6 +30,7 @@ from imagegate.errors import BackendError, BadResponse
 from imagegate.models import ImageRequest
 
 __all__ = [
+    "ALL_FIELDS",
     "Call",
     "Image",
     "ImageUrl",
@@ -39,8 +40,11 @@ __all__ = [
     "Target",
     "b64_image",
     "field_path",
+    "fixed_capabilities",
+    "image_url",
     "json_object",
     "parameters",
+    "parse_b64",
 ]
 
 
@@ -97,8 +101,7 @@ class Provider:
     """One router provider's text-to-image wire format (pure functions only)."""
 
     name: str
-    source: str  # where the wire format comes from, for the capabilities and the operator
-    takes: tuple[str, ...]  # the request fields sent at all (capabilities.REQUEST_FIELDS)
+    source: str  # where the wire format comes from
     build: Build  # (request, target, seed) -> Call
     parse: Parse  # (answer body, backend name) -> Outcome
     capabilities: Callable[[Target | None], Capabilities]
@@ -107,6 +110,21 @@ class Provider:
     error: ErrorHook | None = None
     poll_interval_s: float = 2.0
     downloads: bool = False  # the image comes as a URL to fetch
+
+    @property
+    def takes(self) -> tuple[str, ...]:
+        """The request fields sent at all (``capabilities.REQUEST_FIELDS``)."""
+        return self.capabilities(None).takes
+
+
+ALL_FIELDS = ("negative_prompt", "size", "steps", "guidance_scale", "seed", "model")
+"""What huggingface_hub's ``text_to_image`` passes every provider (its scheduler is no sampler)."""
+
+
+def fixed_capabilities(source: str, takes: tuple[str, ...] = ALL_FIELDS) -> Callable[[Target | None], Capabilities]:
+    """Capabilities that do not depend on the model: one value, whatever the target."""
+    value = Capabilities(source=source, takes=takes)
+    return lambda target: value
 
 
 def parameters(request: ImageRequest, seed: int | None) -> dict[str, Any]:
@@ -155,6 +173,11 @@ def b64_image(doc: dict[str, Any], backend: str) -> Image:
         return Image(base64.b64decode(text, validate=True))
     except (binascii.Error, ValueError) as exc:
         raise BadResponse("'data[0].b64_json' is not valid base64", backend=backend) from exc
+
+
+def parse_b64(body: bytes, backend: str) -> Image:
+    """An OpenAI-shaped JSON answer's first image (Together, Nscale)."""
+    return b64_image(json_object(body, backend), backend)
 
 
 def image_url(value: Any, what: str, backend: str) -> ImageUrl:

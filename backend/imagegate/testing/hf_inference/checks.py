@@ -30,9 +30,9 @@ from aiohttp import web
 
 from imagegate.testing.hf_inference.hf_route import no_balance
 from imagegate.testing.hf_inference.hub import unauthorized
-from imagegate.testing.hf_inference.state import RouterState, Served
+from imagegate.testing.hf_inference.state import RouterState
 
-__all__ = ["NUMBER", "Rules", "admitted", "first_problem", "model_in_body", "refused"]
+__all__ = ["NUMBER", "Rules", "admitted", "first_problem", "refused"]
 
 NUMBER = (int, float)
 Rules = Mapping[str, tuple[tuple[type, ...], bool]]  # field -> (types, required)
@@ -74,15 +74,16 @@ def refused(provider: str, field: str, message: str) -> web.Response:
 
 
 async def admitted(
-    state: RouterState, request: web.Request, provider: str, provider_id: str | None
-) -> tuple[dict[str, Any], Served | None] | web.Response:
-    """The JSON body and the mapping entry of a call the router lets through, or its refusal.
-    ``provider_id`` None: the id is in the body (``model``), checked by the caller."""
+    state: RouterState, request: web.Request, provider: str, rules: Rules, *,
+    path_id: str | None = None, body_model: bool = False,
+) -> dict[str, Any] | web.Response:
+    """The JSON body of a call the router lets through and the provider accepts, or the
+    refusal: the token, the provider-side id (in the path: ``path_id``; in the body's ``model``:
+    ``body_model``), the credit, then the provider's ``rules``."""
     if not state.authorized(request):
         return unauthorized()
-    served = state.served(provider, provider_id) if provider_id is not None else None
-    if provider_id is not None and served is None:
-        return web.json_response({"error": f"Model not supported by provider {provider}"}, status=404)
+    if path_id is not None and state.served(provider, path_id) is None:
+        return _not_served(provider)
     balance = no_balance(state.knobs, request.path)
     if balance is not None:
         return balance
@@ -92,14 +93,13 @@ async def admitted(
         body = None
     if not isinstance(body, dict):
         return refused(provider, "body", "must be a JSON object")
-    return body, served
+    problem = first_problem(body, rules)
+    if problem:
+        return refused(provider, *problem)
+    if body_model and state.served(provider, body["model"]) is None:
+        return _not_served(provider)
+    return body
 
 
-def model_in_body(state: RouterState, provider: str, body: Mapping[str, Any]) -> web.Response | None:
-    """A body-borne ``model`` must be one of the provider's ids in the mapping."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        return refused(provider, "model", "field required")
-    if state.served(provider, model) is None:
-        return web.json_response({"error": f"Model not supported by provider {provider}"}, status=404)
-    return None
+def _not_served(provider: str) -> web.Response:
+    return web.json_response({"error": f"Model not supported by provider {provider}"}, status=404)

@@ -31,13 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
-from imagegate.testing.hf_inference.checks import (
-    NUMBER,
-    admitted,
-    first_problem,
-    model_in_body,
-    refused,
-)
+from imagegate.testing.hf_inference.checks import NUMBER, admitted, refused
 from imagegate.testing.hf_inference.hub import unauthorized
 from imagegate.testing.hf_inference.state import Job, RouterState, image_response
 from imagegate.testing.hf_inference.sync_routes import image_url
@@ -87,13 +81,9 @@ def job_routes(state: RouterState) -> web.RouteTableDef:
 
     @routes.post("/wavespeed/api/v3/{pid:.+}")
     async def wavespeed(request: web.Request) -> web.Response:
-        got = await admitted(state, request, "wavespeed", request.match_info["pid"])
-        if isinstance(got, web.Response):
-            return got
-        body, _ = got
-        problem = first_problem(body, _WAVESPEED_RULES)
-        if problem:
-            return refused("wavespeed", *problem)
+        body = await admitted(state, request, "wavespeed", _WAVESPEED_RULES, path_id=request.match_info["pid"])
+        if isinstance(body, web.Response):
+            return body
         seed = body.get("seed", random.randrange(2**31))
         job = new_job(request, "wavespeed", body.get("width", 1024), body.get("height", 1024), seed, body["prompt"])
         return web.json_response(_wavespeed_doc(job, request.match_info["pid"], "created", [], error=""))
@@ -112,16 +102,9 @@ def job_routes(state: RouterState) -> web.RouteTableDef:
 
     @routes.post("/zai-org/api/paas/v4/async/images/generations")
     async def zai(request: web.Request) -> web.Response:
-        got = await admitted(state, request, "zai-org", None)
-        if isinstance(got, web.Response):
-            return got
-        body, _ = got
-        problem = first_problem(body, _ZAI_RULES)
-        if problem:
-            return refused("zai-org", *problem)
-        wrong_model = model_in_body(state, "zai-org", body)
-        if wrong_model is not None:
-            return wrong_model
+        body = await admitted(state, request, "zai-org", _ZAI_RULES, body_model=True)
+        if isinstance(body, web.Response):
+            return body
         size = _glm_size(body.get("size", "1280x1280"))
         if size is None:
             return refused("zai-org", "size", "width and height must be 1024-2048 and divisible by 32")

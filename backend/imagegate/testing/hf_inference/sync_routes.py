@@ -22,13 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from imagegate.testing.hf_inference.checks import (
-    NUMBER,
-    admitted,
-    first_problem,
-    model_in_body,
-    refused,
-)
+from imagegate.testing.hf_inference.checks import NUMBER, admitted, first_problem, refused
 from imagegate.testing.hf_inference.state import RouterState, image_path
 from imagegate.testing.images import make_image
 
@@ -51,6 +45,7 @@ _TOGETHER_RULES = {"model": ((str,), True), "prompt": ((str,), True), "width": (
 # Nscale's create-image reference (https://docs.nscale.com/api-reference/inferencing/create-image)
 _NSCALE_RULES = {"model": ((str,), True), "prompt": ((str,), True), "size": ((str,), False),
                  "n": ((int,), False), "response_format": ((str,), False)}
+_REPLICATE_BODY = {"input": ((dict,), True), "version": ((str,), False)}
 _REPLICATE_INPUT = {"prompt": ((str,), True), "negative_prompt": ((str,), False),
                     "width": ((int,), False), "height": ((int,), False),
                     "num_inference_steps": ((int,), False), "guidance_scale": (NUMBER, False),
@@ -82,11 +77,10 @@ def sync_routes(state: RouterState) -> web.RouteTableDef:
 
     @routes.post("/fal-ai/{pid:.+}")
     async def fal(request: web.Request) -> web.Response:
-        got = await admitted(state, request, "fal-ai", request.match_info["pid"])
-        if isinstance(got, web.Response):
-            return got
-        body, _ = got
-        problem = first_problem(body, _FAL_RULES)
+        body = await admitted(state, request, "fal-ai", _FAL_RULES, path_id=request.match_info["pid"])
+        if isinstance(body, web.Response):
+            return body
+        problem = None
         size = body.get("image_size", "landscape_4_3")
         if isinstance(size, str):
             if size not in _FAL_SIZES:
@@ -112,16 +106,9 @@ def sync_routes(state: RouterState) -> web.RouteTableDef:
 
     @routes.post("/together/v1/images/generations")
     async def together(request: web.Request) -> web.Response:
-        got = await admitted(state, request, "together", None)
-        if isinstance(got, web.Response):
-            return got
-        body, _ = got
-        problem = first_problem(body, _TOGETHER_RULES)
-        if problem:
-            return refused("together", *problem)
-        wrong_model = model_in_body(state, "together", body)
-        if wrong_model is not None:
-            return wrong_model
+        body = await admitted(state, request, "together", _TOGETHER_RULES, body_model=True)
+        if isinstance(body, web.Response):
+            return body
         fmt = body.get("response_format", "url")
         n = body.get("n", 1)
         if fmt not in ("base64", "url"):
@@ -140,16 +127,9 @@ def sync_routes(state: RouterState) -> web.RouteTableDef:
 
     @routes.post("/nscale/v1/images/generations")
     async def nscale(request: web.Request) -> web.Response:
-        got = await admitted(state, request, "nscale", None)
-        if isinstance(got, web.Response):
-            return got
-        body, _ = got
-        problem = first_problem(body, _NSCALE_RULES)
-        if problem:
-            return refused("nscale", *problem)
-        wrong_model = model_in_body(state, "nscale", body)
-        if wrong_model is not None:
-            return wrong_model
+        body = await admitted(state, request, "nscale", _NSCALE_RULES, body_model=True)
+        if isinstance(body, web.Response):
+            return body
         size = _SIZE.fullmatch(body.get("size", "512x512"))
         if size is None:
             return refused("nscale", "size", "must be WIDTHxHEIGHT")
@@ -170,19 +150,15 @@ def sync_routes(state: RouterState) -> web.RouteTableDef:
         return await _replicate(request, None)
 
     async def _replicate(request: web.Request, pid: str | None) -> web.Response:
-        got = await admitted(state, request, "replicate", pid)
-        if isinstance(got, web.Response):
-            return got
-        body, _ = got
+        body = await admitted(state, request, "replicate", _REPLICATE_BODY, path_id=pid)
+        if isinstance(body, web.Response):
+            return body
         if pid is None:  # a version-pinned model: the version names it
-            version = body.get("version")
             pins = [p["replicate"].provider_id for p in state.mapping.values() if "replicate" in p]
-            pid = next((x for x in pins if isinstance(version, str) and x.endswith(f":{version}")), None)
+            pid = next((x for x in pins if x.endswith(f":{body.get('version')}")), None)
             if pid is None:
                 return refused("replicate", "version", "not a version of a model this account can run")
-        inputs = body.get("input")
-        if not isinstance(inputs, dict):
-            return refused("replicate", "input", "field required (an object)")
+        inputs = body["input"]
         problem = first_problem(inputs, _REPLICATE_INPUT)
         if problem:
             return refused("replicate", *problem)

@@ -32,20 +32,18 @@ from imagegate.backends.hf_inference.wire import (
     Provider,
     Target,
     field_path,
+    fixed_capabilities,
     image_url,
     json_object,
     parameters,
 )
-from imagegate.capabilities import Capabilities
 from imagegate.errors import ContentFiltered
 from imagegate.models import ImageRequest
 
 __all__ = ["PROVIDER"]
 
-_TAKES = ("negative_prompt", "size", "steps", "guidance_scale", "seed", "model")
-_CAPABILITIES = Capabilities(
-    source="built-in: fal-ai text-to-image through the HF router (huggingface_hub 2.4 fal_ai.py)",
-    takes=_TAKES,
+_CAPABILITIES = fixed_capabilities(
+    "built-in: fal-ai text-to-image through the HF router (huggingface_hub 2.4 fal_ai.py)"
 )
 
 
@@ -71,9 +69,8 @@ def parse(body: bytes, backend: str) -> ImageUrl:
 PROVIDER = Provider(
     name="fal-ai",
     source="huggingface_hub 2.4.0 inference/_providers/fal_ai.py",
-    takes=_TAKES,
     build=build,
     parse=parse,
-    capabilities=lambda target: _CAPABILITIES,
+    capabilities=_CAPABILITIES,
     downloads=True,
 )

@@ -48,7 +48,6 @@ def parse(body: bytes, backend: str) -> Image:
 PROVIDER = Provider(
     name="hf-inference",
     source="huggingface_hub 2.4.0 inference/_providers/hf_inference.py",
-    takes=CAPABILITIES.takes,
     build=build,
     parse=parse,
     capabilities=lambda target: CAPABILITIES,

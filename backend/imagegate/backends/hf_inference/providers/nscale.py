@@ -22,22 +22,18 @@ from typing import Any
 
 from imagegate.backends.hf_inference.wire import (
     Call,
-    Image,
     Provider,
     Target,
-    b64_image,
-    json_object,
+    fixed_capabilities,
+    parse_b64,
 )
-from imagegate.capabilities import Capabilities
 from imagegate.errors import BackendError, QuotaExhausted
 from imagegate.models import ImageRequest
 
 __all__ = ["PROVIDER"]
 
-_TAKES = ("size", "model")
-_CAPABILITIES = Capabilities(
-    source="built-in: nscale text-to-image through the HF router (Nscale's API reference)",
-    takes=_TAKES,
+_CAPABILITIES = fixed_capabilities(
+    "built-in: nscale text-to-image through the HF router (Nscale's API reference)", ("size", "model")
 )
 
 
@@ -45,10 +41,6 @@ def build(request: ImageRequest, target: Target, seed: int | None) -> Call:
     body = {"response_format": "b64_json", "prompt": request.prompt, "model": target.provider_id,
             "size": f"{request.width}x{request.height}"}
     return Call("/nscale/v1/images/generations", body)
-
-
-def parse(body: bytes, backend: str) -> Image:
-    return b64_image(json_object(body, backend), backend)
 
 
 def error(status: int, doc: dict[str, Any], message: str, backend: str) -> BackendError | None:
@@ -61,9 +53,8 @@ def error(status: int, doc: dict[str, Any], message: str, backend: str) -> Backe
 PROVIDER = Provider(
     name="nscale",
     source="huggingface_hub 2.4.0 inference/_providers/nscale.py; docs.nscale.com create-image",
-    takes=_TAKES,
     build=build,
-    parse=parse,
-    capabilities=lambda target: _CAPABILITIES,
+    parse=parse_b64,
+    capabilities=_CAPABILITIES,
     error=error,
 )

@@ -29,20 +29,18 @@ from imagegate.backends.hf_inference.wire import (
     ImageUrl,
     Provider,
     Target,
+    fixed_capabilities,
     image_url,
     json_object,
     parameters,
 )
-from imagegate.capabilities import Capabilities
 from imagegate.errors import ContentFiltered, GenerationTimeout, ServerError
 from imagegate.models import ImageRequest
 
 __all__ = ["PROVIDER"]
 
-_TAKES = ("negative_prompt", "size", "steps", "guidance_scale", "seed", "model")
-_CAPABILITIES = Capabilities(
-    source="built-in: replicate text-to-image through the HF router (huggingface_hub 2.4 replicate.py)",
-    takes=_TAKES,
+_CAPABILITIES = fixed_capabilities(
+    "built-in: replicate text-to-image through the HF router (huggingface_hub 2.4 replicate.py)"
 )
 
 
@@ -78,9 +76,8 @@ def parse(body: bytes, backend: str) -> ImageUrl:
 PROVIDER = Provider(
     name="replicate",
     source="huggingface_hub 2.4.0 inference/_providers/replicate.py",
-    takes=_TAKES,
     build=build,
     parse=parse,
-    capabilities=lambda target: _CAPABILITIES,
+    capabilities=_CAPABILITIES,
     downloads=True,
 )

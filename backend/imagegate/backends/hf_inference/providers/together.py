@@ -17,22 +17,18 @@ from __future__ import annotations
 
 from imagegate.backends.hf_inference.wire import (
     Call,
-    Image,
     Provider,
     Target,
-    b64_image,
-    json_object,
+    fixed_capabilities,
     parameters,
+    parse_b64,
 )
-from imagegate.capabilities import Capabilities
 from imagegate.models import ImageRequest
 
 __all__ = ["PROVIDER"]
 
-_TAKES = ("negative_prompt", "size", "steps", "guidance_scale", "seed", "model")
-_CAPABILITIES = Capabilities(
-    source="built-in: together text-to-image through the HF router (huggingface_hub 2.4 together.py)",
-    takes=_TAKES,
+_CAPABILITIES = fixed_capabilities(
+    "built-in: together text-to-image through the HF router (huggingface_hub 2.4 together.py)"
 )
 
 
@@ -44,15 +40,10 @@ def build(request: ImageRequest, target: Target, seed: int | None) -> Call:
     return Call("/together/v1/images/generations", body)
 
 
-def parse(body: bytes, backend: str) -> Image:
-    return b64_image(json_object(body, backend), backend)
-
-
 PROVIDER = Provider(
     name="together",
     source="huggingface_hub 2.4.0 inference/_providers/together.py",
-    takes=_TAKES,
     build=build,
-    parse=parse,
-    capabilities=lambda target: _CAPABILITIES,
+    parse=parse_b64,
+    capabilities=_CAPABILITIES,
 )

@@ -30,21 +30,19 @@ from imagegate.backends.hf_inference.wire import (
     Provider,
     Target,
     field_path,
+    fixed_capabilities,
     image_url,
     json_object,
     parameters,
 )
 from imagegate.backends.http import Failed, Pending
-from imagegate.capabilities import Capabilities
 from imagegate.errors import BadResponse, ContentFiltered, ServerError
 from imagegate.models import ImageRequest
 
 __all__ = ["PROVIDER"]
 
-_TAKES = ("negative_prompt", "size", "steps", "guidance_scale", "seed", "model")
-_CAPABILITIES = Capabilities(
-    source="built-in: wavespeed text-to-image through the HF router (huggingface_hub 2.4 wavespeed.py)",
-    takes=_TAKES,
+_CAPABILITIES = fixed_capabilities(
+    "built-in: wavespeed text-to-image through the HF router (huggingface_hub 2.4 wavespeed.py)"
 )
 _RUNNING = ("created", "processing")
 
@@ -88,11 +86,10 @@ def poll(doc: Any, backend: str) -> ImageUrl | Pending | Failed:
 PROVIDER = Provider(
     name="wavespeed",
     source="huggingface_hub 2.4.0 inference/_providers/wavespeed.py",
-    takes=_TAKES,
     build=build,
     parse=parse,
     poll=poll,
-    capabilities=lambda target: _CAPABILITIES,
+    capabilities=_CAPABILITIES,
     poll_interval_s=2.0,
     downloads=True,
 )

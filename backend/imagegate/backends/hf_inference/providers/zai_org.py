@@ -93,7 +93,6 @@ def poll(doc: Any, backend: str) -> ImageUrl | Pending | Failed:
 PROVIDER = Provider(
     name="zai-org",
     source="huggingface_hub 2.4.0 inference/_providers/zai_org.py; docs.z.ai generate-image-async",
-    takes=_TAKES,
     build=build,
     parse=parse,
     poll=poll,
