@@ -195,3 +195,15 @@ async def test_diagnose_reports_the_provider_that_does_not_serve_the_model(
     assert (zai_http.status, zai_http.code) == ("fail", "probe_rejected")
     assert f"model '{SCHNELL}' is not served by zai-org" in zai_http.detail
     assert by_name["hf/together"].verdict == "ok"
+
+
+async def test_diagnose_generate_asks_a_provider_for_a_size_it_takes(
+    router_url: str, local_ca: LocalCA, tmp_path: Path
+) -> None:
+    table = {"name": "glm", "kind": "hf_inference", "base_url": router_url, "ca_bundle": str(local_ca.ca_file),
+             "provider": "zai-org", "model": "zai-org/GLM-Image", "poll_interval_s": 0.01}
+    settings = make_settings([table], service=SERVICE, environ=ENV, tmp_path=tmp_path)
+    report = await diagnose(settings, generate=True, timeout=5)
+    (backend,) = report.backends
+    step = next(s for s in backend.steps if s.name == "generate")
+    assert (step.status, step.data["width"], step.data["height"]) == ("ok", 1024, 1024)
