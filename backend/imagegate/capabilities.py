@@ -100,6 +100,10 @@ class Capabilities(_Frozen):
     """Model (checkpoint) names the backend knows, as it lists them."""
     model_aliases: tuple[str, ...] = ()
     """Other names the same models answer to (hashes, file names)."""
+    model_refused: str | None = None
+    """Why the backend cannot serve the model a request would get, when it knows (a router
+    provider the Hub says does not serve it): the router then skips the backend, as for a
+    model it does not have."""
     defaults: dict[str, float | int | str] = {}
     """What the backend uses when the caller sets nothing (for the operator; informative)."""
 

@@ -93,8 +93,13 @@ def read_settings(
         if not any(env.get(var, "").strip() for var in kinds.env_variables):
             log.warning("no_config_found", message=_no_config_notice(kinds))
     service = _service_from_env(service, env, source)
-    backends = [_validate_backend(raw, i, source, kinds) for i, raw in enumerate(raw_backends)]
-    _check_unique(backends, source)
+    tables = [
+        (i, b)
+        for i, raw in enumerate(raw_backends)
+        for b in _expanded(_validate_backend(raw, i, source, kinds), i, source)
+    ]
+    _check_unique(tables, source)
+    backends = [b for _, b in tables]
     backends = [_with_ca_bundle(b, path, source) for b in backends if b.enabled]
     secrets, disabled = _resolve_secrets(backends, env, source, require=require_secrets)
     where = "" if path is None else f"{source}: "
@@ -178,9 +183,19 @@ def _validate_backend(raw: Any, index: int, source: str, kinds: KindTable) -> Ba
         raise ConfigError(f"{where}: {errors_text(exc)}") from None
 
 
-def _check_unique(backends: list[BackendSettings], source: str) -> None:
+def _expanded(b: BackendSettings, index: int, source: str) -> tuple[BackendSettings, ...]:
+    """The backends one table stands for (a short form names several)."""
+    try:
+        return b.expand()
+    except ValidationError as exc:
+        where = f"{source}: [[backend]] #{index + 1} (name = {b.name!r})"
+        raise ConfigError(f"{where}: {errors_text(exc)}") from None
+
+
+def _check_unique(tables: list[tuple[int, BackendSettings]], source: str) -> None:
+    """Names are unique, also those a short form made (``[[backend]] #`` is the table's)."""
     seen: dict[str, int] = {}
-    for i, b in enumerate(backends):
+    for i, b in tables:
         if b.name in seen:
             raise ConfigError(
                 f"{source}: [[backend]] #{i + 1}: key 'name': {b.name!r} is already used by "

@@ -91,7 +91,10 @@ class BackendSettings(_Frozen):
     """What every ``[[backend]]`` table has, whatever its kind."""
 
     kind: str
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    # one "/" at most: a short form names its backends "<name>/<part>" (hf_inference providers)
+    name: str = Field(
+        min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$"
+    )
     enabled: bool = True
     priority: int = 0
     connect_timeout_s: float = Field(default=10.0, gt=0, le=600)
@@ -124,6 +127,11 @@ class BackendSettings(_Frozen):
     def endpoint(self) -> str:
         """The URL whose DNS, TCP and TLS ``imagegate diagnose`` checks."""
         raise NotImplementedError
+
+    def expand(self) -> tuple[BackendSettings, ...]:
+        """The backends this table stands for: itself, or several for a kind with a short
+        form (hf_inference's ``providers``); config loading calls it for every table."""
+        return (self,)
 
     def secret_env_names(self) -> dict[str, str]:
         """Environment variables this backend reads secrets from: {purpose: VAR}."""

@@ -182,6 +182,10 @@ async def probe_step(backend: ImageBackend[Any], first: FirstResponse, timeout: 
 async def generate_step(backend: ImageBackend[Any], budget_s: float) -> Step:
     """One small real generation, bounded by ``budget_s``."""
     side = REGISTRY[backend.kind].smallest_side
+    caps = backend.capabilities  # a provider whose sizes start higher (GLM-Image: 1024)
+    for span in (caps.width, caps.height) if caps else ():
+        if span is not None and span.min > side:
+            side = int(span.min)
     request = ImageRequest(prompt=DIAGNOSE_PROMPT, width=side, height=side, n=1)
     start = time.monotonic()
     try:

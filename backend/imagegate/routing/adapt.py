@@ -18,8 +18,9 @@ The two modes (``[service] adapt``):
 In both modes (nothing the caller asked for changes): ``n`` above what one call makes is
 split into several calls, a field the provider requires is sent empty (a Space's
 negative-prompt box with no value), and an image the provider cannot encode as asked is
-converted with Pillow. A prompt longer than the backend takes, or a model it does not have,
-cannot be fitted: refused in both modes.
+converted with Pillow. A prompt longer than the backend takes, or a model it does not have
+(or says it cannot serve now: ``Capabilities.model_refused``), cannot be fitted: refused in
+both modes.
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ class _Fit:
             )
 
     def model(self) -> None:
+        if self.caps.model_refused is not None:
+            raise _Refused("model", self.caps.model_refused)
         name = self.request.model
         if name is None or self.not_taken("model", name, {"model": None}):
             return
