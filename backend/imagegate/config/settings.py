@@ -125,6 +125,12 @@ class BackendSettings(_Frozen):
         """The URL whose DNS, TCP and TLS ``imagegate diagnose`` checks."""
         raise NotImplementedError
 
+    def with_files_from(self, folder: Path | None) -> BackendSettings:
+        """This table with the files it names (besides ``ca_bundle``) resolved against the
+        config file's ``folder`` (None: no file, the working directory) and read; ConfigError
+        naming the key when one cannot be used. Most kinds name none."""
+        return self
+
     def secret_env_names(self) -> dict[str, str]:
         """Environment variables this backend reads secrets from: {purpose: VAR}."""
         return {}
