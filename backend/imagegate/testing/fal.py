@@ -41,7 +41,7 @@ A request is COMPLETED at its first status poll unless told otherwise:
     knobs.arm("stuck")                 # IN_QUEUE for ever
     knobs.arm("request_error", status=500, detail="CUDA out of memory")
     knobs.arm("nsfw")                  # every image flagged in has_nsfw_concepts
-    knobs.arm("not_image"), arm("many_images", count=300), arm("image_url", url=...)
+    knobs.arm("not_image"), arm("many_images", images=300), arm("image_url", url=...)
 
     python -m imagegate.testing fal --port 8086 --tls --api-key fal-id:fal-secret
 """
@@ -296,7 +296,7 @@ def _render(state: _State, req: _Request, origin: str, path: str) -> dict[str, A
     many = state.knobs.take("many_images", path)
     hostile = state.knobs.take("image_url", path)
     nsfw = state.knobs.take("nsfw", path) is not None
-    count = int(many.get("count", 300)) if many is not None else body.get("num_images", 1)
+    count = int(many.get("images", 300)) if many is not None else body.get("num_images", 1)
     images = []
     for i in range(count):
         w, h = (64, 64) if many is not None else (width, height)

@@ -43,7 +43,7 @@ Knobs besides the shared ones:
                                     # wait; each GET moves one on; tqdm lines in the logs
     knobs.arm("slow", seconds=0.5)  # the prediction ends that long after it was created
     knobs.arm("failed", error="CUDA out of memory")   knobs.arm("nsfw")
-    knobs.arm("data_url"), arm("not_image"), arm("many_images", count=300), arm("image_url", url=...)
+    knobs.arm("data_url"), arm("not_image"), arm("many_images", images=300), arm("image_url", url=...)
 
     python -m imagegate.testing replicate --port 8087 --tls --api-key r8_test
 """
@@ -260,7 +260,7 @@ def _render(state: _State, pred: _Prediction, origin: str, path: str) -> list[st
     many = knobs.take("many_images", path)
     hostile = knobs.take("image_url", path)
     width, height, fmt = pred.model.size_of(pred.input)
-    count = int(many.get("count", 300)) if many is not None else int(pred.input.get("num_outputs", 1))
+    count = int(many.get("images", 300)) if many is not None else int(pred.input.get("num_outputs", 1))
     seed = int(pred.input.get("seed", 4242))
     urls = []
     for i in range(count):

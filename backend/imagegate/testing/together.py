@@ -25,7 +25,7 @@ Not enforced (the spec and docs give no limit): width/height ranges and multiple
 steps range.
 
 Knobs besides the shared ones: ``arm("not_image")`` -> base64 of bytes that are no image;
-``arm("many_images", count=300)`` -> that many items whatever ``n`` asked (hostile);
+``arm("many_images", images=300)`` -> that many items whatever ``n`` asked (hostile);
 ``arm("url_answer")`` -> URL items even when base64 was asked.
 
     python -m imagegate.testing together --port 8085 --tls --api-key tg-test
@@ -126,7 +126,7 @@ def create_app(*, knobs: Knobs | None = None, api_key: str = "test-key", render:
         fmt = body.get("output_format", "jpeg")
         seed = body.get("seed", secrets.randbelow(2**32))
         many = knobs.take("many_images", request.path)
-        count = int(many.get("count", 300)) if many is not None else body.get("n", 1)
+        count = int(many.get("images", 300)) if many is not None else body.get("n", 1)
         as_url = knobs.take("url_answer", request.path) is not None or body.get("response_format", "url") == "url"
         broken = knobs.take("not_image", request.path) is not None
         width, height = (64, 64) if many is not None else (body.get("width", 1024), body.get("height", 1024))

@@ -35,8 +35,10 @@ from imagegate.backends.images import check_image, keep_asked
 from imagegate.backends.stopping import stop_shielded
 from imagegate.capabilities import Capabilities
 from imagegate.errors import (
+    AuthFailed,
     BackendError,
     BadResponse,
+    ConnectFailed,
     GenerationTimeout,
     HandshakeTimeout,
     Rejected,
@@ -89,10 +91,10 @@ class ComfyUIBackend(HttpBackend[ComfyUISettings]):
         await super().aclose()
 
     async def generate(self, request: ImageRequest, *, deadline: Deadline) -> list[GeneratedImage]:
+        live = await self._socket(deadline)  # an unreachable server fails here, once
         checkpoint = await self._checkpoint(request, deadline)
         graph, seed = build_prompt(request, self._graph, self._targets, checkpoint=checkpoint)
         reporter = self.reporter
-        live = await self._socket(deadline)
         prompt_id = str(uuid.uuid4())  # ours, so that it is watched before it can start
         watch = self._channel.watch(prompt_id) if live else None
         body = {"prompt": graph, "client_id": self.client_id, "prompt_id": prompt_id,
@@ -125,9 +127,13 @@ class ComfyUIBackend(HttpBackend[ComfyUISettings]):
         ]
 
     async def _checkpoint(self, request: ImageRequest, deadline: Deadline) -> str | None:
-        """The checkpoint to load: the request's, the config's, else the server's first."""
+        """The checkpoint to load: the request's, the config's, the workflow's own, else
+        (the built-in names none) the server's first."""
         if "model" not in self._targets or request.model or self.settings.model:
             return self.settings.model
+        node, name = self._targets["model"][0]
+        if self._graph[node]["inputs"].get(name):
+            return None  # the workflow's own checkpoint stays
         if self._checkpoints is None:
             await self._discover(deadline)
         if not self._checkpoints:
@@ -242,6 +248,9 @@ class ComfyUIBackend(HttpBackend[ComfyUISettings]):
                         return await self._session.ws_connect(url, headers=self._headers, heartbeat=30.0,
                                                               max_msg_size=_WS_MAX_MESSAGE, **options)
                     except aiohttp.WSServerHandshakeError as exc:
+                        if exc.status in (401, 403):  # a proxy refusing our key: so would /prompt
+                            raise AuthFailed(f"websocket upgrade refused: HTTP {exc.status}", backend=self.name,
+                                             status=exc.status) from None
                         self._no_socket_until = time.monotonic() + _SOCKET_RETRY_S
                         log.info("comfyui_socket_refused", backend=self.name, status=exc.status)
                         return None
@@ -274,6 +283,8 @@ class ComfyUIBackend(HttpBackend[ComfyUISettings]):
                 cls = self._classes[node]
                 answer = await self.send("GET", f"{self.base_url}/object_info/{cls}", deadline=deadline, cap=_INFO_CAP)
                 lists[field] = combo(answer.json(backend=self.name), cls, name)
+        except (HandshakeTimeout, ConnectFailed, AuthFailed):
+            raise  # unreachable or refused: what follows would fail the same way
         except BackendError as exc:
             log.info("capabilities_not_refreshed", backend=self.name, error_kind=exc.kind, error=str(exc))
             return

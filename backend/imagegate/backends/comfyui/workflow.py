@@ -174,13 +174,18 @@ def _by_class(graph: Graph) -> Targets:
         ckpt = _checkpoint(graph, _linked(graph, s, "model"))
         if ckpt is not None and _literal(graph, ckpt, "ckpt_name"):
             found["model"] = (ckpt, "ckpt_name")
-    else:
+    else:  # several samplers (a hires-fix pass) or none: what they share, else the one of a class
+        for field, link in (("prompt", "positive"), ("negative_prompt", "negative")):
+            texts = {_linked(graph, s, link) for s in samplers}
+            (text,) = texts if len(texts) == 1 else (None,)
+            if text is not None and graph[text]["class_type"] == "CLIPTextEncode" and _literal(graph, text, "text"):
+                found[field] = (text, "text")
         for field, cls, name in (("prompt", "CLIPTextEncode", "text"), ("width", "EmptyLatentImage", "width"),
                                  ("height", "EmptyLatentImage", "height"), ("n", "EmptyLatentImage", "batch_size"),
                                  ("model", "CheckpointLoaderSimple", "ckpt_name")):
             nodes = [n for n, node in graph.items() if node["class_type"] == cls and _literal(graph, n, name)]
             if len(nodes) == 1:
-                found[field] = (nodes[0], name)
+                found.setdefault(field, (nodes[0], name))
     return {field: (target,) for field, target in found.items()}
 
 

@@ -33,8 +33,10 @@ from imagegate.config import HttpBackendSettings
 from imagegate.errors import (
     BackendError,
     BadResponse,
+    ConnectFailed,
     ContentFiltered,
     GenerationTimeout,
+    HandshakeTimeout,
     ServerError,
 )
 from imagegate.events import Reporter
@@ -281,13 +283,18 @@ class ReplicateBackend(HttpBackend[ReplicateSettings]):
         return error_from_response(answer.status, answer.body, answer.headers, backend=self.name)
 
     async def _discover(self, deadline: Deadline) -> None:
-        """Read the model's input schema (free); keep what we had when that fails."""
+        """Read the model's input schema (free); keep what we had when Replicate answers
+        with an error. A server that cannot be reached raises (the prediction would fail the
+        same way), and the next call tries again."""
         self._discovered = True
         path = self._ref.schema_path()
         if path is None:
             return
         try:
             answer = await self.send("GET", self.base_url + path, deadline=deadline, cap=_JSON_CAP)
+        except (HandshakeTimeout, ConnectFailed):
+            self._discovered = False
+            raise
         except BackendError as exc:
             log.info("capabilities_not_refreshed", backend=self.name, error_kind=exc.kind, error=str(exc))
             return
