@@ -178,7 +178,12 @@ def create_app(*, knobs: Knobs | None = None, api_key: str = "test-key:secret") 
     app.router.add_get("/{owner}/{alias}/requests/{rid}", _result)
     app.router.add_put("/{owner}/{alias}/requests/{rid}/cancel", _cancel)
     app.router.add_post("/{endpoint:.+}", _submit)
+    app.router.add_get("/{tail:.+}", _not_found)  # e.g. a status asked under the sub-path
     return app
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    return web.json_response({"detail": "Not Found"}, status=404)
 
 
 @web.middleware
