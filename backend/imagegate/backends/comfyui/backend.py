@@ -160,9 +160,13 @@ class ComfyUIBackend(HttpBackend[ComfyUISettings]):
             message: Message | None = None
             if watch is not None:
                 try:
-                    message = await asyncio.wait_for(watch.get(), min(left, self.settings.poll_interval_s))
-                except TimeoutError:
-                    message = None
+                    message = watch.get_nowait()  # most messages are already there: no timer
+                except asyncio.QueueEmpty:
+                    try:
+                        async with asyncio.timeout(min(left, self.settings.poll_interval_s)):
+                            message = await watch.get()
+                    except TimeoutError:
+                        message = None
             else:
                 await asyncio.sleep(min(left, self.settings.poll_interval_s))
             if message == LOST:
