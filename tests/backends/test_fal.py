@@ -297,3 +297,15 @@ async def test_cli_generate_writes_the_512x384_image(fal_url: str, tmp_path: Pat
     )
     (image,) = doc["images"]
     assert (image["width"], image["height"], image["seed"]) == (512, 384, 9)
+
+
+async def test_urls_the_answer_names_on_another_host_are_not_followed_with_the_key(
+    fal_url: str, tmp_path: Path, local_ca: LocalCA
+) -> None:
+    async with FAL.backend(fal_url, tmp_path, local_ca) as backend:
+        answer = {"request_id": "r1", "status_url": "https://evil.example/r1/status",
+                  "response_url": f"{fal_url}/fal-ai/flux/requests/r1", "cancel_url": "http://127.0.0.1:1/x"}
+        urls = backend._urls(answer, "fal-ai/flux")
+    assert urls["status_url"] == f"{fal_url}/fal-ai/flux/requests/r1/status"  # built on base_url instead
+    assert urls["response_url"] == f"{fal_url}/fal-ai/flux/requests/r1"  # same origin: used as given
+    assert urls["cancel_url"] == f"{fal_url}/fal-ai/flux/requests/r1/cancel"

@@ -350,3 +350,14 @@ async def test_cli_generate_writes_the_512x384_image(replicate_url: str, tmp_pat
     )
     (image,) = doc["images"]
     assert (image["width"], image["height"], image["seed"]) == (512, 384, 9)
+
+
+async def test_urls_the_prediction_names_on_another_host_are_not_followed_with_the_token(
+    replicate_url: str, tmp_path: Path, local_ca: LocalCA
+) -> None:
+    prediction = parse_prediction({"id": "p1", "status": "starting", "urls": {
+        "get": "https://api.attacker.example/v1/predictions/p1", "cancel": f"{replicate_url}/v1/predictions/p1/cancel"}},
+        backend="r")
+    async with REPLICATE.backend(replicate_url, tmp_path, local_ca) as backend:
+        assert backend._own(prediction.get_url, prediction) == f"{replicate_url}/v1/predictions/p1"
+        assert backend._own(prediction.cancel_url, prediction, "/cancel") == f"{replicate_url}/v1/predictions/p1/cancel"
