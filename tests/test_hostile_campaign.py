@@ -37,11 +37,15 @@ from imagegate.server import ServerOptions
 from imagegate.server.limits import Throttled, effective_max_connections
 from imagegate.testing import Knobs, make_image, serve_app
 from imagegate.testing import a1111 as a1111_emulator
+from imagegate.testing import comfyui as comfyui_emulator
+from imagegate.testing import fal as fal_emulator
 from imagegate.testing import hf_inference as hf_emulator
 from imagegate.testing import hub as hub_emulator
 from imagegate.testing import novita as novita_emulator
 from imagegate.testing import openai_images as openai_emulator
+from imagegate.testing import replicate as replicate_emulator
 from imagegate.testing import stability as stability_emulator
+from imagegate.testing import together as together_emulator
 from structlog.testing import capture_logs
 
 from tests.conftest import make_settings, write_config
@@ -56,10 +60,13 @@ FORMS = [KEY, quote(KEY, safe=""), PASSWORD, quote(PASSWORD, safe=""),
          base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()]
 GEN = "/v1/images/generations"
 PROMPT = {"prompt": "a lighthouse", "size": "256x256"}
-HTTP_KINDS = ("a1111", "novita", "stability", "hf_inference", "openai")
+HTTP_KINDS = ("a1111", "novita", "stability", "hf_inference", "openai", "comfyui", "fal", "replicate", "together")
 EMULATORS: dict[str, Callable[..., web.Application]] = {
     "novita": novita_emulator.create_app, "stability": stability_emulator.create_app,
     "hf_inference": hf_emulator.create_app, "openai": openai_emulator.create_app,
+    # issue 19 (ComfyUI's key: a reverse proxy's Bearer key in front of it)
+    "comfyui": comfyui_emulator.create_app, "fal": fal_emulator.create_app,
+    "replicate": replicate_emulator.create_app, "together": together_emulator.create_app,
 }
 MEMORY_BOUND_MB = 48.0  # caps here are 1-2 MiB: a read that held 1 GiB would show at once
 
@@ -77,7 +84,8 @@ def table(kind: str, url: str, **keys: Any) -> dict[str, Any]:
     else:
         t["api_key_env"] = "HOSTILE_KEY"
     t.update({"novita": {"poll_interval_s": 0.05}, "openai": {"model": "dall-e-2"},
-              "hf_inference": {"model": "emulator/tiny"}}.get(kind, {}))
+              "hf_inference": {"model": "emulator/tiny"}, "fal": {"poll_interval_s": 0.05},
+              "replicate": {"poll_interval_s": 0.05}, "comfyui": {"poll_interval_s": 0.05}}.get(kind, {}))
     return {**t, **keys}
 
 
@@ -182,6 +190,33 @@ MEMORY_STEPS: dict[str, list[Step]] = {
         ("openai", "download", {"path": "/files/*", "status": 500}, "server_error"),
         ("openai", "probe", {"path": "/v1/models"}, "bad_response"),
     ],
+    "comfyui": [
+        ("comfyui", "generate", {"path": "/prompt", "status": 500}, "server_error"),
+        ("comfyui", "generate", {"path": "/prompt", "prefix": b'{"prompt_id": "'}, "bad_response"),
+        ("comfyui", "generate", {"path": "/history/*"}, "bad_response"),
+        ("comfyui", "generate", {"path": "/view", "content_type": "image/png"}, "bad_response"),
+        ("comfyui", "probe", {"path": "/system_stats"}, "bad_response"),
+    ],
+    "fal": [
+        ("fal", "generate", {"path": "/fal-ai/flux/schnell", "status": 500}, "server_error"),
+        ("fal", "generate", {"path": "/fal-ai/flux/schnell", "prefix": b'{"request_id": "'}, "bad_response"),
+        ("fal", "generate", {"path": "/fal-ai/flux/requests/*"}, "bad_response"),
+        ("fal", "generate", {"path": "/files/*", "content_type": "image/png"}, "bad_response"),
+        ("fal", "probe", {"path": "/fal-ai/flux/requests/*"}, "bad_response"),
+    ],
+    "replicate": [
+        ("replicate", "generate", {"path": "/v1/models/black-forest-labs/flux-schnell/predictions", "status": 500},
+         "server_error"),
+        ("replicate", "generate", {"path": "/v1/models/black-forest-labs/flux-schnell/predictions",
+                                   "prefix": b'{"id": "'}, "bad_response"),
+        ("replicate", "generate", {"path": "/delivery/*", "content_type": "image/webp"}, "bad_response"),
+        ("replicate", "probe", {"path": "/v1/account"}, "bad_response"),
+    ],
+    "together": [
+        ("together", "generate", {"status": 500}, "server_error"),
+        ("together", "generate", {"prefix": b'{"data": [{"b64_json": "', "fill": b"A"}, "bad_response"),
+        ("together", "probe", {"path": "/v1/models"}, "bad_response"),
+    ],
     "hf_space": [
         ("space", "probe", {"status": 500}, "server_error"),
         ("space", "probe", {}, "bad_response"),
@@ -252,7 +287,8 @@ def _toml_of(tables: list[dict[str, Any]]) -> str:
 # -- one redaction point: an echoed secret shows nowhere ------------------------------------------
 
 PROBE_PATHS = {"a1111": "/sdapi/v1/progress", "novita": "/v3/user", "stability": "/v1/user/balance",
-               "hf_inference": "/api/models/*", "openai": "/v1/models"}
+               "hf_inference": "/api/models/*", "openai": "/v1/models", "comfyui": "/system_stats",
+               "fal": "/fal-ai/flux/requests/*", "replicate": "/v1/account", "together": "/v1/models"}
 
 
 async def _probed(url: str, timeout: float = 5.0) -> str:

@@ -5,6 +5,9 @@ process, drawing and encoding every image anew: ``--render``), each paired with 
 POST of the same JSON body to the same emulator from the same process, interleaved so that
 both see the same machine. The added cost is p50(service) - p50(raw) (and the same for p99),
 plus the median of the paired differences, which shrugs off slow moments that hit one pair.
+``--kinds`` (default: comfyui, fal, replicate, together) measures the same for those kinds,
+each against its own minimal raw exchange (``overhead_kinds.py``), ``--kind-runs`` pairs each;
+the target applies to the OpenAI row.
 
 imagegate runs as a library with its defaults and no logging configuration of this
 benchmark's own: structlog unconfigured, nothing set on the ``imagegate`` logger. The report
@@ -39,6 +42,7 @@ from benchlib.common import (
     service_settings,
     stats_ms,
 )
+from benchlib.overhead_kinds import KINDS, measure_kinds
 
 TARGET_ADDED_P50_MS = 0.5
 Client = Callable[[], Awaitable[Any]]
@@ -123,7 +127,8 @@ def run_overhead(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"overhead: logging is configured ({state}); the target is for a library's defaults")
     with openai_emulator(render=True) as url:
         samples, identical = asyncio.run(_measure(url, args))
-    return {**overhead_report(args, samples, identical), "logging": state}
+    kinds = measure_kinds(args, interleaved, added)
+    return {**overhead_report(args, samples, identical), "logging": state, "kinds": kinds}
 
 
 async def _measure(url: str, args: argparse.Namespace) -> tuple[dict[str, list[float]], bool]:
@@ -180,6 +185,9 @@ def print_overhead(report: dict[str, Any]) -> None:
     )
     if "logging" in report:
         print(f"  logging: library defaults, none configured ({report['logging']})")
+    for kind, row in (report.get("kinds") or {}).items():
+        print(f"  {kind}: each kind's own minimal exchange with its emulator (its own process)")
+        print_added({kind: row["added_ms"]}, base=f"raw aiohttp {kind} exchange")
     print(f"target ({report['target']}): {'met' if report['target_met'] else 'MISSED'}")
 
 
@@ -197,3 +205,7 @@ def overhead_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help="comma-separated provider kinds also measured ('' for none)")
+    parser.add_argument("--kind-runs", type=int, default=300, dest="kind_runs",
+                        help="pairs per provider kind")

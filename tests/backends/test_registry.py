@@ -38,10 +38,26 @@ def test_environment_alone_configures_each_kind_in_priority_order() -> None:
         "STABILITY_API_KEY": "sk-123456789012",
         "HF_TOKEN": "hf_1234567890123",
         "OPENAI_BASE_URL": "http://127.0.0.1:9000/v1",
+        "COMFYUI_URL": "http://127.0.0.1:8188",
+        "FAL_KEY": "fal-id:fal-secret-1234",
+        "REPLICATE_API_TOKEN": "r8_123456789012",
+        "TOGETHER_API_KEY": "tg-123456789012",
     }
     settings = load_settings(environ=env, dotenv=False)
-    assert [b.kind for b in settings.backends] == ["a1111", "novita", "stability", "hf_inference", "openai"]
+    assert [b.kind for b in settings.backends] == [
+        "a1111", "comfyui", "novita", "stability", "fal", "replicate", "hf_inference", "together", "openai",
+    ]
     assert settings.source == "environment"
+
+
+@pytest.mark.parametrize("var", ["COMFYUI_URL", "FAL_KEY", "REPLICATE_API_TOKEN", "TOGETHER_API_KEY"])
+def test_each_new_kinds_variable_alone_configures_it_and_no_public_space(var: str) -> None:
+    value = "http://127.0.0.1:8188" if var.endswith("_URL") else "key-123456789012"
+    settings = load_settings(environ={var: value}, dotenv=False)
+    assert [b.kind for b in settings.backends] == [
+        {"COMFYUI_URL": "comfyui", "FAL_KEY": "fal", "REPLICATE_API_TOKEN": "replicate",
+         "TOGETHER_API_KEY": "together"}[var]
+    ]
 
 
 def test_public_spaces_are_the_default_only_when_nothing_else_is_configured() -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from imagegate.backends.registry import REGISTRY
 from imagegate.testing import Knobs
 from PIL import Image
 
@@ -30,6 +31,7 @@ PROVIDER_VARS = (
     "HF_SPACES",
     "OPENAI_BASE_URL",
     "OPENAI_API_KEY",
+    *REGISTRY.env_variables,  # every kind's own (COMFYUI_URL, FAL_KEY, ...)
 )
 
 

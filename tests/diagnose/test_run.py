@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from imagegate.backends.registry import load_settings
+from imagegate.backends.registry import REGISTRY, load_settings
 from imagegate.config import Settings
 from imagegate.diagnose.advice import ADVICE, SYMPTOMS, troubleshooting_markdown
 from imagegate.diagnose.render import ASCII, UNICODE, pick_marks, write_report
@@ -28,7 +28,7 @@ from imagegate.testing import hf_inference as hf_emulator
 from imagegate.testing import novita as novita_emulator
 
 PROVIDER_VARS = ("A1111_URL", "IMAGEGATE_CONFIG", "NOVITA_API_KEY", "STABILITY_API_KEY", "HF_TOKEN",
-                 "HF_SPACES", "OPENAI_BASE_URL", "OPENAI_API_KEY")
+                 "HF_SPACES", "OPENAI_BASE_URL", "OPENAI_API_KEY", *REGISTRY.env_variables)
 GOOD_KEY = "novita-right-key-0123456789"
 BAD_KEY = "novita-wrong-key-98765wxyz"
 

@@ -42,15 +42,19 @@ def test_overhead_reports_added_latency_and_untouched_image_bytes(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     report = run_overhead(
-        args_for(overhead_arguments, "--runs", "30", "--warmup", "5", "--size", "64")
+        args_for(overhead_arguments, "--runs", "30", "--warmup", "5", "--size", "64", "--kind-runs", "10")
     )
     assert report["bytes_identical_to_provider"] is True
     assert set(report["latency_ms"]) == {"raw_aiohttp", "imagegate"}
     assert report["added_ms"]["imagegate"]["p50"] < 50  # a sanity bound, not the benchmark's target
     assert report["logging"]["structlog_configured"] is False  # the library's defaults
     assert "anew" in report["config"]["emulator"]
+    assert set(report["kinds"]) == {"comfyui", "fal", "replicate", "together"}  # issue 19's kinds, each measured
+    for row in report["kinds"].values():
+        assert set(row["latency_ms"]) == {"raw_aiohttp", "imagegate"} and row["added_ms"]["p50"] < 50
     print_overhead(report)
-    assert "added over a raw aiohttp POST" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "added over a raw aiohttp POST" in out and "added over a raw aiohttp comfyui exchange" in out
 
 
 def test_memory_reports_rounds_peak_and_growth() -> None:

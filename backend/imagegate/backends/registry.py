@@ -21,7 +21,18 @@ from typing import Any
 
 import aiohttp
 
-from imagegate.backends import a1111, hf_inference, hf_space, novita, openai_images, stability
+from imagegate.backends import (  # issue 19's kinds
+    a1111,
+    comfyui,
+    fal,
+    hf_inference,
+    hf_space,
+    novita,
+    openai_images,
+    replicate,
+    stability,
+    together,
+)
 from imagegate.backends.base import ImageBackend
 from imagegate.config import BackendSettings, Settings, read_settings
 from imagegate.errors import ConfigError
@@ -82,6 +93,28 @@ PROVIDERS: tuple[Provider, ...] = (
         openai_images.from_env, emulator="imagegate.testing.openai_images",
         smallest_side=1024,  # the one size every OpenAI-shaped model accepts
         summary="any OpenAI-compatible images endpoint", env_vars=("OPENAI_BASE_URL",),
+    ),
+    # -- issue 19: ComfyUI, fal.ai, Replicate, Together (before hf_space: its zero-key default
+    # applies only when no row before it configured anything)
+    Provider(
+        "comfyui", comfyui.ComfyUISettings, "imagegate.backends.comfyui:ComfyUIBackend", comfyui.from_env,
+        emulator="imagegate.testing.comfyui", smallest_side=64,
+        summary="a local ComfyUI (workflow API + websocket)", env_vars=("COMFYUI_URL",),
+    ),
+    Provider(
+        "fal", fal.FalSettings, "imagegate.backends.fal:FalBackend", fal.from_env,
+        emulator="imagegate.testing.fal", smallest_side=256,
+        summary="fal.ai (queue API)", env_vars=("FAL_KEY",),
+    ),
+    Provider(
+        "replicate", replicate.ReplicateSettings, "imagegate.backends.replicate:ReplicateBackend",
+        replicate.from_env, emulator="imagegate.testing.replicate", smallest_side=256,
+        summary="Replicate (predictions API)", env_vars=("REPLICATE_API_TOKEN",),
+    ),
+    Provider(
+        "together", together.TogetherSettings, "imagegate.backends.together:TogetherBackend",
+        together.from_env, emulator="imagegate.testing.together", smallest_side=256,
+        summary="Together AI images (FLUX, SDXL)", env_vars=("TOGETHER_API_KEY",),
     ),
     Provider(
         "hf_space", hf_space.HFSpaceSettings, "imagegate.backends.hf_space.backend:HFSpaceBackend",

@@ -10,7 +10,8 @@ real :class:`~imagegate.store.ImageStore`; the trail is what ``imagegate generat
 
 Scenarios: ``failover`` (the hung Space costs the first request one handshake timeout, opens
 its breaker, and the second request skips it at once), ``hedge`` (a slow primary, a fast
-secondary, ``hedge_after_s``) and ``all-down`` (every stand-in broken: the trail, exit 3).
+secondary, ``hedge_after_s``) and ``all-down`` (every stand-in broken: the trail, exit 3);
+``kinds`` (``tour.py``) sends one request through every kind of backend imagegate knows.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any, TextIO
 from imagegate.backends.registry import load_settings
 from imagegate.cli.narrate import Narrator
 from imagegate.cli.output import EXIT_FAILED, EXIT_OK, failure_json, result_json
+from imagegate.cli.tour import run_tour
 from imagegate.errors import AllBackendsFailed
 from imagegate.models import ImageRequest, ImageResult
 from imagegate.routing import ImageService
@@ -328,8 +330,10 @@ async def run_demo(
 def run_cli(args: argparse.Namespace) -> int:
     """``imagegate demo [PROMPT] [--scenario S] [--keep-running] [--out DIR] [--json]``."""
     ImageRequest.parse({"prompt": args.prompt, "width": SIZE, "height": SIZE})  # exit 2 if bad
-    scenario = SCENARIOS[args.scenario]
     narration = sys.stderr if args.json else sys.stdout
+    if args.scenario == "kinds":
+        return asyncio.run(_tour(args, narration))
+    scenario = SCENARIOS[args.scenario]
     return asyncio.run(
         run_demo(
             scenario,
@@ -341,3 +345,12 @@ def run_cli(args: argparse.Namespace) -> int:
             config_out=args.config_out,
         )
     )
+
+
+async def _tour(args: argparse.Namespace, narration: TextIO) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="imagegate-demo-"))
+    try:
+        return await run_tour(args.prompt, out_dir=args.out, narration=narration,
+                              trail=sys.stdout if args.json else None, workdir=workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

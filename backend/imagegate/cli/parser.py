@@ -131,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         "prompt", nargs="?", default="a lighthouse at dusk, oil painting", help="what to draw"
     )
     demo.add_argument(
-        "--scenario", choices=["failover", "hedge", "all-down"], default="failover",
-        help="what to show",
+        "--scenario", choices=["failover", "hedge", "all-down", "kinds"], default="failover",
+        help="what to show (kinds: one request through every kind of backend)",
     )
     demo.add_argument("--keep-running", action="store_true", help="keep the stand-ins up until Ctrl-C")
     demo.add_argument(

@@ -100,7 +100,7 @@ def read_settings(
     ]
     _check_unique(tables, source)
     backends = [b for _, b in tables]
-    backends = [_with_ca_bundle(b, path, source) for b in backends if b.enabled]
+    backends = [_with_files(_with_ca_bundle(b, path, source), path, source) for b in backends if b.enabled]
     secrets, disabled = _resolve_secrets(backends, env, source, require=require_secrets)
     where = "" if path is None else f"{source}: "
     for name, why in disabled.items():
@@ -139,6 +139,14 @@ def _with_ca_bundle(b: BackendSettings, path: str | Path | None, source: str) ->
         bundle = Path(path).parent / bundle
     check_pem(bundle, f"{source}: [[backend]] {b.name!r}: key 'ca_bundle'")
     return b.model_copy(update={"ca_bundle": bundle})
+
+
+def _with_files(b: BackendSettings, path: str | Path | None, source: str) -> BackendSettings:
+    """The other files a backend names (a ComfyUI workflow), resolved like ``ca_bundle``."""
+    try:
+        return b.with_files_from(None if path is None else Path(path).parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: [[backend]] {b.name!r}: {exc}") from None
 
 
 def _validate_service(raw: Any, source: str) -> ServiceSettings:

@@ -133,6 +133,12 @@ class BackendSettings(_Frozen):
         form (hf_inference's ``providers``); config loading calls it for every table."""
         return (self,)
 
+    def with_files_from(self, folder: Path | None) -> BackendSettings:
+        """This table with the files it names (besides ``ca_bundle``) resolved against the
+        config file's ``folder`` (None: no file, the working directory) and read; ConfigError
+        naming the key when one cannot be used. Most kinds name none."""
+        return self
+
     def secret_env_names(self) -> dict[str, str]:
         """Environment variables this backend reads secrets from: {purpose: VAR}."""
         return {}

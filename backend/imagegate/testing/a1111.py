@@ -21,6 +21,10 @@ generations are serialised by one lock like the real webui. Optional HTTP Basic 
 ``GET /sdapi/v1/samplers``, ``/schedulers`` (1.9+) and ``/sd-models`` list what the
 emulator knows, in the webui's shapes.
 
+``flavor`` makes it one of the forks that speak this API, where they differ (errors,
+samplers, defaults, routes; ``a1111_forks.py`` with sources): ``"forge"``, ``"reforge"``,
+``"sdnext"`` (under ``--api-only``).
+
 Progress is the webui's own (``a1111_webui.py``, with sources): ``force_task_id``, sampling
 steps over time (``step_s`` seconds each; 0 by default: instant), ``/internal/progress`` with
 live previews, the global ``/sdapi/v1/progress``, and ``/sdapi/v1/interrupt``. A client that
@@ -39,26 +43,23 @@ import asyncio
 import base64
 import json
 import random
-from http import HTTPStatus
+import time
 from typing import Any
 
 from aiohttp import web
 
+from imagegate.testing.a1111_forks import A1111_SAMPLERS, A1111_SCHEDULERS, FLAVORS, Flavor
 from imagegate.testing.a1111_webui import Latent, Webui, add_progress_routes
 from imagegate.testing.images import make_image
 from imagegate.testing.knobs import Knobs, misbehaviour_middleware, record_json_body
 
-__all__ = ["KNOBS_KEY", "create_app"]
+__all__ = ["FLAVORS", "KNOBS_KEY", "create_app"]
 
 KNOBS_KEY = web.AppKey("knobs", Knobs)
 # samplers[0] first: A1111 1.9 moved "DPM++ 2M" to the head of samplers_k_diffusion
 # (modules/sd_samplers_kdiffusion.py), so it is the fallback for an unknown name.
-SAMPLERS = ["DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "Euler a", "Euler", "LMS", "Heun", "DDIM", "UniPC"]
-# (name, label, aliases) as GET /sdapi/v1/schedulers lists them (modules/sd_schedulers.py).
-SCHEDULERS = [
-    ("automatic", "Automatic", None), ("uniform", "Uniform", None), ("karras", "Karras", None),
-    ("exponential", "Exponential", None), ("sgm_uniform", "SGM Uniform", ["SGMUniform"]),
-]
+SAMPLERS = A1111_SAMPLERS
+SCHEDULERS = A1111_SCHEDULERS  # (name, label, aliases), as GET /sdapi/v1/schedulers lists them
 MODELS = [
     {"title": "sd_xl_base_1.0.safetensors [31e35c80fc]", "model_name": "sd_xl_base_1.0",
      "hash": "be9edd61", "sha256": "31e35c80fc4829d14f90153f4c74cd59c90b779f6afe05a74cd6120b893f7e5b",
@@ -79,17 +80,21 @@ def checkpoint_ids(model: dict[str, Any]) -> list[str]:
             short, model["sha256"], f"{name} [{short}]", f"{stem} [{short}]"]
 
 
-def resolve_sampler(name: str | None) -> tuple[str, str]:
-    """(sampler, scheduler label) as A1111 1.9+ resolves a requested name: exact names only,
-    an unknown one silently replaced by ``samplers[0]``."""
-    name = name or SAMPLERS[0]
-    scheduler = SCHEDULERS[0][1]
-    for sched_name, label, aliases in SCHEDULERS:
+def resolve_sampler(name: str | None, flavor: Flavor = FLAVORS["a1111"]) -> tuple[str | None, str]:
+    """(sampler, scheduler label) as A1111 1.9+ (and Forge, reForge) resolves a requested
+    name: exact names only, an unknown one silently replaced by ``samplers[0]``. SD.Next has
+    no schedulers to split off and refuses an unknown name: None."""
+    samplers, schedulers = flavor.samplers, flavor.schedulers or []
+    name = name or samplers[0]
+    scheduler = schedulers[0][1] if schedulers else "Default"
+    for sched_name, label, aliases in schedulers:
         for option in (label, sched_name, *(aliases or [])):
             if name.endswith(" " + option):
                 scheduler, name = label, name[: -len(option) - 1]
                 break
-    return (name if name in SAMPLERS else SAMPLERS[0]), scheduler
+    if name in samplers:
+        return name, scheduler
+    return (None if flavor.unknown_sampler_404 else samplers[0]), scheduler
 
 
 _INT_FIELDS = ("width", "height", "steps", "seed", "batch_size", "n_iter")
@@ -97,33 +102,19 @@ _NUM_FIELDS = ("cfg_scale",)
 _STR_FIELDS = ("prompt", "negative_prompt", "sampler_name", "sampler_index")
 
 
-def _error_body(status: int) -> dict[str, Any]:
-    names = {401: "Incorrect username or password", 500: "OutOfMemoryError"}
-    detail = names.get(status) or _phrase(status)
-    return {"error": "HTTPException", "detail": detail, "body": "", "errors": ""}
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "error"
-
-
-
-def _validate(body: Any) -> list[dict[str, Any]]:
+def _validate(body: Any, flavor: Flavor) -> list[dict[str, Any]]:
     if not isinstance(body, dict):
         return [{"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}]
     problems = []
     for key in _INT_FIELDS:
         if key in body and (not isinstance(body[key], int) or isinstance(body[key], bool)):
-            problems.append({"loc": ["body", key], "msg": "value is not a valid integer", "type": "type_error.integer"})
+            problems.append(flavor.problem(key, "int", body[key]))
     for key in _NUM_FIELDS:
         if key in body and not isinstance(body[key], int | float):
-            problems.append({"loc": ["body", key], "msg": "value is not a valid float", "type": "type_error.float"})
+            problems.append(flavor.problem(key, "float", body[key]))
     for key in _STR_FIELDS:
         if key in body and not isinstance(body[key], str):
-            problems.append({"loc": ["body", key], "msg": "str type expected", "type": "type_error.str"})
+            problems.append(flavor.problem(key, "str", body[key]))
     return problems
 
 
@@ -135,14 +126,20 @@ def create_app(
     samples_format: str = "png",
     webui: Webui | None = None,
     step_s: float | None = None,
+    flavor: str = "a1111",
 ) -> web.Application:
     """The emulator app; pass ``username``/``password`` to require Basic auth,
-    ``samples_format`` (png, jpg, webp) for the webui's image format setting, and ``webui``
-    (or just ``step_s``, seconds per sampling step) to shape its progress."""
+    ``samples_format`` (png, jpg, webp) for the webui's image format setting, ``webui``
+    (or just ``step_s``, seconds per sampling step) to shape its progress, and ``flavor``
+    (a1111, forge, reforge, sdnext) for the fork it behaves as."""
     knobs = knobs or Knobs()
     fmt = _FORMATS[samples_format]
     loaded = MODELS[0]
+    fork = FLAVORS[flavor]
+    defaults = fork.defaults
     webui = webui or Webui()
+    webui.internal_api = webui.internal_api and fork.internal_api
+    webui.honours_force_task_id = webui.honours_force_task_id and fork.honours_force_task_id
     if step_s is not None:
         webui.step_s = step_s
     routes = web.RouteTableDef()
@@ -166,13 +163,17 @@ def create_app(
                 {"detail": [{"loc": ["body"], "msg": "Expecting value", "type": "value_error.jsondecode"}]},
                 status=422,
             )
-        problems = _validate(body)
+        problems = _validate(body, fork)
         if problems:
             return web.json_response({"detail": problems}, status=422)
-        sampler, scheduler = resolve_sampler(body.get("sampler_name") or body.get("sampler_index") or "Euler")
+        sampler, scheduler = resolve_sampler(
+            body.get("sampler_name") or body.get("sampler_index") or defaults["sampler"], fork)
+        if sampler is None:
+            return web.json_response(fork.error(404, "Sampler not found"), status=404)
         wanted = (body.get("override_settings") or {}).get("sd_model_checkpoint")
         model = next((m for m in MODELS if wanted in checkpoint_ids(m)), loaded)  # unknown: ignored
-        width, height = body.get("width", 512), body.get("height", 512)
+        width, height = body.get("width", defaults["width"]), body.get("height", defaults["height"])
+        steps = body.get("steps", defaults["steps"])
         count = body.get("batch_size", 1) * body.get("n_iter", 1)
         seed = body.get("seed", -1)
         if seed == -1:
@@ -192,7 +193,7 @@ def create_app(
             ]
 
         job = webui.submit(  # the webui's queue_lock: one generation at a time
-            webui.task_id(body), steps=body.get("steps", 50), n_iter=body.get("n_iter", 1),
+            webui.task_id(body), steps=steps, n_iter=body.get("n_iter", 1),
             latent=Latent(prompt, seed, width, height), render=render,
         )
         images = await asyncio.shield(job)  # a client that goes away leaves the job running
@@ -209,13 +210,13 @@ def create_app(
             "height": height,
             "sampler_name": sampler,
             "extra_generation_params": {"Schedule type": scheduler},
-            "cfg_scale": body.get("cfg_scale", 7.0),
-            "steps": body.get("steps", 50),
+            "cfg_scale": body.get("cfg_scale", defaults["cfg_scale"]),
+            "steps": steps,
             "batch_size": body.get("batch_size", 1),
             "sd_model_name": model["model_name"],
             "sd_model_hash": model["hash"],
             "index_of_first_image": 0,
-            "infotexts": [f"{prompt}\nSteps: {body.get('steps', 50)}, Seed: {seed + i}" for i in range(count)],
+            "infotexts": [f"{prompt}\nSteps: {steps}, Seed: {seed + i}" for i in range(count)],
         }
         return web.json_response({"images": images, "parameters": body, "info": json.dumps(info)})
 
@@ -229,30 +230,41 @@ def create_app(
 
     @routes.get("/sdapi/v1/samplers")
     async def samplers(request: web.Request) -> web.Response:
-        return web.json_response([{"name": s, "aliases": [], "options": {}} for s in SAMPLERS])
+        return web.json_response([{"name": s, "aliases": [], "options": {}} for s in fork.samplers])
 
-    @routes.get("/sdapi/v1/schedulers")
     async def schedulers(request: web.Request) -> web.Response:
         return web.json_response([
             {"name": n, "label": label, "aliases": aliases, "default_rho": -1, "need_inner_model": False}
-            for n, label, aliases in SCHEDULERS
+            for n, label, aliases in fork.schedulers or []
         ])
 
-    @routes.get("/internal/ping")
     async def ping(request: web.Request) -> web.Response:
         return web.json_response({})
 
+    @web.middleware
+    async def process_time(request: web.Request, handler: Any) -> web.StreamResponse:
+        started = time.monotonic()
+        response = await handler(request)
+        if fork.process_time and not response.prepared:
+            response.headers["X-Process-Time"] = f"{time.monotonic() - started:.4f}"
+        return response
+
     app = web.Application(
         middlewares=[
+            process_time,
             basic_auth,
             misbehaviour_middleware(
-                knobs, error_body=_error_body, generation_paths=("/sdapi/v1/txt2img",), record_body=record_json_body
+                knobs, error_body=fork.error, generation_paths=("/sdapi/v1/txt2img",), record_body=record_json_body
             ),
         ],
         client_max_size=16 * 1024**2,
     )
     app[KNOBS_KEY] = knobs
     app.add_routes(routes)
+    if fork.schedulers is not None:
+        app.router.add_get("/sdapi/v1/schedulers", schedulers)
+    if fork.internal_api:
+        app.router.add_get("/internal/ping", ping)
     add_progress_routes(app, webui)
     return app
 

@@ -57,7 +57,9 @@ def main(argv: Sequence[str] | None = None, *, kind: str | None = None) -> int:
     parser.add_argument("--official", action="store_true",
                         help="openai: behave as api.openai.com (OpenAI's models, no extension fields)")
     parser.add_argument("--step-s", type=float, dest="step_s",
-                        help="a1111: seconds per sampling step (progress and previews over time)")
+                        help="a1111, comfyui: seconds per sampling step (progress and previews over time)")
+    parser.add_argument("--flavor", choices=("a1111", "forge", "reforge", "sdnext"),
+                        help="a1111: behave as this fork of the webui (its errors, samplers, routes)")
     args = parser.parse_args(argv)
     args.kind = kind or args.kind
     try:
@@ -75,7 +77,7 @@ async def _serve(args: argparse.Namespace) -> None:
     module = importlib.import_module(EMULATORS[args.kind])
     accepted = inspect.signature(module.create_app).parameters
     options: dict[str, Any] = {"knobs": Knobs(latency_s=args.latency)}
-    for name in ("api_key", "username", "password", "step_s"):
+    for name in ("api_key", "username", "password", "step_s", "flavor"):
         if name in accepted and getattr(args, name) is not None:
             options[name] = getattr(args, name)
     if args.render:
