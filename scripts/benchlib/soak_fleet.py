@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -88,6 +89,7 @@ class Tally:
     hung: int = 0
     refused: int = 0
     jobs: list[tuple[str, str]] = field(default_factory=list)  # (instance url, job get url)
+    odd: dict[int, str] = field(default_factory=dict)  # the first body of each unexpected status
 
 
 async def _healthy(http: aiohttp.ClientSession, server: Server, timeout: float = 30.0) -> None:
@@ -119,6 +121,8 @@ async def _client(http: aiohttp.ClientSession, servers: list[Server], tally: Tal
                     tally.jobs.append((server.url, json.loads(body)["urls"]["get"]))
                 elif not as_job:
                     tally.sync.append((r.status, time.monotonic() - started))
+                if r.status not in (200, 202, 502, 504):
+                    tally.odd.setdefault(r.status, f"{server.port}: {body[:400].decode(errors='replace')}")
         except TimeoutError:
             tally.hung += 1
         except aiohttp.ClientConnectionError:  # an instance that is down: a balancer skips it
@@ -199,6 +203,12 @@ async def _soak(args: argparse.Namespace) -> dict[str, Any]:
                 server.start()
             try:
                 report = await _load(servers, redis, proxies, knobs, args, rng, tmp)
+                if not report["ok"]:  # the instances' logs, for whoever reads the failure
+                    kept = Path("outputs/bench/soak_fleet-logs")
+                    kept.mkdir(parents=True, exist_ok=True)
+                    for server in servers:
+                        shutil.copy(server.log, kept / server.log.name)
+                    report["logs"] = str(kept)
             finally:
                 for server in servers:
                     if server.proc is not None and server.proc.poll() is None:
@@ -328,7 +338,7 @@ def _report(args: argparse.Namespace, tally: Tally, jobs: list[dict[str, Any]],
         "scenario": "soak_fleet", "machine": machine(), "duration_s": args.duration,
         "instances": args.instances, "concurrency": args.concurrency, "seed": args.seed,
         "requests": len(tally.sync), "jobs": len(jobs), "refused_while_down": tally.refused,
-        "timeline": timeline, "checks": checks,
+        "timeline": timeline, "checks": checks, "unexpected_answers": tally.odd,
         "ok": all(c["ok"] for c in checks.values()),
     }
 
@@ -342,6 +352,8 @@ def print_soak_fleet(report: dict[str, Any]) -> None:
           f"{report['refused_while_down']} connections refused while an instance was down")
     for line in report["timeline"]:
         print(f"  {line}")
+    for status, body in report.get("unexpected_answers", {}).items():
+        print(f"  unexpected {status}, first one: {body[:200]}")
     for name, check in report["checks"].items():
         detail = {k: v for k, v in check.items() if k != "ok"}
         print(f"  {'ok  ' if check['ok'] else 'FAIL'} {name}: {json.dumps(detail)[:300]}")
