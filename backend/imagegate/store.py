@@ -25,6 +25,7 @@ import shutil
 import struct
 import tempfile
 import time
+import warnings
 import zlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -269,8 +270,13 @@ def _exif_comment(tiff: bytes) -> str | None:
     """The Exif IFD's UserComment: "UNICODE\\0" + UTF-16 (big-endian, as piexif writes it
     and A1111 reads it), or "ASCII\\0\\0\\0" + text."""
     exif = Image.Exif()
-    exif.load(b"Exif\x00\x00" + tiff)
-    comment: Any = exif.get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    try:  # Pillow's TIFF reader raises SyntaxError, among others, on a damaged block
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data", "truncated" ...
+            exif.load(b"Exif\x00\x00" + tiff)
+            comment: Any = exif.get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    except (SyntaxError, ValueError, TypeError, KeyError, OSError, EOFError, struct.error):
+        return None
     if not isinstance(comment, bytes):
         return comment if isinstance(comment, str) else None
     head, body = comment[:8], comment[8:]

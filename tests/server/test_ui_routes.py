@@ -168,9 +168,10 @@ async def test_the_live_stream_pushes_a_breaker_opening_and_a_request_from_start
             assert resp.status == 200 and resp.headers["x-imagegate-backend"] == "local"
         seen: list[tuple[str, dict[str, Any]]] = []
         async with asyncio.timeout(5):  # a generous bound: the frames come within ms
-            async for name, data in stream:
+            async for name, data in stream:  # until the request ended and the breaker opened
                 seen.append((name, data))
-                if name == "request" and data["status"] == "succeeded":
+                if {(n, d.get("status") or d.get("state")) for n, d in seen} >= {
+                        ("request", "succeeded"), ("backend", "open")}:
                     break
         opened = [d for n, d in seen if n == "backend" and d["name"] == "gone" and d["state"] == "open"]
         assert opened, seen

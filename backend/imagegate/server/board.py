@@ -202,8 +202,8 @@ class Board:
         if isinstance(event, PreviewEvent):
             self._on_preview(live, event)
             return
-        changed = live.apply(event)
         now = self._clock()
+        changed = live.apply(event, now=now)
         due = now - self._sent_at.get(live.id, 0.0) >= PROGRESS_GAP_S
         if changed or due or event.type in TERMINAL:
             self._sent_at[live.id] = now

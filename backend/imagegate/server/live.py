@@ -82,9 +82,9 @@ class LiveRequest:
     def ended(self) -> bool:
         return self.ended_at is not None
 
-    def apply(self, event: Event) -> bool:
-        """Take ``event`` in; whether the status, backend or failover steps changed (the
-        rest, progress, may be sent less often)."""
+    def apply(self, event: Event, *, now: float) -> bool:
+        """Take ``event`` in (``now``: the board's clock, for when it ended); whether the
+        status, backend or failover steps changed (the rest, progress, may be sent less often)."""
         before = (self.status, self.backend, len(self.failovers))
         if isinstance(event, QueuedEvent):
             self.status, self.position, self.queue_size = "queued", event.position, event.queue_size
@@ -103,11 +103,11 @@ class LiveRequest:
                 self.failovers.append({"from": event.from_, "to": event.to, "reason": event.reason,
                                        "hedge": event.hedge, "at": event.at})
         elif isinstance(event, CompletedEvent | FailedEvent | CancelledEvent):
-            self._end(event)
+            self._end(event, now)
         return before != (self.status, self.backend, len(self.failovers))
 
-    def _end(self, event: CompletedEvent | FailedEvent | CancelledEvent) -> None:
-        self.status, self.ended_at = _ENDED[event.type], event.at
+    def _end(self, event: CompletedEvent | FailedEvent | CancelledEvent, now: float) -> None:
+        self.status, self.ended_at = _ENDED[event.type], now
         self.position = self.queue_size = self.eta_s = None
         if isinstance(event, CompletedEvent):
             self.backend, self.fraction = event.result.backend, 1.0

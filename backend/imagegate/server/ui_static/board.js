@@ -66,8 +66,8 @@ export class Board {
     if (row.state === 'open' && row.open_until) {
       const left = row.open_until - serverClock.now();
       place.textContent = left > 0 ? `next trial in ${countdown(left)}` : 'trial due';
-    } else if (row.state === 'disabled') {
-      place.textContent = 'until a probe succeeds';
+    } else if (row.state === 'disabled') {  // the reason says until when, when it is ours
+      place.textContent = (row.breaker_reason || '').includes('until') ? '' : 'until a probe succeeds';
     } else if (row.state === 'half_open') {
       place.textContent = 'trial request allowed';
     } else {
