@@ -109,3 +109,49 @@ async def screenshot(page: Page, name: str) -> Path:
     path = SHOTS / f"{name}.png"
     await page.screenshot(path=str(path), full_page=True)
     return path
+
+
+# WCAG 2.1: relative luminance and contrast ratio (SC 1.4.3: 4.5:1, 3:1 for large text);
+# every visible control named (a label, aria-label or its text), every image with alt text.
+_A11Y = """() => {
+  const problems = [];
+  const parts = (c) => c.match(/[\\d.]+/g).map(Number);
+  const channel = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+  const lum = (c) => { const [r, g, b] = parts(c).map(channel); return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  const opaque = (c) => { const p = parts(c); return p.length < 4 || p[3] > 0; };
+  const background = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = getComputedStyle(e).backgroundColor;
+      if (opaque(c)) return c;
+    }
+    return 'rgb(255, 255, 255)';
+  };
+  for (const el of document.querySelectorAll('body *')) {
+    if (!el.checkVisibility() || el.disabled) continue;
+    if (![...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim())) continue;
+    const s = getComputedStyle(el);
+    const [a, b] = [lum(s.color), lum(background(el))];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const size = parseFloat(s.fontSize);
+    const large = size >= 24 || (size >= 18.66 && Number(s.fontWeight) >= 700);
+    if (ratio < (large ? 3 : 4.5)) {
+      problems.push(`contrast ${ratio.toFixed(2)} of ${el.tagName}.${el.className}: ${el.textContent.trim().slice(0, 40)}`);
+    }
+  }
+  for (const el of document.querySelectorAll('input, select, textarea, button, progress')) {
+    if (!el.checkVisibility()) continue;
+    if (!(el.labels?.length || el.getAttribute('aria-label') || el.textContent.trim())) {
+      problems.push(`no accessible name: ${el.tagName}#${el.id}.${el.className}`);
+    }
+  }
+  for (const img of document.querySelectorAll('img')) {
+    if (img.checkVisibility() && !img.alt) problems.push(`no alt text: ${img.className}`);
+  }
+  return problems;
+}"""
+
+
+async def accessibility_problems(page: Page) -> list[str]:
+    """Text below WCAG AA contrast, controls without a name, images without alt text."""
+    problems: list[str] = await page.evaluate(_A11Y)
+    return problems

@@ -30,6 +30,7 @@ from tests.server.browser import (
     CHROMIUM_FLAGS,
     PHONE,
     SHOTS,
+    accessibility_problems,
     browser_context,
     need_browser,
     new_page,
@@ -92,6 +93,7 @@ async def test_the_board_shows_every_configured_backend(tmp_path: Path, a1111_ur
         assert "sizes:" in await page.locator(f'{card("local-sd")} details').inner_text()
         await expect_live(page)
         await screenshot(page, "board")
+        assert await accessibility_problems(page) == []
         assert page_errors(page) == []
 
 
@@ -132,6 +134,7 @@ async def test_a_black_holed_backend_turns_open_with_a_countdown_at_once(
             )
             assert await page.locator(card("local-sd")).get_attribute("data-state") == "closed"
             await screenshot(page, "breaker-open")
+            assert await accessibility_problems(page) == []  # the open card's colours too
             print(f"card open {seen_after:.3f} s after the failed request returned")
             assert page_errors(page) == []
 
@@ -226,6 +229,7 @@ async def test_live_list_shows_a_jobs_failover_and_progress_and_cancels_it(
             )
             assert "a slow painting" in await item.inner_text()
             await screenshot(page, "live-failover")
+            assert await accessibility_problems(page) == []
             await item.get_by_role("button", name=f"Cancel job {job['id']}").click()
             await item.locator('.progress-view[data-status="cancelled"]').wait_for()
             assert await item.get_by_role("button", name=re.compile("Cancel job")).is_hidden()
@@ -249,6 +253,7 @@ async def test_with_an_api_key_the_page_shows_nothing_until_the_key_is_given(
         assert await page.locator("#app").is_hidden()
         assert "secret-sd" not in await page.content()
         await screenshot(page, "key-gate")
+        assert await accessibility_problems(page) == []
 
         await page.get_by_label("API key", exact=True).fill("sk-wrong-key")
         await page.get_by_role("button", name="Unlock").click()
@@ -291,6 +296,7 @@ async def test_the_layout_fits_1280_px_and_a_phone_without_sideways_scrolling(
                 width = await page.evaluate("document.documentElement.scrollWidth")
                 assert width <= viewport["width"], (name, width)
                 await screenshot(page, name)
+                assert await accessibility_problems(page) == []
                 assert page_errors(page) == []
 
 

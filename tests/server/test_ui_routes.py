@@ -254,3 +254,14 @@ async def test_bad_gallery_queries_are_400_naming_the_field(
         body = await resp.json()
         assert resp.status == 400 and body["error"]["message"].startswith(message), body
         assert body["error"]["param"] == query[1:].split("=")[0]
+
+
+async def test_shutdown_ends_the_open_pages_streams(a1111_url: str, tmp_path: Path) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with asyncio.timeout(10):  # generous: without the end, the drain would wait 32 s
+            async with gateway(a1111_settings(a1111_url, tmp_path)) as (url, _):
+                live = await http.get(url + "/v1/ui/live")
+                assert (await live.content.readline()).decode().strip() == "event: board"
+            rest = await live.content.read()  # the server closed it: EOF, not a hang
+        assert b"event:" not in rest
+        live.close()

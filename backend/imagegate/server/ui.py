@@ -19,7 +19,6 @@ respond-async``, then the job's ``events`` and ``cancel`` routes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import hashlib
 import re
@@ -171,17 +170,18 @@ async def live(request: web.Request) -> web.StreamResponse:
     except BoardFull as exc:
         raise ApiError(503, f"too many open pages: {exc}", type=API_ERROR, code="ui_busy",
                        headers={"Retry-After": "5"}) from None
+    response = web.StreamResponse(headers=SSE_HEADERS)
     try:
-        response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
         await response.write(first)
         while (frames := await listener.take(KEEPALIVE_S)) is not None:
             await response.write(b"".join(frames) if frames else sse_comment("keep-alive"))
-        with contextlib.suppress(ConnectionResetError):
-            await response.write_eof()
-        return response
+        await response.write_eof()  # cut off (too slow) or shutting down: the page reconnects
+    except ConnectionResetError:  # the page went away mid-write
+        pass
     finally:
         board.forget(listener)
+    return response
 
 
 @ui_routes.get("/v1/ui/gallery")
