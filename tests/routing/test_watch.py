@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from imagegate import ImageService
+from imagegate.errors import InvalidRequest
 from imagegate.events import Event, EventSink, ProgressEvent, StartedEvent
 from imagegate.models import ImageRequest
 from imagegate.routing.breaker import CircuitBreaker
@@ -129,3 +131,18 @@ def test_the_health_row_says_why_the_breaker_is_not_closed() -> None:
     assert state.health().breaker_reason == "auth_failed: until a probe succeeds"
     state.breaker.on_success("normal")
     assert state.health().breaker_reason is None
+
+
+async def test_a_request_refused_before_routing_still_ends_for_the_watcher(
+    a1111_url: str, tmp_path: Path
+) -> None:
+    """No backend can serve it (strict: an unknown sampler): the caller gets the exception as
+    before, the watcher a ``failed`` event, so the page does not show it running forever."""
+    watcher, caller = Recorder(), []
+    async with ImageService(settings_for(tmp_path, a1111("sd", a1111_url), adapt="strict")) as service:
+        await service.probe_all()  # the sampler list is known
+        service.watch(watcher)
+        with pytest.raises(InvalidRequest):
+            await service.generate(REQUEST.model_copy(update={"sampler": "No Such"}), on_event=caller.append)
+    assert caller == [] and types(watcher.events) == ["failed"]
+    assert "sampler" in watcher.events[0].message  # type: ignore[union-attr]

@@ -184,9 +184,8 @@ async def test_a_page_that_does_not_read_is_cut_off_and_pages_are_bounded(
         with pytest.raises(BoardFull):
             b.listen()
         listener.limit = 2
-        for name in ("a", "b", "c"):
-            b.backend_changed(name)
-            b._broadcast("backend", {"name": name})  # noqa: SLF001 - three frames, one too many
+        for _ in range(3):  # a frame each: one too many for a page that does not read
+            b.request_started(REQUEST, None)
         assert listener.ended and await listener.take(0.1) is None
         assert b.listeners == 0
         b.listen()  # its slot is free again
@@ -206,3 +205,16 @@ def test_a_backend_row_is_the_health_row_with_capabilities_in_words() -> None:
         "formats: png, webp", "models: a, b, c (+1)", "source: built-in: test",
     ]
     assert capability_lines(None) == []
+
+
+async def test_a_request_that_never_ends_leaves_the_page_after_its_deadline(
+    board: tuple[Board, Clock], service: ImageService
+) -> None:
+    b, clock = board
+    listener, _ = b.listen()
+    sink = b.request_started(REQUEST, None)
+    assert sink is not None
+    sink(StartedEvent(backend="local", attempt=1))  # and then nothing, ever (a bug elsewhere)
+    rid = b.snapshot()["requests"][0]["id"]
+    clock.now += service.settings.service.deadline_s + 30.0
+    assert (await until(listener, "gone"))["id"] == rid

@@ -25,7 +25,7 @@ from imagegate.backends.transport import timing_trace_config
 from imagegate.config import SERVICE_SECRETS, BackendSettings, Settings
 from imagegate.config.redact import Redactor
 from imagegate.errors import ConfigError, HealthEffect, error_class_for_kind
-from imagegate.events import TERMINAL, Event, EventSink
+from imagegate.events import TERMINAL, Event, EventSink, FailedEvent
 from imagegate.logging import get_logger
 from imagegate.models import BackendHealth, Deadline, ImageRequest, ImageResult
 from imagegate.routing.announce import QUIET, Announcer
@@ -243,7 +243,13 @@ class ImageService:
         if on_event is None:
             return await RequestRun(self._runtime, request, deadline, candidates, QUIET).run()
         tell = Announcer(on_event, previews=previews)
-        return await tell.around(RequestRun(self._runtime, request, deadline, candidates, tell).run())
+        try:
+            run = RequestRun(self._runtime, request, deadline, candidates, tell)
+        except Exception as exc:  # refused before routing: the caller hears it raised, and
+            if watched is not None:  # the watcher, which has no other way, as a failed event
+                watched(FailedEvent(error_kind=getattr(exc, "kind", "server_error"), message=str(exc)))
+            raise
+        return await tell.around(run.run())
 
     async def stream(
         self,

@@ -249,9 +249,15 @@ class Board:
                     self._broadcast("backend", row)
 
     def _expire(self) -> None:
+        """Drop what ended ``linger_s`` ago, and (a safety net: every request ends with a
+        terminal event) what has outlived the deadline by ``linger_s``."""
         now = self._clock()
-        for live in [v for v in self._live.values() if v.ended_at is not None]:
-            if now - (live.ended_at or now) >= self._linger_s:
+        too_old = self._service.settings.service.deadline_s + self._linger_s
+        for live in list(self._live.values()):
+            if live.ended_at is not None:
+                if now - live.ended_at >= self._linger_s:
+                    self._drop(live.id)
+            elif now - live.started_at >= too_old:
                 self._drop(live.id)
 
     def _evict_one(self) -> bool:

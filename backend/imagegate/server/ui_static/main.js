@@ -36,6 +36,7 @@ function askKey(message) {
   stream?.abort();
   stream = null;
   $('app').hidden = true;
+  $('sections').hidden = true;
   for (const id of ['board', 'live-list', 'gallery-list', 'play-job', 'version']) $(id).replaceChildren();
   board.all([]);
   playground.backends([]);
@@ -85,6 +86,7 @@ async function start() {
     const first = await call('v1/ui/board');
     $('key-gate').hidden = true;
     $('app').hidden = false;
+    $('sections').hidden = false;
     $('forget-key').hidden = !apiKey.get();
     $('version').textContent = first.version ? `v${first.version}` : '';
     serverClock.sync(first.now);
