@@ -218,3 +218,11 @@ async def test_a_request_that_never_ends_leaves_the_page_after_its_deadline(
     rid = b.snapshot()["requests"][0]["id"]
     clock.now += service.settings.service.deadline_s + 30.0
     assert (await until(listener, "gone"))["id"] == rid
+
+
+def test_a_listener_is_cut_off_by_bytes_as_well_as_frames() -> None:
+    listener = Listener(limit=100, max_bytes=1000)
+    listener.push(b"x" * 600)
+    assert not listener.ended
+    listener.push(b"y" * 600)  # 1200 bytes unsent: too many
+    assert listener.ended

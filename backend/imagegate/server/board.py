@@ -52,6 +52,7 @@ log = get_logger(__name__)
 MAX_LISTENERS = 32
 MAX_LIVE = 200
 LISTENER_FRAMES = 512
+LISTENER_BYTES = 8 * 1024 * 1024  # previews are big: a page's unsent frames are capped in bytes too
 TICK_S = 1.0
 MIN_GAP_S = 0.05
 PROGRESS_GAP_S = 0.25
@@ -66,22 +67,25 @@ class BoardFull(Exception):
 
 
 class Listener:
-    """One open page's frames not yet written (at most ``limit``, else it is cut off)."""
+    """One open page's frames not yet written (at most ``limit`` frames and ``max_bytes``
+    bytes, else it is cut off)."""
 
-    def __init__(self, limit: int = LISTENER_FRAMES) -> None:
-        self.limit = limit
+    def __init__(self, limit: int = LISTENER_FRAMES, max_bytes: int = LISTENER_BYTES) -> None:
+        self.limit, self.max_bytes = limit, max_bytes
         self.ended = False
         self._frames: deque[bytes] = deque()
+        self._bytes = 0
         self._ready = asyncio.Event()
 
     def push(self, frame: bytes) -> None:
         if self.ended:
             return
-        if len(self._frames) >= self.limit:
-            log.warning("ui_listener_too_slow", frames=len(self._frames))
+        if len(self._frames) >= self.limit or self._bytes + len(frame) > self.max_bytes:
+            log.warning("ui_listener_too_slow", frames=len(self._frames), bytes=self._bytes)
             self.end()
             return
         self._frames.append(frame)
+        self._bytes += len(frame)
         self._ready.set()
 
     def end(self) -> None:
@@ -99,6 +103,7 @@ class Listener:
             return None
         frames = list(self._frames)
         self._frames.clear()
+        self._bytes = 0
         return frames
 
 
@@ -204,6 +209,8 @@ class Board:
             return
         now = self._clock()
         changed = live.apply(event, now=now)
+        if live.ended:
+            live.preview = None  # kept only while it runs: memory follows what is in flight
         due = now - self._sent_at.get(live.id, 0.0) >= PROGRESS_GAP_S
         if changed or due or event.type in TERMINAL:
             self._sent_at[live.id] = now
