@@ -9,8 +9,16 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from imagegate.models import GeneratedImage, ImageFormat, ImageRequest
-from imagegate.store import ImageStore, parameters_text
+from imagegate.store import (
+    ImageStore,
+    embed_parameters,
+    parameters_text,
+    parse_parameters,
+    read_parameters,
+)
 from imagegate.testing import make_image
 from PIL import Image
 
@@ -135,3 +143,77 @@ def test_a_failure_mid_write_leaves_no_partial_or_temp_file(
         store.save(image_of(), FULL, backend="b")
     monkeypatch.undo()
     assert sorted(folder.iterdir()) == before  # nothing new: no partial file, no .tmp- file
+
+
+# -- reading the parameters back (the operator page's gallery) --------------------------------
+
+A1111_INFOTEXT = (  # the shape of a real A1111 1.6 infotext: multi-line negative, quoted values
+    "masterpiece, a lighthouse at dusk\n"
+    "Negative prompt: lowres, blurry\nwatermark\n"
+    "Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1234, Size: 512x768, "
+    'Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Lora hashes: "add_detail: 7c6bad76eb54, '
+    'more_details: 3b8aa1d351ef", Version: v1.6.0'
+)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_what_the_store_embeds_is_read_back_with_the_adjustments(tmp_path: Path, fmt: str) -> None:
+    request = FULL.model_copy(update={"prompt": "灯台、夕暮れ, a lighthouse\nsecond line", "output_format": fmt})
+    adjusted = ["size 100x100->104x104 (snapped to the step, 8)", "steps 200->150 (clamped)"]
+    path = ImageStore(tmp_path).save(image_of(fmt), request, backend="local-sd", adjustments=adjusted)
+    text = read_parameters(path.read_bytes())
+    assert text == parameters_text(request, image_of(fmt), "local-sd", adjusted)
+    parsed = parse_parameters(text)
+    assert parsed["prompt"] == "灯台、夕暮れ, a lighthouse\nsecond line"
+    assert parsed["negative_prompt"] == "blurry, low quality"
+    assert parsed["fields"]["Backend"] == "local-sd" and parsed["fields"]["Steps"] == "20"
+    assert parsed["fields"]["Adjustments"] == "; ".join(adjusted)  # quoted (it has commas)
+
+
+def test_parameters_written_by_pillow_as_a1111_does_are_read(tmp_path: Path) -> None:
+    """A1111's PNG: PngInfo.add_text (tEXt, or iTXt beyond Latin-1, maybe compressed); its
+    JPEG: EXIF UserComment "UNICODE" + UTF-16BE (piexif), in an APP1 segment."""
+    from PIL.PngImagePlugin import PngInfo
+
+    for zipped, text in ((False, A1111_INFOTEXT), (True, "灯台\nSteps: 5, Seed: 1, Size: 64x64")):
+        info = PngInfo()
+        info.add_itxt("parameters", text, zip=zipped) if zipped else info.add_text("parameters", text)
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buffer, "PNG", pnginfo=info)
+        assert read_parameters(buffer.getvalue()) == text
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\x00" + A1111_INFOTEXT.encode("utf-16-be")
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "JPEG", exif=exif.tobytes())
+    assert read_parameters(buffer.getvalue()) == A1111_INFOTEXT
+
+
+def test_an_a1111_infotext_is_parsed_as_a1111_parses_it() -> None:
+    parsed = parse_parameters(A1111_INFOTEXT)
+    assert parsed["prompt"] == "masterpiece, a lighthouse at dusk"
+    assert parsed["negative_prompt"] == "lowres, blurry\nwatermark"
+    assert parsed["fields"]["Lora hashes"] == "add_detail: 7c6bad76eb54, more_details: 3b8aa1d351ef"
+    assert parsed["fields"]["Sampler"] == "DPM++ 2M Karras" and parsed["fields"]["Version"] == "v1.6.0"
+    # a last line with fewer than three pairs is part of the prompt (A1111's rule)
+    assert parse_parameters("a cat\nSteps: 20") == {
+        "prompt": "a cat\nSteps: 20", "negative_prompt": "", "fields": {}}
+
+
+def test_images_without_parameters_and_broken_files_read_as_none() -> None:
+    plain = {fmt: make_image(16, 16, "x", 1, fmt) for fmt in ("png", "jpeg", "webp")}
+    assert [read_parameters(data) for data in plain.values()] == [None, None, None]
+    assert read_parameters(b"") is None and read_parameters(b"GIF89a...") is None
+
+
+@given(st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8", b"RIFF\x00\x00\x00\x00WEBP"]), st.binary(max_size=300))
+def test_read_parameters_never_raises_on_a_damaged_file(head: bytes, tail: bytes) -> None:
+    found = read_parameters(head + tail)
+    assert found is None or isinstance(found, str)
+
+
+@given(st.sampled_from(["png", "jpeg", "webp"]), st.integers(min_value=0, max_value=2000), st.binary(max_size=8))
+def test_a_truncated_or_altered_stored_file_never_raises(fmt: str, cut: int, junk: bytes) -> None:
+    image = image_of(fmt)
+    data = embed_parameters(image.data, image.format, parameters_text(FULL, image, "b"))
+    found = read_parameters(data[:cut] + junk + data[cut + len(junk):])
+    assert found is None or isinstance(found, str)

@@ -255,5 +255,14 @@ class BackendHealth(BaseModel):
     open_until: float | None = None
     timings: dict[str, float] = Field(default_factory=dict)
     in_flight: int = 0
+    max_concurrency: int | None = None
     latency_ewma_s: float | None = None
+    # over the backend's recent requests (its last ``recent_requests`` attempts that ended)
+    latency_p50_s: float | None = None
+    latency_p95_s: float | None = None
+    success_rate: float | None = None
+    recent_requests: int = 0
+    breaker_reason: str | None = Field(
+        default=None, description="why the breaker is open, half-open or disabled"
+    )
     capabilities: Capabilities | None = None

@@ -7,27 +7,38 @@ UTF-16, as A1111's ``encode_pil_to_base64`` writes it with piexif), in an ``EXIF
 to the RIFF container (a ``VP8X`` header is added when the file had none; the pixels are not
 touched). A file only ever appears complete: bytes go to a temporary file in the same
 directory, are flushed to disk, then renamed into place.
+
+Read back (the operator page's gallery): :func:`read_parameters` finds that text in a file's
+bytes (the PNG text chunks, a JPEG comment or EXIF, a WebP EXIF chunk: ours and A1111's) and
+:func:`parse_parameters` splits it the way A1111's "PNG info" does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import re
 import secrets
 import shutil
 import struct
 import tempfile
 import time
+import warnings
 import zlib
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 from imagegate.models import GeneratedImage, ImageFormat, ImageRequest
 
-__all__ = ["ImageStore", "embed_parameters", "parameters_text"]
+__all__ = [
+    "ImageStore", "embed_parameters", "parameters_text", "parse_parameters", "read_parameters",
+]
 
 _EXT = {ImageFormat.PNG: "png", ImageFormat.JPEG: "jpg", ImageFormat.WEBP: "webp"}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -36,8 +47,11 @@ _VP8X_EXIF, _VP8X_ALPHA = 0x08, 0x10  # VP8X flags (WebP container spec)
 STALE_AFTER_S = 60.0  # a temporary file this old belongs to no writer still running
 
 
-def parameters_text(request: ImageRequest, image: GeneratedImage, backend: str) -> str:
-    """The A1111 "infotext": prompt, ``Negative prompt:`` line, then ``Key: value`` pairs."""
+def parameters_text(
+    request: ImageRequest, image: GeneratedImage, backend: str, adjustments: Sequence[str] = ()
+) -> str:
+    """The A1111 "infotext": prompt, ``Negative prompt:`` line, then ``Key: value`` pairs
+    (``Adjustments``: what was changed to fit the backend, quoted as A1111 quotes a value)."""
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
@@ -50,8 +64,18 @@ def parameters_text(request: ImageRequest, image: GeneratedImage, backend: str) 
         ("Model", request.model or image.info.get("model")),
         ("Backend", backend),
     ]
-    lines.append(", ".join(f"{k}: {_clean(v)}" for k, v in fields if v is not None))
+    pairs = [f"{k}: {_clean(v)}" for k, v in fields if v is not None]
+    if adjustments:
+        pairs.append(f"Adjustments: {_quote('; '.join(adjustments))}")
+    lines.append(", ".join(pairs))
     return "\n".join(lines)
+
+
+def _quote(text: str) -> str:
+    """A1111 ``infotext_utils.quote``: JSON-quoted when it holds a comma, colon or newline."""
+    if "," not in text and "\n" not in text and ":" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _clean(value: object) -> str:
@@ -139,13 +163,17 @@ class ImageStore:
                     removed += 1
         return removed
 
-    def save(self, image: GeneratedImage, request: ImageRequest, *, backend: str) -> Path:
-        """Write one image atomically and return its path."""
+    def save(
+        self, image: GeneratedImage, request: ImageRequest, *, backend: str,
+        adjustments: Sequence[str] = (),
+    ) -> Path:
+        """Write one image atomically and return its path (``adjustments``: their short form)."""
         now = datetime.now(UTC).astimezone()
         folder = self.root / now.strftime("%Y-%m-%d")
         folder.mkdir(parents=True, exist_ok=True)
         name = f"{now.strftime('%H%M%S')}-{secrets.token_hex(4)}.{_EXT[image.format]}"
-        data = embed_parameters(image.data, image.format, parameters_text(request, image, backend))
+        text = parameters_text(request, image, backend, adjustments)
+        data = embed_parameters(image.data, image.format, text)
         return write_atomic(folder / name, data)
 
 
@@ -164,3 +192,122 @@ def write_atomic(path: Path, data: bytes) -> Path:
         raise
     return path
 
+
+
+# -- reading the parameters back ----------------------------------------------------------
+
+_PARAMETERS = b"parameters"
+# A1111 modules/infotext_utils.py (re_param_code): "Key: value" pairs, values maybe quoted
+_RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def read_parameters(data: bytes) -> str | None:
+    """The embedded generation parameters of an image file (PNG ``parameters`` tEXt, iTXt or
+    zTXt; JPEG comment or EXIF UserComment; WebP EXIF UserComment), or None. Pure, and never
+    raises on a malformed file."""
+    try:
+        if data.startswith(_PNG_SIGNATURE):
+            return _png_parameters(data)
+        if data.startswith(b"\xff\xd8"):
+            return _jpeg_parameters(data)
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            return _webp_parameters(data)
+    except (ValueError, IndexError, struct.error, zlib.error, UnicodeDecodeError):
+        return None
+    return None
+
+
+def _png_parameters(data: bytes) -> str | None:
+    pos = 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I", data[pos:pos + 4])[0], data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        key, _, rest = body.partition(b"\x00")
+        if key != _PARAMETERS:
+            if kind == b"IEND":
+                return None
+            continue
+        if kind == b"tEXt":
+            return rest.decode("latin-1")
+        if kind == b"zTXt":  # compression method byte, then zlib
+            return zlib.decompress(rest[1:]).decode("latin-1")
+        if kind == b"iTXt":  # flag, method, language\0, translated keyword\0, text
+            flag, text = rest[0], rest[2:].split(b"\x00", 2)[-1]
+            return (zlib.decompress(text) if flag else text).decode("utf-8")
+    return None
+
+
+def _jpeg_parameters(data: bytes) -> str | None:
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xDA:  # start of scan: no metadata after it
+            return None
+        length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        body = data[pos + 4:pos + 2 + length]
+        pos += 2 + length
+        if marker == 0xFE:  # COM (ours)
+            return body.decode("utf-8", errors="replace")
+        if marker == 0xE1 and body.startswith(b"Exif\x00\x00"):  # APP1 (A1111, piexif)
+            found = _exif_comment(body[6:])
+            if found is not None:
+                return found
+    return None
+
+
+def _webp_parameters(data: bytes) -> str | None:
+    pos = 12
+    while pos + 8 <= len(data):
+        kind, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        if kind == b"EXIF":
+            return _exif_comment(data[pos + 8:pos + 8 + size].removeprefix(b"Exif\x00\x00"))
+        pos += 8 + size + (size % 2)
+    return None
+
+
+def _exif_comment(tiff: bytes) -> str | None:
+    """The Exif IFD's UserComment: "UNICODE\\0" + UTF-16 (big-endian, as piexif writes it
+    and A1111 reads it), or "ASCII\\0\\0\\0" + text."""
+    exif = Image.Exif()
+    try:  # Pillow's TIFF reader raises SyntaxError, among others, on a damaged block
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data", "truncated" ...
+            exif.load(b"Exif\x00\x00" + tiff)
+            comment: Any = exif.get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    except (SyntaxError, ValueError, TypeError, KeyError, OSError, EOFError, struct.error):
+        return None
+    if not isinstance(comment, bytes):
+        return comment if isinstance(comment, str) else None
+    head, body = comment[:8], comment[8:]
+    if head == b"UNICODE\x00":
+        return body.decode("utf-16-be")
+    return body.decode("utf-8", errors="replace").rstrip("\x00")
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """``{"prompt", "negative_prompt", "fields": {key: value}}`` from an infotext, the way
+    A1111's ``parse_generation_parameters`` reads it: the last line holds the ``Key: value``
+    pairs when it has at least three; a ``Negative prompt:`` line and what follows it is the
+    negative prompt; quoted values are unquoted."""
+    *lines, last = text.strip().split("\n")
+    if len(_RE_PARAM.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    prompt: list[str] = []
+    negative: list[str] = []
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            negative.append(line[len("Negative prompt:"):].strip())
+        elif negative:
+            negative.append(line)
+        else:
+            prompt.append(line)
+    fields: dict[str, str] = {}
+    for key, value in _RE_PARAM.findall(last):
+        value = value.strip()
+        if value.startswith('"') and value.endswith('"') and len(value) > 1:
+            with contextlib.suppress(ValueError):
+                value = str(json.loads(value))
+        fields[key.strip()] = value
+    return {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative), "fields": fields}

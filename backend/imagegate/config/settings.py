@@ -246,6 +246,8 @@ class ServiceSettings(_Frozen):
     keepalive_timeout_s: float = Field(default=15.0, gt=0, le=3600)  # idle between requests
     max_connections: int = Field(default=512, ge=1, le=100_000)  # more are refused with a 503
     min_free_mb: float = Field(default=100.0, ge=0)  # free space output_dir keeps for `url`
+    # ``serve``: the operator page at /ui and its data routes under /v1/ui/ (false: none)
+    ui: bool = True
 
     _public = field_validator("public_url")(classmethod(lambda cls, v: check_url(v)))
 

@@ -74,6 +74,7 @@ class CircuitBreaker:
         self._disabled_by: str | None = None
         self._remote = False  # set while adopting another instance's verdict
         self.epoch = 0  # bumped on every transition; a probe started before one is stale
+        self.reason: str | None = None  # why the last transition happened
 
     @property
     def state(self) -> State:
@@ -224,7 +225,7 @@ class CircuitBreaker:
 
     def _set(self, new: State, reason: str, open_for: float | None = None) -> None:
         old = self._state
-        self._state = new
+        self._state, self.reason = new, reason
         self.epoch += 1
         if self._on_transition is not None and (old != new or new == "open"):
             self._on_transition(Transition(old, new, reason, open_for, remote=self._remote))

@@ -54,6 +54,7 @@ class BackendState:
     in_flight: int = 0
     latency_ewma_s: float | None = None
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     last_probe: BackendHealth | None = None
     last_error_kind: str | None = None
     last_error: str | None = None
@@ -118,7 +119,9 @@ class BackendState:
     # -- observations -------------------------------------------------------------------
 
     def observe_latency(self, seconds: float) -> None:
+        """A request succeeded here in ``seconds``."""
         self.latencies.append(seconds)
+        self.outcomes.append(True)
         if self.latency_ewma_s is None:
             self.latency_ewma_s = seconds
         else:
@@ -129,8 +132,11 @@ class BackendState:
             return None
         return percentile(self.latencies, 0.95)
 
-    def note_error(self, kind: str, message: str) -> None:
+    def note_error(self, kind: str, message: str, *, request: bool = True) -> None:
+        """The last error seen (``request=False``: a probe's, not counted as a failure)."""
         self.last_error_kind, self.last_error = kind, message
+        if request:
+            self.outcomes.append(False)
 
     def health(self, *, now: float | None = None) -> BackendHealth:
         """The health row for this backend (no network)."""
@@ -151,7 +157,13 @@ class BackendState:
             open_until=open_until,
             timings=dict(probe.timings) if probe else {},
             in_flight=self.in_flight,
+            max_concurrency=self.max_concurrency,
             latency_ewma_s=self.latency_ewma_s,
+            latency_p50_s=percentile(self.latencies, 0.5) if self.latencies else None,
+            latency_p95_s=percentile(self.latencies, 0.95) if self.latencies else None,
+            success_rate=sum(self.outcomes) / len(self.outcomes) if self.outcomes else None,
+            recent_requests=len(self.outcomes),
+            breaker_reason=None if self.breaker.state == "closed" else self.breaker.reason,
         )
 
 

@@ -25,7 +25,7 @@ from imagegate.backends.transport import timing_trace_config
 from imagegate.config import SERVICE_SECRETS, BackendSettings, Settings
 from imagegate.config.redact import Redactor
 from imagegate.errors import ConfigError, HealthEffect, error_class_for_kind
-from imagegate.events import TERMINAL, Event, EventSink
+from imagegate.events import TERMINAL, Event, EventSink, FailedEvent
 from imagegate.logging import get_logger
 from imagegate.models import BackendHealth, Deadline, ImageRequest, ImageResult
 from imagegate.routing.announce import QUIET, Announcer
@@ -34,6 +34,7 @@ from imagegate.routing.fleet import TRIAL_MARGIN_S, Fleet
 from imagegate.routing.policy import BackendState, HedgeBudget, order
 from imagegate.routing.prober import HealthProber
 from imagegate.routing.run import RequestRun, Runtime
+from imagegate.routing.watch import Watcher, fan_out
 from imagegate.state import open_state
 
 __all__ = ["ImageService"]
@@ -71,6 +72,7 @@ class ImageService:
         self._prober: HealthProber | None = None
         self._runtime: Runtime | None = None
         self._fleet: Fleet | None = None
+        self._watcher: Watcher | None = None
         self._turn = 0
         # every configured secret, in every form: masked in what leaves a backend
         self.redactor = Redactor.for_settings(settings.secrets)
@@ -151,6 +153,8 @@ class ImageService:
                 self._prober.nudge(name)
             if name in self._states:  # requests waiting for this backend re-check it
                 self._states[name].breaker_changed()
+            if self._watcher is not None:
+                self._watcher.backend_changed(name)
 
         return BackendState(
             name=name,
@@ -200,6 +204,10 @@ class ImageService:
             raise RuntimeError("ImageService is not started: use 'async with ImageService...'")
         return self._fleet.state.instance
 
+    def watch(self, watcher: Watcher | None) -> None:
+        """Tell ``watcher`` of every breaker change, probe and request (None: stop)."""
+        self._watcher = watcher
+
     def breaker(self, name: str) -> CircuitBreaker:
         """The circuit breaker of backend ``name``."""
         self.backend(name)
@@ -234,10 +242,21 @@ class ImageService:
             self._turn += 1
             candidates = order(list(self._states.values()), self.settings.service.order, self._turn)
         self._runtime.fleet.on_request(self._runtime.budget)
+        watched = None if self._watcher is None else self._watcher.request_started(request, backend)
+        if watched is not None:
+            assert self._watcher is not None
+            on_event = fan_out(on_event, previews, watched)
+            previews = previews or self._watcher.previews
         if on_event is None:
             return await RequestRun(self._runtime, request, deadline, candidates, QUIET).run()
         tell = Announcer(on_event, previews=previews)
-        return await tell.around(RequestRun(self._runtime, request, deadline, candidates, tell).run())
+        try:
+            run = RequestRun(self._runtime, request, deadline, candidates, tell)
+        except Exception as exc:  # refused before routing: the caller hears it raised, and
+            if watched is not None:  # the watcher, which has no other way, as a failed event
+                watched(FailedEvent(error_kind=getattr(exc, "kind", "server_error"), message=str(exc)))
+            raise
+        return await tell.around(run.run())
 
     async def stream(
         self,
@@ -321,8 +340,10 @@ class ImageService:
         state.last_probe = result
         error_kind = result.last_error_kind or "failure"
         if not result.ok:
-            state.note_error(error_kind, result.last_error or error_kind)
+            state.note_error(error_kind, result.last_error or error_kind, request=False)
         state.breaker.on_probe(bool(result.ok), _effect(error_kind), kind=error_kind, epoch=epoch)
+        if self._watcher is not None:
+            self._watcher.backend_changed(name)
         log.info(
             "backend_probed",
             backend=name,

@@ -40,6 +40,7 @@ from imagegate.server.openapi import openapi_document
 from imagegate.server.routes import routes, store_images
 from imagegate.server.state import OPTIONS, SERVICE, STATE, ServerOptions, ServerState
 from imagegate.server.storage import stale_file_cleaner
+from imagegate.server.ui import install_ui
 from imagegate.server.webhooks import Webhooks
 from imagegate.server.wire import ANY_BACKEND
 from imagegate.store import ImageStore
@@ -85,6 +86,7 @@ def create_app(settings: Settings, options: ServerOptions | None = None) -> web.
     app.on_shutdown.append(_begin_shutdown)
     app.add_routes(routes)
     app.add_routes(job_routes)
+    install_ui(app, settings)  # the operator page (after the service and jobs contexts)
     return app
 
 

@@ -49,6 +49,7 @@ from imagegate.logging import get_logger
 from imagegate.models import ImageResult
 from imagegate.routing import ImageService
 from imagegate.server.jobstore import JobStore
+from imagegate.server.live import JOB_ID
 from imagegate.server.state import ServerState
 from imagegate.server.webhooks import Webhooks
 from imagegate.server.wire import (
@@ -209,6 +210,7 @@ class JobRunner:
     async def _run(self, record: JobRecord, generation: Generation, base: str) -> None:
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
         request = generation.request
+        JOB_ID.set(record.id)  # the operator page shows the generation as this job's
         gen = asyncio.create_task(self._service.generate(
             request, backend=generation.backend, on_event=queue.put_nowait,
             previews=generation.partial_images > 0,

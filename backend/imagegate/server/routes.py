@@ -131,9 +131,12 @@ async def store_images(
     """Save the images (in a thread: the store fsyncs) and return their signed links under
     ``base``."""
 
+    # embedded in the file ("Adjustments", "; "-separated): the operator page's gallery shows them
+    adjusted = [f"{a.short()} ({a.why})".replace(";", ",") for a in result.adjustments]
+
     def save_all() -> list[Path]:
         return [
-            state.store.save(img, generation.request, backend=result.backend)
+            state.store.save(img, generation.request, backend=result.backend, adjustments=adjusted)
             for img in result.images
         ]
 
