@@ -1,5 +1,12 @@
-"""A 10 s soak in the default suite (the 60 s one is opt-in: ``pytest -m soak tests/soak``),
-and the soak's pure parts: the fault schedule and the "was a backend up" bookkeeping."""
+"""A short soak in the default suite, and the soak's pure parts: the fault schedule and the
+"was a backend up" bookkeeping.
+
+The short soak asserts behaviour only: every request answered with an image or a failure
+carrying its trail, nothing hung or far past its deadline, no call through an open breaker, no
+crash event, no unclosed resource, no partial file, fds/tasks/threads back. What depends on
+the machine's speed (the success rate while a backend was up, RSS growth, the deadline to
+the half second) is judged by the 120 s soak in ``scripts/bench.py soak`` (and
+``soak_fleet``): a 10 s version of those checks failed once in three runs on 2 busy CPUs."""
 
 from __future__ import annotations
 
@@ -38,20 +45,16 @@ def test_rss_growth_compares_medians_of_the_first_and_last_windows_after_warm_up
     assert rss_growth(samples, window_s=2.0, skip_s=1.0) == 30.0
 
 
-async def test_ten_seconds_of_flapping_backends_leave_every_check_green() -> None:
-    # RSS: the last 2 s against 4-6 s (the first seconds are warm-up: pools, caches, arenas).
-    # Success is strict (up_grace_s=0): a request made just after a backend came back, while
-    # its breaker is still open, waits for that breaker's trial instead of failing.
-    cfg = SoakConfig(
-        duration_s=10.0,
-        concurrency=32,
-        slot_s=2.0,
-        rss_window_s=2.0,
-        rss_warmup_s=4.0,
-        up_grace_s=0.0,
-    )
+BEHAVIOUR = ("every_request_answered", "no_call_through_an_open_breaker", "no_crash_events",
+             "no_unclosed_warnings", "no_partial_files", "fds_tasks_threads_back")
+
+
+async def test_a_short_soak_of_flapping_backends_answers_everything_and_leaks_nothing() -> None:
+    cfg = SoakConfig(duration_s=5.0, concurrency=32, slot_s=1.0, rss_window_s=1.0, rss_warmup_s=1.0)
     report = await soak(cfg)
-    failed = {name: check for name, check in report["checks"].items() if not check["ok"]}
+    failed = {name: report["checks"][name] for name in BEHAVIOUR if not report["checks"][name]["ok"]}
     assert not failed, failed
-    assert report["ok"] > 100
+    # the deadline is 3 s; twice that tells "honoured, on a slow machine" from "hung"
+    assert report["checks"]["none_past_deadline"]["max_elapsed_s"] < 2 * cfg.deadline_s
+    assert report["ok"] > 50  # images did flow between the faults
     assert report["attempt_outcomes"].get("skipped", 0) > 0  # breakers did open and were honoured
