@@ -10,8 +10,8 @@ balancer would (an instance that refuses the connection is skipped). Then the ch
   plus a margin; none hung;
 - every async job ended (none left ``queued`` or ``running``), each with exactly one
   terminal event in its stream (no duplicate result, whichever instance ran it);
-- the instances that were never killed: open fds, threads and RSS back near their
-  baseline (measured from /proc after warm-up and after the load);
+- the instances that were never killed: open fds, threads, RSS (from /proc) and asyncio tasks
+  (from /metrics) back near their baseline (after warm-up, and after the load);
 - no partial (``.tmp-*``) file in the shared output folder.
 """
 
@@ -74,13 +74,32 @@ class Server:
             self.proc.wait()
             self.killed = True
 
-    def gauges(self) -> dict[str, float]:
+    def gauges(self, redis_port: int) -> dict[str, float]:
+        """fds (and of them: pooled connections to Redis, to anything else over TCP), threads,
+        RSS, from /proc."""
         assert self.proc is not None
         pid = self.proc.pid
         status = Path(f"/proc/{pid}/status").read_text().splitlines()
         values = {k: v.split()[0] for k, _, v in (line.partition(":") for line in status) if v.split()}
-        return {"fds": len(os.listdir(f"/proc/{pid}/fd")), "threads": int(values["Threads"]),
-                "rss_mb": round(int(values["VmRSS"]) / 1024, 1)}
+        links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        sockets = {link[8:-1] for link in links if link.startswith("socket:[")}
+        remote = _remote_ports(pid, sockets)
+        to_redis = sum(1 for port in remote if port == redis_port)
+        return {"fds": len(links), "redis_sockets": to_redis,
+                "other_tcp_sockets": sum(1 for port in remote if port not in (0, redis_port)),
+                "threads": int(values["Threads"]), "rss_mb": round(int(values["VmRSS"]) / 1024, 1)}
+
+
+def _remote_ports(pid: int, inodes: set[str]) -> list[int]:
+    """The remote port of each of the process's TCP sockets (0: a listening socket)."""
+    ports = []
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                cols = row.split()
+                if cols[9] in inodes:
+                    ports.append(int(cols[2].rsplit(":", 1)[1], 16))
+    return ports
 
 
 @dataclass
@@ -90,6 +109,14 @@ class Tally:
     refused: int = 0
     jobs: list[tuple[str, str]] = field(default_factory=list)  # (instance url, job get url)
     odd: dict[int, str] = field(default_factory=dict)  # the first body of each unexpected status
+
+
+async def _tasks(http: aiohttp.ClientSession, server: Server) -> float:
+    """The instance's asyncio tasks, from its /metrics (imagegate_event_loop_tasks)."""
+    async with http.get(server.url + "/metrics") as r:
+        text = await r.text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("imagegate_event_loop_tasks "))
+    return float(line.split()[1])
 
 
 async def _healthy(http: aiohttp.ClientSession, server: Server, timeout: float = 30.0) -> None:
@@ -234,7 +261,7 @@ async def _phases(http: aiohttp.ClientSession, servers: list[Server], redis: Any
                   proxies: list[FaultProxy], knobs: list[Knobs], args: argparse.Namespace,
                   rng: random.Random, tmp: Path) -> dict[str, Any]:
     victim, steady = servers[-1], servers[:-1]
-    baseline = {s.port: s.gauges() for s in steady}
+    baseline = {s.port: {**s.gauges(redis.port), "tasks": await _tasks(http, s)} for s in steady}
     driver = FaultDriver(proxies=proxies, knobs=knobs)
     slots = max(3, int(args.duration / args.slot))
     schedule = fault_schedule(args.seed, len(proxies), slots)
@@ -284,7 +311,8 @@ async def _phases(http: aiohttp.ClientSession, servers: list[Server], redis: Any
     queue_state = await _queue_state(redis.url, stuck) if stuck else {}
     await http.close()  # the client's keep-alive connections are server fds too
     await asyncio.sleep(3.0)  # settle: closed connections reaped, pools drained
-    after = {s.port: s.gauges() for s in steady}
+    async with aiohttp.ClientSession() as scrape:
+        after = {s.port: {**s.gauges(redis.port), "tasks": await _tasks(scrape, s)} for s in steady}
     partial = sorted(str(p.relative_to(tmp)) for p in (tmp / "out").rglob(".tmp-*"))
     report = _report(args, tally, jobs, baseline, after, partial, timeline)
     report["queue_state"] = queue_state
@@ -323,7 +351,13 @@ def _report(args: argparse.Namespace, tally: Tally, jobs: list[dict[str, Any]],
     growth = {port: {k: round(after[port][k] - baseline[port][k], 1) for k in baseline[port]}
               for port in baseline}
     # bounded, not leaking: the Redis pools may keep up to 16 + 16 + 8 idle connections
-    leaks = {p: g for p, g in growth.items() if g["fds"] > 48 or g["threads"] > 4 or g["rss_mb"] > 40}
+    # Back to baseline except what pools keep by design: idle Redis connections (at most
+    # 16 + 16 + 8, state/redis.py and server/jobstore_redis.py) and keep-alive connections to
+    # the backends (aiohttp's pool). Any other fd, a thread, or more than a few tasks (the
+    # second scrape may meet a lease renewal) is a leak.
+    leaks = {p: g for p, g in growth.items()
+             if g["fds"] - g["redis_sockets"] - g["other_tcp_sockets"] > 2 or g["redis_sockets"] > 40
+             or g["threads"] > 2 or g["rss_mb"] > 40 or g["tasks"] > 4}
     checks = {
         "every_request_answered": {"ok": tally.hung == 0 and not slow and
                                    set(statuses) <= {"200", "502", "504"},

@@ -332,6 +332,11 @@ async def test_metrics_count_requests_by_backend_and_outcome(
     assert 'imagegate_generation_duration_seconds_count{backend="local"} 1.0' in text
     assert 'imagegate_backend_state{backend="local",imagegate_backend_state="closed"} 1.0' in text
     assert "imagegate_http_in_flight_requests 1.0" in text  # this scrape itself
+    # what a soak compares before and after its load (scripts/benchlib/soak_fleet.py)
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line and not line.startswith("#")}
+    assert values["imagegate_event_loop_tasks"] >= 1 and values["imagegate_threads"] >= 1
+    assert values["process_open_fds"] >= 3 and values["process_resident_memory_bytes"] > 10e6
 
 
 async def test_one_access_log_line_per_request_with_request_id(

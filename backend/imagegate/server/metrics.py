@@ -9,16 +9,27 @@
     imagegate_backend_state{backend, imagegate_backend_state} breaker state (a state set)
     imagegate_backend_up{backend}                             last probe: 1 ok, 0 failed
     imagegate_backend_in_flight{backend}                      calls running now
+    imagegate_event_loop_tasks / imagegate_threads            asyncio tasks, threads now
+    process_open_fds, process_resident_memory_bytes, ...      prometheus_client's own (Linux)
 
 The backend gauges are read from ``ImageService.health()`` at scrape time.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric, StateSetMetricFamily
 from prometheus_client.registry import Collector
 
@@ -59,6 +70,20 @@ class _BackendCollector(Collector):
                 up.add_metric([h.name], 1.0 if h.ok else 0.0)
             in_flight.add_metric([h.name], float(h.in_flight))
         return [state, up, in_flight]
+
+
+class _RuntimeCollector(Collector):
+    """Tasks and threads at scrape time: what a soak compares before and after its load."""
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # scraped off the loop: nothing to count
+            return []
+        return [
+            GaugeMetricFamily("imagegate_event_loop_tasks", "asyncio tasks alive now", value=tasks),
+            GaugeMetricFamily("imagegate_threads", "Threads alive now", value=threading.active_count()),
+        ]
 
 
 class ServerMetrics:
@@ -103,6 +128,8 @@ class ServerMetrics:
             registry=r,
         )
         r.register(_BackendCollector(health))
+        r.register(_RuntimeCollector())
+        ProcessCollector(registry=r)  # fds, RSS, CPU seconds (from /proc; nothing elsewhere)
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         self.http_requests.labels(route, method, str(status)).inc()
