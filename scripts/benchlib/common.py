@@ -56,10 +56,8 @@ async def timed(coro: Any) -> tuple[float, Any]:
 
 def openai_backend(name: str, url: str, priority: int = 0, **keys: Any) -> OpenAISettings:
     """An OpenAI-compatible backend at ``url`` (many slots, no queue: the emulator is the limit)."""
-    table: dict[str, Any] = {"max_concurrency": 512, "queue": False, **keys}
-    return OpenAISettings(
-        name=name, base_url=url, priority=priority, model="emulator-image", api_key_env=KEY_ENV, **table
-    )
+    table: dict[str, Any] = {"max_concurrency": 512, "queue": False, "model": "emulator-image", **keys}
+    return OpenAISettings(name=name, base_url=url, priority=priority, api_key_env=KEY_ENV, **table)
 
 
 def service_settings(*backends: Any, **service: Any) -> Settings:

@@ -53,10 +53,11 @@ def bench_request(size: int) -> ImageRequest:
     return ImageRequest(prompt="a lighthouse at dusk", width=size, height=size, seed=1)
 
 
-def raw_client(session: aiohttp.ClientSession, base_url: str, request: ImageRequest) -> Client:
+def raw_client(session: aiohttp.ClientSession, base_url: str, request: ImageRequest,
+               model: str = "emulator-image") -> Client:
     """A bare aiohttp POST of the body imagegate's backend sends; reads the whole answer."""
     url = base_url + "/v1/images/generations"
-    body = json.dumps(build_request(request, model="emulator-image")).encode()
+    body = json.dumps(build_request(request, model=model)).encode()
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
 
     async def call() -> bytes:
@@ -69,9 +70,9 @@ def raw_client(session: aiohttp.ClientSession, base_url: str, request: ImageRequ
     return call
 
 
-def service_client(service: ImageService, request: ImageRequest) -> Client:
+def service_client(service: ImageService, request: ImageRequest, backend: str | None = None) -> Client:
     async def call() -> Any:
-        return await service.generate(request)
+        return await service.generate(request, backend=backend)
 
     return call
 
@@ -126,22 +127,46 @@ def run_overhead(args: argparse.Namespace) -> dict[str, Any]:
     if {k: state[k] for k in LIBRARY_DEFAULT} != LIBRARY_DEFAULT:
         raise SystemExit(f"overhead: logging is configured ({state}); the target is for a library's defaults")
     with openai_emulator(render=True) as url:
-        samples, identical = asyncio.run(_measure(url, args))
+        samples, identical, adjustments = asyncio.run(_measure(url, args))
     kinds = measure_kinds(args, interleaved, added)
-    return {**overhead_report(args, samples, identical), "logging": state, "kinds": kinds}
+    report = overhead_report(args, samples, identical)
+    report["added_ms"]["imagegate_adapting"] = added(samples, "imagegate_adapting", "raw_aiohttp_fitted")
+    report["adapted"] = {"model": ADAPTED_MODEL, "adjustments": adjustments,
+                         "baseline": "a raw POST of the fitted request"}
+    return {**report, "logging": state, "kinds": kinds}
 
 
-async def _measure(url: str, args: argparse.Namespace) -> tuple[dict[str, list[float]], bool]:
+ADAPTED_MODEL = "dall-e-2"  # takes 256, 512 and 1024 squares only (the emulator's per-model rules)
+
+
+def adapted_requests(size: int) -> tuple[ImageRequest, ImageRequest]:
+    """A request adaptation has to fit (a side dall-e-2 does not take: 16 px under the
+    allowed square nearest ``size``), and the request it becomes: what the paired raw POST
+    sends."""
+    side = min((256, 512, 1024), key=lambda allowed: abs(allowed - size))
+    asked = ImageRequest(prompt="a lighthouse at dusk", width=side - 16, height=side - 16, seed=1)
+    fitted = asked.model_copy(update={"width": side, "height": side})
+    return asked, fitted
+
+
+async def _measure(url: str, args: argparse.Namespace) -> tuple[dict[str, list[float]], bool, list[str]]:
     request = bench_request(args.size)
-    settings = service_settings(openai_backend("emulator", url))
+    asked, fitted = adapted_requests(args.size)
+    settings = service_settings(openai_backend("emulator", url),
+                                openai_backend("dalle2", url, priority=1, model=ADAPTED_MODEL))
     async with aiohttp.ClientSession() as session, ImageService(settings) as service:
         clients = {
             "raw_aiohttp": raw_client(session, url, request),
-            "imagegate": service_client(service, request),
+            "imagegate": service_client(service, request, "emulator"),
+            "raw_aiohttp_fitted": raw_client(session, url, fitted, model=ADAPTED_MODEL),
+            "imagegate_adapting": service_client(service, asked, "dalle2"),
         }
+        adjustments = [str(a) for a in (await service.generate(asked, backend="dalle2")).adjustments]
+        if not adjustments:
+            raise SystemExit(f"overhead: {ADAPTED_MODEL} took {asked.width}x{asked.height} as asked: nothing adapted")
         samples = await interleaved(clients, args.runs, args.warmup)
         identical = await same_bytes(clients["raw_aiohttp"], service, request)
-    return samples, identical
+    return samples, identical, adjustments
 
 
 async def same_bytes(raw: Client, service: ImageService, request: ImageRequest) -> bool:
@@ -179,7 +204,12 @@ def print_overhead(report: dict[str, Any]) -> None:
         f"OpenAI-compatible emulator in its own process; load {report['machine']['loadavg_1m']}"
     )
     print_table(report["latency_ms"])
-    print_added(report["added_ms"])
+    print_added({"imagegate": report["added_ms"]["imagegate"]})
+    if "imagegate_adapting" in report["added_ms"]:
+        adapted = report["adapted"]
+        print(f"  adaptation on ({adapted['model']}: {'; '.join(adapted['adjustments'])}):")
+        print_added({"imagegate_adapting": report["added_ms"]["imagegate_adapting"]},
+                    base="raw aiohttp POST of the fitted request")
     print(
         f"  image bytes identical to the provider's (not re-encoded): {report['bytes_identical_to_provider']}"
     )

@@ -16,6 +16,7 @@ from benchlib.clients import gateway as clients_gateway
 from benchlib.clients import print_clients, run_clients
 from benchlib.common import API_KEY
 from benchlib.compare import SKIP, print_compare, run_compare
+from benchlib.http_api import http_arguments, print_http, run_http
 from benchlib.memory import memory_arguments, run_memory
 from benchlib.overhead import overhead_arguments, print_overhead, run_overhead
 from benchlib.registry import SCENARIOS
@@ -45,8 +46,11 @@ def test_overhead_reports_added_latency_and_untouched_image_bytes(
         args_for(overhead_arguments, "--runs", "30", "--warmup", "5", "--size", "64", "--kind-runs", "10")
     )
     assert report["bytes_identical_to_provider"] is True
-    assert set(report["latency_ms"]) == {"raw_aiohttp", "imagegate"}
+    assert set(report["latency_ms"]) == {"raw_aiohttp", "imagegate", "raw_aiohttp_fitted", "imagegate_adapting"}
     assert report["added_ms"]["imagegate"]["p50"] < 50  # a sanity bound, not the benchmark's target
+    assert report["added_ms"]["imagegate_adapting"]["p50"] < 50
+    assert report["adapted"]["adjustments"] == [  # 64 px: the nearest square dall-e-2 takes is 256
+        "field='size' asked='240x240' used='256x256' why='allowed: 256x256, 512x512, 1024x1024'"]
     assert report["logging"]["structlog_configured"] is False  # the library's defaults
     assert "anew" in report["config"]["emulator"]
     assert set(report["kinds"]) == {"comfyui", "fal", "replicate", "together"}  # issue 19's kinds, each measured
@@ -54,7 +58,18 @@ def test_overhead_reports_added_latency_and_untouched_image_bytes(
         assert set(row["latency_ms"]) == {"raw_aiohttp", "imagegate"} and row["added_ms"]["p50"] < 50
     print_overhead(report)
     out = capsys.readouterr().out
+    assert "added over a raw aiohttp POST of the fitted request" in out
     assert "added over a raw aiohttp POST" in out and "added over a raw aiohttp comfyui exchange" in out
+
+
+def test_http_measures_every_mode_against_the_emulator_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_http(args_for(http_arguments, "--duration", "0.3", "--concurrency", "2", "--size", "64"))
+    rows = {r["mode"]: r for r in report["levels"]}
+    assert set(rows) == {"direct", "sync", "stream", "jobs"}  # each answer was checked: a PNG
+    assert all(r["requests"] > 0 for r in rows.values())
+    assert "added_p50_ms" not in rows["direct"] and all("added_p50_ms" in rows[m] for m in ("sync", "stream", "jobs"))
+    print_http(report)
+    assert "+p50" in capsys.readouterr().out
 
 
 def test_memory_reports_rounds_peak_and_growth() -> None:
