@@ -17,6 +17,7 @@ from imagegate.events import Event, FailoverEvent
 from imagegate.routing.breaker import CircuitBreaker
 from imagegate.routing.policy import BackendState
 from imagegate.routing.race import MIN_HANDSHAKE_SAMPLES, RACE_FLOOR_S, RACE_MIN_S, race_delay
+from imagegate.server.metrics import ServerMetrics
 from imagegate.testing import FaultProxy, Knobs, LocalCA, serve_app
 from imagegate.testing import a1111 as a1111_emulator
 from structlog.testing import capture_logs
@@ -68,6 +69,12 @@ async def test_a_tls_black_hole_with_a_10_s_connect_timeout_is_bypassed_in_about
         assert "handshake_s" in result.attempts[1].timings  # the winner's own, in its row
         assert holed.connections == 1 and p_knobs.requests == []  # connected, never sent to
         assert len(generations(knobs)) == 1
+    metrics = ServerMetrics(list)  # what /metrics says of it
+    metrics.observe_generation(result.backend, "ok", elapsed, result.attempts)
+    text = metrics.render().decode()
+    assert 'imagegate_backend_attempts_total{backend="primary",outcome="raced"} 1.0' in text
+    assert 'imagegate_backend_handshake_seconds_count{backend="secondary"} 1.0' in text
+    assert 'imagegate_backend_handshake_seconds_count{backend="primary"}' not in text
 
 
 async def test_the_losers_failed_handshake_still_opens_its_breaker(

@@ -139,6 +139,16 @@ async def test_slow_handshake_delays_only_the_tls_handshake(https_url: str, loca
     assert first < 1.0 and second < 1.0  # after it, bytes flow at once (generous: ms on loopback)
 
 
+async def test_a_latency_callable_draws_each_connections_handshake_delay(https_url: str, local_ca: LocalCA) -> None:
+    drawn = iter([0.6, 0.0])
+    async with FaultProxy(https_url, mode="slow_handshake", latency=lambda: next(drawn)) as proxy:
+        slow, _, first = await _tls_handshake_s(proxy.url, local_ca.client_context())
+        fast, _, second = await _tls_handshake_s(proxy.url, local_ca.client_context())
+        first.close()
+        second.close()
+    assert slow >= 0.6 and fast < 0.6
+
+
 async def test_switching_to_a_hole_resets_pooled_connections(
     https_url: str, local_ca: LocalCA, session: aiohttp.ClientSession
 ) -> None:

@@ -156,10 +156,10 @@ class Handshakes:
         exc = None if task.cancelled() else task.exception()
         if isinstance(exc, BackendError):
             message = self._redact.text(str(exc))
-            st.breaker.on_failure(loser.permit, exc.health, retry_after=exc.retry_after, kind=exc.kind)
-            st.note_error(exc.kind, message)
             log.warning("race_loser_failed", backend=st.name, kind=exc.kind,
                         elapsed_s=round(loser.elapsed(), 4), error=message)
+            st.note_error(exc.kind, message)
+            st.breaker.on_failure(loser.permit, exc.health, retry_after=exc.retry_after, kind=exc.kind)
             return
         st.breaker.release(loser.permit)  # connected (or cancelled): no verdict on generating
         if exc is not None:

@@ -210,7 +210,7 @@ class RequestRun:
         lane.contender = racer or (not hedge and self.race.arm(st, timeout, others=others))
         self.tell.lane(st, hedge=hedge, waits=admitted.wait)
         self.used += 1
-        log.debug("attempt_started", backend=st.name, kind="hedge" if hedge else "attempt",
+        log.debug("attempt_started", backend=st.name, kind="hedge" if hedge else "race" if racer else "attempt",
                   permit=admitted.permit, number=self.used)
         task = asyncio.create_task(self._lane_body(lane), name=f"imagegate-attempt-{st.name}")
         task.add_done_callback(lambda t: self._finish(lane))

@@ -21,8 +21,10 @@ Modes (TLS passes through end to end, so an ``https`` emulator keeps its certifi
 - ``reset``: accept, read the first bytes, then reset the connection (RST);
 - ``refuse``: close the listening socket: connection refused (the same port comes back).
 
-Switching between ``pass``, ``latency`` and ``slow_handshake`` keeps open connections; any other switch resets
-every open connection, so pooled keep-alive connections cannot dodge the new fault.
+``latency`` (a callable) replaces ``latency_s`` with a value drawn for each delay (jittered
+handshakes). Switching between ``pass``, ``latency`` and ``slow_handshake`` keeps open
+connections; any other switch resets every open connection, so pooled keep-alive
+connections cannot dodge the new fault.
 Linux semantics are assumed for ``tcp_blackhole`` (a backlog of 0 holds one connection).
 """
 
@@ -33,6 +35,7 @@ import contextlib
 import select
 import socket
 import struct
+from collections.abc import Callable
 from types import TracebackType
 from typing import Literal, Self, get_args
 from urllib.parse import urlsplit
@@ -55,12 +58,14 @@ class FaultProxy:
         *,
         mode: ProxyMode = "pass",
         latency_s: float = 0.0,
+        latency: Callable[[], float] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         self._scheme, self.upstream_host, self.upstream_port = _parse(upstream)
         self.host, self.port = host, port
         self.latency_s = latency_s
+        self.latency = latency
         self.connections = 0  # accepted so far
         self._mode: ProxyMode = _check(mode)
         self._sock: socket.socket | None = None
@@ -231,8 +236,9 @@ class FaultProxy:
             while chunk := await reader.read(_CHUNK):
                 held = self._mode == "latency" or (first and self._mode == "slow_handshake")
                 first = False
-                if held and self.latency_s > 0:
-                    await asyncio.sleep(self.latency_s)
+                delay = (self.latency() if self.latency else self.latency_s) if held else 0.0
+                if delay > 0:
+                    await asyncio.sleep(delay)
                 writer.write(chunk)
                 await writer.drain()
             if writer.can_write_eof():
