@@ -42,7 +42,7 @@ from benchlib.common import (
 )
 
 FLOOR_S = 0.5  # race_after_s = "auto" before a backend has its handshake samples (race.py)
-MODES = {"racing_on": "auto", "racing_off": 0}
+MODES = {"racing_off": 0, "racing_on": "auto"}
 
 
 def run_race(args: argparse.Namespace) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Generic, TypeVar
 
@@ -39,15 +39,22 @@ __all__ = ["ConnectInfo", "ImageBackend", "SettingsT"]
 SettingsT = TypeVar("SettingsT", bound=BackendSettings)
 
 
+def _nothing() -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class ConnectInfo:
     """A backend is ready to take a request: how long getting there took (``handshake_s``),
     whether a ready connection was there already (``reused``: no handshake at all), and the
-    parts measured on the way (``dns_s``, ``connect_s``)."""
+    parts measured on the way (``dns_s``, ``connect_s``). ``release()`` hands the connection
+    over: into the pool, where the request sent right after it takes it (or the next one);
+    whoever gets a ConnectInfo calls it exactly when it is about to send, or gives up."""
 
     handshake_s: float = 0.0
     reused: bool = True
     timings: dict[str, float] = field(default_factory=dict)
+    release: Callable[[], None] = field(default=_nothing, repr=False, compare=False)
 
 
 class ImageBackend(abc.ABC, Generic[SettingsT]):

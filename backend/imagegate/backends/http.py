@@ -6,9 +6,9 @@
   to ``ERROR_BODY_CAP``, enough for a message), every form of a secret masked in an error's
   body and headers before anything reads them, and a non-OK status turned into the
   taxonomy by :meth:`HttpBackend.error_for` (which a provider overrides to read its shape).
-- :meth:`HttpBackend.connect` opens a keep-alive connection to ``base_url`` in the shared
-  pool, sending nothing (``transport.warm_connection``): the generation that follows reuses
-  it; routing races these handshakes and sends the request once.
+- :meth:`HttpBackend.connect` opens a keep-alive connection to ``base_url`` from the shared
+  pool, sending nothing (``transport.warm_connection``), and hands it to the generation sent
+  right after; routing races these handshakes and sends the request once.
 - :meth:`HttpBackend.download` fetches an image URL a provider handed us, under the
   download policy (``download.py``: no private addresses unless trusted, redirects judged).
 - :meth:`HttpBackend.poll` runs an async job to its end within the deadline, polling
@@ -143,8 +143,8 @@ class HttpBackend(ImageBackend[HttpSettingsT]):
         return kwargs
 
     async def connect(self, deadline: Deadline) -> ConnectInfo:
-        """A warm keep-alive connection to ``base_url`` (see ``transport.warm_connection``):
-        the generation that follows takes it from the pool; nothing is sent."""
+        """A warm keep-alive connection to ``base_url`` (see ``transport.warm_connection``),
+        held until ``release()``: the generation sent right after takes it; nothing is sent."""
         ssl = self._ssl if self.base_url.startswith("https:") else True
         return await warm_connection(
             self._session, self.base_url, ssl=ssl, timeouts=self.timeouts, deadline=deadline,

@@ -8,7 +8,8 @@ cap, proportional to what it may carry, streamed and abandoned past it; anything
 to ``ERROR_BODY_CAP``, enough for a message. Nothing reads a provider's body whole.
 
 :func:`warm_connection` opens (or finds) a keep-alive connection in the session's pool without
-sending a request: what ``HttpBackend.connect`` does before a handshake race is decided.
+sending a request, and holds it for the caller: what ``HttpBackend.connect`` does before a
+handshake race is decided.
 """
 
 from __future__ import annotations
@@ -309,10 +310,11 @@ async def warm_connection(
     deadline: Deadline,
     backend: str,
 ) -> ConnectInfo:
-    """A ready keep-alive connection to ``url``'s origin, left idle in ``session``'s pool: TCP
-    and TLS (with ``ssl``, the generation's own context, so the pool key is the generation's
-    and its request takes this connection), under ``timeouts`` capped by ``deadline``; no
-    HTTP request is sent. At once when such a connection is idle in the pool already."""
+    """A ready keep-alive connection to ``url``'s origin from ``session``'s pool: TCP and TLS
+    (with ``ssl``, the generation's own context, so the pool key is the generation's and its
+    request takes this connection), under ``timeouts`` capped by ``deadline``; no HTTP request
+    is sent. At once when such a connection is idle in the pool already. The connection is
+    held for the caller until ``ConnectInfo.release()`` puts it (back) in the pool."""
     connector = session.connector
     if connector is None or session.closed:
         raise ConnectFailed("the HTTP session is closed", backend=backend)
@@ -332,5 +334,6 @@ async def warm_connection(
                     "the request deadline ran out while connecting", backend=backend
                 ) from exc
             raise aiohttp.ConnectionTimeoutError(f"Connection timeout to host {url}") from exc
-    connection.release()  # idle in the pool: the generation's request takes it from there
-    return ConnectInfo(round(time.monotonic() - started, 6), trace.reused, trace.timings)
+    # held until release(): put in the pool just before the generation is sent, whose request
+    # then takes it (nothing runs in between), not another request that started meanwhile
+    return ConnectInfo(round(time.monotonic() - started, 6), trace.reused, trace.timings, connection.release)

@@ -162,6 +162,8 @@ class Handshakes:
             st.breaker.on_failure(loser.permit, exc.health, retry_after=exc.retry_after, kind=exc.kind)
             return
         st.breaker.release(loser.permit)  # connected (or cancelled): no verdict on generating
+        if not task.cancelled() and exc is None:
+            task.result().release()  # into the pool, for the next request
         if exc is not None:
             log.error("race_loser_crashed", backend=st.name, kind=type(exc).__name__)
         if task.cancelled() or exc is not None:
@@ -216,9 +218,10 @@ class Race:
         racing: bool,
     ) -> Contender:
         """Connect ``backend`` (or take over its handshake going on in the background) and
-        return once it is ready; ``racing``: only as the first of the contenders ready (else
-        LostRace: send nothing). Raises the handshake's own error (redacted; a foreign one as
-        ServerError)."""
+        return once it is ready, its connection held for the caller to ``info.release()``
+        just before sending; ``racing``: only as the first of the contenders ready (else
+        LostRace: send nothing, the connection goes to the pool). Raises the handshake's own
+        error (redacted; a foreign one as ServerError)."""
         held = self.keeper.reclaim(state)
         if held is not None:
             task, started = held.task, held.started
@@ -235,6 +238,7 @@ class Race:
         except asyncio.CancelledError:
             self._drop(me)
             task.cancel()  # the request ended: its lane releases the permit
+            task.add_done_callback(_let_go)  # connected all the same: the pool has it
             raise
         ready = task.done() and not task.cancelled() and task.exception() is None
         if racing and (me.lost.done() or (ready and self.winner is not None)):
@@ -284,6 +288,11 @@ class Race:
         what = "was cancelled" if exc is None else f"raised {type(exc).__name__}: {exc}"
         log.error("connect_crashed", backend=name, kind=type(exc).__name__ if exc else "cancelled")
         return ServerError(self.redact.text(f"connecting {what}"), backend=name)
+
+
+def _let_go(task: asyncio.Task[ConnectInfo]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result().release()
 
 
 def _retrieved(task: asyncio.Task[ConnectInfo]) -> None:

@@ -337,6 +337,7 @@ class RequestRun:
         ready = await self.race.connect(self.rt.backends[st.name], st, lane.permit, self.deadline,
                                         racing=lane.contender)
         lane.contender = False
+        ready.info.release()  # into the pool now: the request sent next (nothing runs between) takes it
         return ready.info.handshake_s
 
     async def _call(self, name: str) -> tuple[list[GeneratedImage], str | None]:
