@@ -10,6 +10,9 @@
    (log-normal, sigma 0.35: FaultProxy ``slow_handshake`` with a drawn ``latency``), once
    with every request needing a new connection (the emulators close each one: the worst
    case) and once with keep-alive; LiteLLM's Router on the same fleet beside them.
+3. What the connect step adds to a request on a healthy two-backend fleet (a pooled
+   connection: no handshake, no race): racing on against off, interleaved call by call on two
+   services, plain-HTTP A1111 emulators, the paired median difference.
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ from typing import Any
 from aiohttp import web
 from imagegate import ImageRequest, ImageService
 from imagegate.routing.policy import percentile
-from imagegate.testing import FaultProxy, LocalCA, black_hole, serve_app
+from imagegate.testing import FaultProxy, Knobs, LocalCA, black_hole, serve_app
 from imagegate.testing import openai_images as openai_emulator
 
 from benchlib import litellm_side
 from benchlib.common import (
     API_KEY,
+    a1111_backend,
+    a1111_settings,
+    emulator,
     machine,
     ms,
     openai_backend,
@@ -56,6 +62,7 @@ async def _race(args: argparse.Namespace, litellm: Any) -> dict[str, Any]:
     request = ImageRequest(prompt="a lighthouse at dusk", width=256, height=256)  # dall-e-2 takes 256²
     if litellm is not None:
         litellm.ssl_verify = str(ca.ca_file)  # LiteLLM's own TLS setting, for the emulators' CA
+    step = await _connect_step(args)
     cold = await _cold(args, ca, request, litellm)
     fleet = {
         "every_request_new_connection": await _fleet(args, ca, request, litellm, close=True),
@@ -70,6 +77,7 @@ async def _race(args: argparse.Namespace, litellm: Any) -> dict[str, Any]:
                    "litellm": None if litellm is None else _version()},
         "cold_failover": cold,
         "healthy_fleet": fleet,
+        "connect_step": step,
         "cold_over_race_after_ms": ms(over),
         "targets": {"cold_over_race_after_ms": 100, "extra_connections_per_request": 0.02},
         "target_met": over < 0.100 and worst < 0.02,
@@ -192,6 +200,28 @@ async def _load(call: Callable[[], Awaitable[Any]], n: int, concurrency: int) ->
     return out
 
 
+# -- 3. what the connect step adds ---------------------------------------------------------------
+
+
+async def _connect_step(args: argparse.Namespace) -> dict[str, Any]:
+    request = ImageRequest(prompt="a lighthouse at dusk", width=64, height=64)
+    async with emulator(Knobs()) as first, emulator(Knobs()) as second, AsyncExitStack() as stack:
+        services = {}
+        for name, racing in MODES.items():
+            settings = a1111_settings(a1111_backend("primary", first, 0), a1111_backend("secondary", second, 1),
+                                      race_after_s=racing)
+            services[name] = await stack.enter_async_context(ImageService(settings))
+        samples: dict[str, list[float]] = {name: [] for name in MODES}
+        for i in range(args.step_runs + args.warmup):
+            for name in (MODES if i % 2 else reversed(MODES)):
+                elapsed, _ = await timed(services[name].generate(request))
+                if i >= args.warmup:
+                    samples[name].append(elapsed)
+    diffs = [on - off for on, off in zip(samples["racing_on"], samples["racing_off"], strict=True)]
+    return {"runs": args.step_runs, "latency_ms": {n: stats_ms(v) for n, v in samples.items()},
+            "paired_median_added_ms": ms(percentile(diffs, 0.5))}
+
+
 # -- the report ---------------------------------------------------------------------------------
 
 
@@ -216,6 +246,10 @@ def print_race(report: dict[str, Any]) -> None:
             print(f"    {name:<22}{row['connections']:>6} connections ({row['per_request']:.3f} per request){extra}")
         latency = {n: r["latency_ms"] for n, r in data["rows"].items() if "latency_ms" in r}
         print_table(latency)
+    step = report["connect_step"]
+    print(f"the connect step on a healthy two-backend fleet ({step['runs']} interleaved calls, pooled"
+          f" connections): {step['paired_median_added_ms']:.3f} ms added (paired median)")
+    print_table(step["latency_ms"])
     print(f"targets: {'met' if report['target_met'] else 'MISSED'}")
 
 
@@ -230,3 +264,4 @@ def race_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--litellm-cold-requests", type=int, default=1,
                         help="cold failover requests per LiteLLM set-up (each takes minutes at T = 10 s; 0: skip)")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out even when installed")
+    parser.add_argument("--step-runs", type=int, default=2000, help="connect step: interleaved calls per mode")
