@@ -72,3 +72,38 @@ async def test_a_connection_is_held_for_its_caller_until_released_just_before_se
         assert not stolen.reused and proxy.connections == 3
         other.release()
         stolen.release()
+
+
+async def test_connect_measures_a_slow_tls_handshake(
+    tls_url: str, local_ca: LocalCA, session: aiohttp.ClientSession
+) -> None:
+    async with FaultProxy(tls_url, mode="slow_handshake", latency_s=0.5) as proxy:
+        info = await backend_at(proxy.url, session, local_ca).connect(Deadline.after(5))
+        info.release()
+    assert info.handshake_s >= 0.5 and info.timings["connect_s"] >= 0.5
+
+
+async def test_connect_to_a_tls_black_hole_is_a_handshake_timeout_after_connect_timeout_s(
+    blackhole_url: str, local_ca: LocalCA, session: aiohttp.ClientSession
+) -> None:
+    with pytest.raises(HandshakeTimeout, match="within 0.3 s"):
+        await backend_at(blackhole_url, session, local_ca, connect_s=0.3).connect(Deadline.after(5))
+
+
+async def test_connect_within_a_shorter_deadline_says_the_deadline_ran_out(
+    blackhole_url: str, local_ca: LocalCA, session: aiohttp.ClientSession
+) -> None:
+    with pytest.raises(GenerationTimeout, match="deadline ran out while connecting"):
+        await backend_at(blackhole_url, session, local_ca).connect(Deadline.after(0.3))
+
+
+async def test_connect_refused_and_closed_session_are_connect_failed(
+    local_ca: LocalCA, session: aiohttp.ClientSession
+) -> None:
+    with pytest.raises(ConnectFailed) as refused:
+        await backend_at(f"http://127.0.0.1:{closed_port()}", session, local_ca).connect(Deadline.after(5))
+    assert refused.value.refused
+    closed = aiohttp.ClientSession()
+    await closed.close()
+    with pytest.raises(ConnectFailed, match="session is closed"):
+        await backend_at("http://127.0.0.1:1", closed, local_ca).connect(Deadline.after(5))

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from imagegate.backends.registry import load_settings
 
-from tests.conftest import write_config
 from tests.config.test_load import A1111, config_error
+from tests.conftest import write_config
 
 
 @pytest.mark.parametrize(("written", "read"), [

@@ -227,10 +227,10 @@ async def test_a_race_never_outlives_the_deadline(
                 await service.generate(REQUEST)
             assert 1.0 <= time.monotonic() - start < 1.0 + SLACK_S * 2
             assert failed.value.deadline_exceeded
-            assert outcomes(failed.value.attempts) == [
+            assert sorted(outcomes(failed.value.attempts)) == [  # both end at the deadline, in either order
                 ("primary", "generation_timeout"), ("secondary", "generation_timeout"),
             ]
-            assert "deadline ran out while connecting" in (failed.value.attempts[0].error or "")
+            assert all("deadline ran out while connecting" in (a.error or "") for a in failed.value.attempts)
             assert also_holed.connections == 1
             assert await service.settled(timeout=0.1)  # nothing was left connecting
 

@@ -286,7 +286,7 @@ class RequestRun:
             raise
         retry = 0
         while True:
-            lane.started = time.monotonic()
+            lane.started, lane.handshake_s = time.monotonic(), None
             self.tell.started(st.name, hedge=lane.hedge)
             try:
                 if lane.contender or self.rt.handshakes.holds(st):
