@@ -200,11 +200,12 @@ class GeneratedImage(BaseModel):
         return img
 
 
-Outcome = Literal["ok", "skipped", "waited", "cancelled"] | ErrorKind
+Outcome = Literal["ok", "skipped", "waited", "cancelled", "raced"] | ErrorKind
 """What became of one attempt: it answered (``ok``); it was passed over without a call
 (``skipped``, the reason in ``error``); the request waited for its breaker to reopen
-(``waited``); it lost a race or the caller gave up (``cancelled``); or it failed with an
-error of that ``kind``."""
+(``waited``); it lost a race or the caller gave up (``cancelled``); another backend's
+connection was ready first, so nothing was sent to it (``raced``: both handshake times in
+``timings``, the winner in ``error``); or it failed with an error of that ``kind``."""
 
 SkipKind = Literal[
     "circuit_open", "half_open_busy", "disabled", "saturated", "not_tried", "unsupported"

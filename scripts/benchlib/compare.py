@@ -63,7 +63,7 @@ async def _compare(url: str, args: argparse.Namespace, litellm: Any) -> dict[str
     request = bench_request(args.size)
     return {
         "overhead": await _overhead(url, request, args, litellm),
-        "failover": await _failover(url, bench_request(64), args, litellm),
+        "failover": await _failover(url, bench_request(256), args, litellm),  # dall-e-2 takes 256² at least
     }
 
 

@@ -49,7 +49,7 @@ async def _failover(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _interleaved(service: ImageService, request: ImageRequest, runs: int) -> dict[str, list[float]]:
     """Open-breaker failover, the routed direct call and the bare backend call, interleaved."""
-    secondary = service.a1111_backend("secondary")
+    secondary = service.backend("secondary")
     out: dict[str, list[float]] = {"open_breaker": [], "direct_routed": [], "direct_backend": []}
     for i in range(runs + 20):
         t_open, result = await timed(service.generate(request))

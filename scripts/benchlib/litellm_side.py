@@ -58,6 +58,15 @@ def failover_configs(
     return {"litellm_fallbacks_timeout": base, "litellm_with_cooldown": cooled}
 
 
+def fleet_config(primary_url: str, secondary_url: str) -> dict[str, Any]:
+    """Router(**config) for a healthy two-backend fleet: the primary, and the secondary as its
+    fallback (the set-up imagegate's priority order mirrors)."""
+    return {
+        "model_list": [deployment("primary", primary_url), deployment("secondary", secondary_url)],
+        "fallbacks": [{"primary": ["secondary"]}],
+    }
+
+
 def _generation_kwargs(request: ImageRequest) -> dict[str, Any]:
     return {
         "prompt": request.prompt,

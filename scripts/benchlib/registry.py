@@ -24,6 +24,7 @@ from benchlib.hedge import hedge_arguments, print_hedge, run_hedge
 from benchlib.http_api import http_arguments, print_http, run_http
 from benchlib.memory import memory_arguments, print_memory, run_memory
 from benchlib.overhead import overhead_arguments, print_overhead, run_overhead
+from benchlib.race import print_race, race_arguments, run_race
 from benchlib.run_all import all_arguments, print_all, run_all
 from benchlib.soak import print_soak, run_soak, soak_arguments
 from benchlib.soak_fleet import print_soak_fleet, run_soak_fleet, soak_fleet_arguments
@@ -43,6 +44,9 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {
     "failover": Scenario("time to first image with the primary black-holed", run_failover,
                          print_failover, failover_arguments),
+    "race": Scenario("cold failover with a black-holed primary (connect_timeout_s = 10) and the "
+                     "connections racing costs on a healthy fleet, racing on vs off (LiteLLM beside)",
+                     run_race, print_race, race_arguments),
     "hedge": Scenario("p50/p99 with a heavy-tailed primary, hedging off vs on", run_hedge,
                       print_hedge, hedge_arguments),
     "http": Scenario("HTTP API throughput and latency (server, emulator, client: 3 processes)",

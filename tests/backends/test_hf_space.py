@@ -31,7 +31,7 @@ from imagegate.errors import (
     ServerError,
     Unavailable,
 )
-from imagegate.models import ImageFormat
+from imagegate.models import Deadline, ImageFormat
 from imagegate.testing import hub as hub_emulator
 from imagegate.testing import serve_app
 from imagegate.testing.gradio_space import RunningSpace, launch_space
@@ -549,6 +549,29 @@ async def test_connection_lost_mid_generation_is_connect_failed(
             await task
         assert time.monotonic() - start < 1.0
         assert backend._session is None  # dropped: the next call builds a new client
+
+
+# --- connect (what routing races) -------------------------------------------------------------
+
+
+async def test_connect_builds_the_client_once_and_predicts_nothing(space: RunningSpace, tmp_path: Path) -> None:
+    async with space_backend(tmp_path, **generate_table(space)) as backend:
+        calls, generated = len(space.calls.calls), space.calls.count("/generate")
+        with capture_logs() as logs:
+            cold = await backend.connect(Deadline.after(20))
+            warm = await backend.connect(Deadline.after(20))
+            assert len(space.calls.calls) == calls  # the app's config was read; no job ran
+            await generate(backend)
+        built = [e for e in logs if e["event"] == "space_client_built"]
+        assert len(built) == 1  # the generation used the client connect() built
+        assert not cold.reused and cold.handshake_s > 0 and warm.reused
+        assert space.calls.count("/generate") == generated + 1
+
+
+async def test_connect_to_a_tls_black_hole_is_a_handshake_timeout(blackhole_url: str, tmp_path: Path) -> None:
+    async with space_backend(tmp_path, src=blackhole_url, connect_timeout_s=0.3) as backend:
+        with pytest.raises(HandshakeTimeout):
+            await backend.connect(Deadline.after(5))
 
 
 # --- the CLI ----------------------------------------------------------------------------------

@@ -102,14 +102,16 @@ def _closed(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_failover_demo_narrates_timeout_breaker_and_failover_and_writes_images(demos: dict[str, DemoRun]) -> None:
+def test_failover_demo_narrates_race_timeout_breaker_and_writes_images(demos: dict[str, DemoRun]) -> None:
     rc, out, err = demos["failover"].finish()
     assert rc == 0, out + err
     assert "local stand-ins" in out and "not real services" in out
-    timeout_ms = int(re.search(r"space: handshake timeout after (\d+) ms", out)[1])
+    flat = " ".join(out.split())  # the narration wraps its lines
+    assert "space is not connected after 500 ms: racing its handshake, novita connects too" in flat
+    assert "nothing was sent to space, whose handshake goes on in the background" in flat
+    timeout_ms = int(re.search(r"space: handshake timeout after (\d+) ms, in the background", flat)[1])
     assert SPACE_CONNECT_TIMEOUT_S * 1000 - 50 <= timeout_ms < SPACE_CONNECT_TIMEOUT_S * 1000 + 1500
     assert "circuit breaker of space opened for 30 s" in out
-    assert "failover: the same request goes to novita" in out
     assert "space skipped at once, no connection attempted" in out
     assert out.count("image saved to") == 2
     saved = [image["path"] for doc in _trails(out) for image in doc["images"]]
@@ -123,7 +125,8 @@ def test_failover_demo_narrates_timeout_breaker_and_failover_and_writes_images(d
 def test_second_request_is_served_at_once_because_the_breaker_is_open(demos: dict[str, DemoRun]) -> None:
     _, out, _ = demos["failover"].finish()
     first, second = _trails(out)
-    assert [a["outcome"] for a in first["attempts"]] == ["handshake_timeout", "ok"]
+    assert [a["outcome"] for a in first["attempts"]] == ["raced", "ok"]
+    assert first["elapsed_s"] < SPACE_CONNECT_TIMEOUT_S  # raced after 0.5 s, not timed out
     assert [(a["backend"], a["outcome"]) for a in second["attempts"]] == [("space", "skipped"), ("novita", "ok")]
     assert second["elapsed_s"] < SPACE_CONNECT_TIMEOUT_S  # no handshake wait at all
     assert "with no wait for space: its breaker is open" in out
@@ -173,7 +176,9 @@ def test_all_down_exits_3_with_every_backend_in_the_trail(demos: dict[str, DemoR
     (doc,) = _trails(out)
     assert doc["error"]["kind"] == "all_backends_failed"
     outcomes = [(a["backend"], a["outcome"]) for a in doc["attempts"]]
-    assert outcomes == [("space", "handshake_timeout"), ("novita", "server_error"), ("a1111", "connect_failed")]
+    assert outcomes == [  # space lost the race, then was the last left: its handshake was awaited
+        ("space", "raced"), ("novita", "server_error"), ("a1111", "connect_failed"), ("space", "handshake_timeout"),
+    ]
     assert not list(demos["all_down"].out.rglob("*.png"))
 
 
@@ -242,3 +247,22 @@ def test_narrator_words_the_router_events_and_restores_logging() -> None:
     assert "novita answered in 20 ms, after failing over from space" in text
     assert "unrelated_event" not in text
     assert structlog.get_config()["processors"] == before
+
+
+def test_narrator_words_a_handshake_race() -> None:
+    stream = io.StringIO()
+    with Narrator(stream).installed():
+        log = structlog.get_logger()
+        log.debug("attempt_started", backend="space", kind="attempt", permit="normal", number=1)
+        log.info("race_started", backend="novita", kind="race", chosen="space", after_s=0.5)
+        log.debug("attempt_started", backend="novita", kind="race", permit="normal", number=2)
+        log.info("backend_raced", backend="space", kind="raced", winner="novita", handshake_s=0.5,
+                 connected=False, winner_handshake_s=0.003)
+        log.warning("race_loser_failed", backend="space", kind="handshake_timeout", elapsed_s=1.5, error="x")
+        log.info("race_loser_connected", backend="slow", kind="connected", handshake_s=1.2)
+    text = stream.getvalue()
+    assert "trying space" in text and "trying novita" not in text  # race_started says it instead
+    assert "space is not connected after 500 ms: racing its handshake, novita connects too" in text
+    assert "novita connected first (3 ms): the request goes to it; nothing was sent to space" in text
+    assert "space: handshake timeout after 1500 ms, in the background" in text
+    assert "slow: its handshake completed in the background (1200 ms)" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -100,6 +101,52 @@ async def test_latency_delays_the_answer(a1111_url: str, session: aiohttp.Client
         start = time.monotonic()
         assert await get_status(session, proxy.url) == 200
         assert time.monotonic() - start >= 0.2  # one chunk each way
+
+
+async def _tls_handshake_s(url: str, tls: ssl.SSLContext) -> tuple[float, asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a TLS connection to ``url`` by hand: (seconds until the handshake completed, streams)."""
+    host, port = url.split("//")[1].split(":")
+    start = time.monotonic()
+    reader, writer = await asyncio.open_connection(host, int(port), ssl=tls, server_hostname=host)
+    return time.monotonic() - start, reader, writer
+
+
+async def _exchange_s(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> float:
+    """One HTTP/1.1 request and its whole answer on an open connection; its seconds."""
+    start = time.monotonic()
+    writer.write(f"GET {PING} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    await reader.readexactly(length)
+    return time.monotonic() - start
+
+
+async def test_latency_delays_the_tls_handshake_by_a_round_trip_of_it(https_url: str, local_ca: LocalCA) -> None:
+    async with FaultProxy(https_url, mode="latency", latency_s=0.2) as proxy:
+        handshake_s, _, writer = await _tls_handshake_s(proxy.url, local_ca.client_context())
+        writer.close()
+    assert handshake_s >= 0.4  # the ClientHello and the server's first flight each wait
+
+
+async def test_slow_handshake_delays_only_the_tls_handshake(https_url: str, local_ca: LocalCA) -> None:
+    async with FaultProxy(https_url, mode="slow_handshake", latency_s=1.0) as proxy:
+        handshake_s, reader, writer = await _tls_handshake_s(proxy.url, local_ca.client_context())
+        first = await _exchange_s(reader, writer)
+        second = await _exchange_s(reader, writer)
+        writer.close()
+    assert handshake_s >= 1.0  # the server's first flight was held
+    assert first < 1.0 and second < 1.0  # after it, bytes flow at once (generous: ms on loopback)
+
+
+async def test_a_latency_callable_draws_each_connections_handshake_delay(https_url: str, local_ca: LocalCA) -> None:
+    drawn = iter([0.6, 0.0])
+    async with FaultProxy(https_url, mode="slow_handshake", latency=lambda: next(drawn)) as proxy:
+        slow, _, first = await _tls_handshake_s(proxy.url, local_ca.client_context())
+        fast, _, second = await _tls_handshake_s(proxy.url, local_ca.client_context())
+        first.close()
+        second.close()
+    assert slow >= 0.6 and fast < 0.6
 
 
 async def test_switching_to_a_hole_resets_pooled_connections(

@@ -11,13 +11,20 @@ Progress is optional and needs no change to ``generate``'s signature: a backend 
 reports queue position, steps or previews tells ``self.reporter`` (the current attempt's
 :class:`~imagegate.events.Reporter`, silent when nobody listens); one that does not is
 still seen to start and end, because routing emits those events.
+
+Connecting is separate from generating, so that routing can race handshakes and send the
+(billable) generation once: ``connect(deadline)`` makes the backend ready to take a request
+without sending one and says how long that took (:class:`ConnectInfo`). ``HttpBackend``
+opens a pooled keep-alive connection that the generation then reuses; the Space backend
+builds its gradio client. A backend without such a step is ready at once (the default).
 """
 
 from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import ClassVar, Generic, TypeVar
 
 from imagegate.capabilities import Capabilities
@@ -27,9 +34,27 @@ from imagegate.errors import BackendError
 from imagegate.events import Reporter, current_reporter
 from imagegate.models import BackendHealth, Deadline, GeneratedImage, ImageRequest
 
-__all__ = ["ImageBackend", "SettingsT"]
+__all__ = ["ConnectInfo", "ImageBackend", "SettingsT"]
 
 SettingsT = TypeVar("SettingsT", bound=BackendSettings)
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class ConnectInfo:
+    """A backend is ready to take a request: how long getting there took (``handshake_s``),
+    whether a ready connection was there already (``reused``: no handshake at all), and the
+    parts measured on the way (``dns_s``, ``connect_s``). ``release()`` hands the connection
+    over: into the pool, where the request sent right after it takes it (or the next one);
+    whoever gets a ConnectInfo calls it exactly when it is about to send, or gives up."""
+
+    handshake_s: float = 0.0
+    reused: bool = True
+    timings: dict[str, float] = field(default_factory=dict)
+    release: Callable[[], None] = field(default=_nothing, repr=False, compare=False)
 
 
 class ImageBackend(abc.ABC, Generic[SettingsT]):
@@ -69,6 +94,11 @@ class ImageBackend(abc.ABC, Generic[SettingsT]):
     @abc.abstractmethod
     async def generate(self, request: ImageRequest, *, deadline: Deadline) -> list[GeneratedImage]:
         """One provider call; raises only imagegate.errors types."""
+
+    async def connect(self, deadline: Deadline) -> ConnectInfo:
+        """Make this backend ready to take a request, sending nothing billable (TCP + TLS,
+        or a client set up); raises only imagegate.errors types. Default: no such step."""
+        return ConnectInfo()
 
     async def probe(self, *, timeout: float = 5.0) -> BackendHealth:
         """Run the cheap health check and report it; never raises for a backend failure."""

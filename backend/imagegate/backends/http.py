@@ -6,6 +6,9 @@
   to ``ERROR_BODY_CAP``, enough for a message), every form of a secret masked in an error's
   body and headers before anything reads them, and a non-OK status turned into the
   taxonomy by :meth:`HttpBackend.error_for` (which a provider overrides to read its shape).
+- :meth:`HttpBackend.connect` opens a keep-alive connection to ``base_url`` from the shared
+  pool, sending nothing (``transport.warm_connection``), and hands it to the generation sent
+  right after; routing races these handshakes and sends the request once.
 - :meth:`HttpBackend.download` fetches an image URL a provider handed us, under the
   download policy (``download.py``: no private addresses unless trusted, redirects judged).
 - :meth:`HttpBackend.poll` runs an async job to its end within the deadline, polling
@@ -30,7 +33,7 @@ from typing import Any, TypeVar
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from imagegate.backends.base import ImageBackend
+from imagegate.backends.base import ConnectInfo, ImageBackend
 from imagegate.backends.download import MAX_DOWNLOADS, Downloader, DownloadPolicy
 from imagegate.backends.transport import (
     ERROR_BODY_CAP,
@@ -41,6 +44,7 @@ from imagegate.backends.transport import (
     map_http_errors,
     parse_retry_after,
     read_body,
+    warm_connection,
 )
 from imagegate.config import HttpBackendSettings, Timeouts
 from imagegate.errors import BackendError, BadResponse, GenerationTimeout
@@ -133,10 +137,19 @@ class HttpBackend(ImageBackend[HttpSettingsT]):
         timeouts = self.timeouts if read is None else Timeouts(connect=self.timeouts.connect, read=read)
         kwargs: dict[str, Any] = {"timeout": client_timeout(timeouts, deadline)}
         if (url or self.base_url).startswith("https:"):
-            kwargs["ssl"] = self._ssl
+            kwargs["ssl"] = self._ssl  # connect() passes the same: one pool key
         if timings is not None:
             kwargs["trace_request_ctx"] = SimpleNamespace(timings=timings, t0=time.monotonic())
         return kwargs
+
+    async def connect(self, deadline: Deadline) -> ConnectInfo:
+        """A warm keep-alive connection to ``base_url`` (see ``transport.warm_connection``),
+        held until ``release()``: the generation sent right after takes it; nothing is sent."""
+        ssl = self._ssl if self.base_url.startswith("https:") else True
+        return await warm_connection(
+            self._session, self.base_url, ssl=ssl, timeouts=self.timeouts, deadline=deadline,
+            backend=self.name,
+        )
 
     def map_errors(self, deadline: Deadline | None = None) -> contextlib.AbstractContextManager[None]:
         return map_http_errors(self.name, self.timeouts, deadline)

@@ -6,10 +6,15 @@ Every body a provider sends is read by :func:`read_body` (through ``HttpBackend.
 Space backend's own calls and the diagnosis alike): an expected answer under the caller's
 cap, proportional to what it may carry, streamed and abandoned past it; anything else only up
 to ``ERROR_BODY_CAP``, enough for a message. Nothing reads a provider's body whole.
+
+:func:`warm_connection` opens (or finds) a keep-alive connection in the session's pool without
+sending a request, and holds it for the caller: what ``HttpBackend.connect`` does before a
+handshake race is decided.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email.utils
 import os
@@ -19,10 +24,12 @@ from collections.abc import Collection, Iterator
 from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
+from yarl import URL
 
+from imagegate.backends.base import ConnectInfo
 from imagegate.config import Timeouts, check_pem
 from imagegate.errors import (
     AuthFailed,
@@ -51,6 +58,7 @@ __all__ = [
     "read_capped",
     "read_prefix",
     "timing_trace_config",
+    "warm_connection",
 ]
 
 ERROR_BODY_CAP = 64 * 1024  # an error body is read this far: enough for any message
@@ -253,3 +261,79 @@ def timing_trace_config() -> aiohttp.TraceConfig:
     trace.on_connection_create_end.append(_mark("connect_s", since="connect_start"))
     trace.on_request_end.append(first_byte)
     return trace
+
+
+class _ConnectTrace:
+    """What aiohttp's connector reports while it finds or opens one connection: it calls these
+    as it calls a session's traces (the ``send_*`` methods of ``aiohttp.tracing.Trace``)."""
+
+    def __init__(self) -> None:
+        self.reused = False
+        self.timings: dict[str, float] = {}
+        self._marks: dict[str, float] = {}
+
+    async def send_connection_reuseconn(self) -> None:
+        self.reused = True
+
+    async def send_dns_resolvehost_start(self, host: str) -> None:
+        self._marks["dns"] = time.monotonic()
+
+    async def send_dns_resolvehost_end(self, host: str) -> None:
+        self._since("dns_s", "dns")
+
+    async def send_connection_create_start(self) -> None:
+        self._marks["connect"] = time.monotonic()
+
+    async def send_connection_create_end(self) -> None:
+        self._since("connect_s", "connect")
+
+    def _since(self, key: str, mark: str) -> None:
+        if mark in self._marks:
+            self.timings[key] = round(time.monotonic() - self._marks[mark], 6)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("send_"):  # the other signals (queued, DNS cache) tell us nothing here
+            return _ignore
+        raise AttributeError(name)
+
+
+async def _ignore(*args: Any) -> None:
+    return None
+
+
+async def warm_connection(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    ssl: ssl.SSLContext | bool,
+    timeouts: Timeouts,
+    deadline: Deadline,
+    backend: str,
+) -> ConnectInfo:
+    """A ready keep-alive connection to ``url``'s origin from ``session``'s pool: TCP and TLS
+    (with ``ssl``, the generation's own context, so the pool key is the generation's and its
+    request takes this connection), under ``timeouts`` capped by ``deadline``; no HTTP request
+    is sent. At once when such a connection is idle in the pool already. The connection is
+    held for the caller until ``ConnectInfo.release()`` puts it (back) in the pool."""
+    connector = session.connector
+    if connector is None or session.closed:
+        raise ConnectFailed("the HTTP session is closed", backend=backend)
+    request = aiohttp.ClientRequest(
+        "GET", URL(url), loop=asyncio.get_running_loop(), ssl=ssl, session=session
+    )
+    trace = _ConnectTrace()
+    left = max(deadline.remaining(), 0.001)
+    budget = aiohttp.ClientTimeout(connect=left, sock_connect=min(timeouts.connect, left))
+    started = time.monotonic()
+    with map_http_errors(backend, timeouts, deadline):
+        try:
+            connection = await connector.connect(request, cast(Any, [trace]), budget)
+        except TimeoutError as exc:  # a session's request makes it this, so do we
+            if deadline.expired:
+                raise GenerationTimeout(
+                    "the request deadline ran out while connecting", backend=backend
+                ) from exc
+            raise aiohttp.ConnectionTimeoutError(f"Connection timeout to host {url}") from exc
+    # held until release(): put in the pool just before the generation is sent, whose request
+    # then takes it (nothing runs in between), not another request that started meanwhile
+    return ConnectInfo(round(time.monotonic() - started, 6), trace.reused, trace.timings, connection.release)

@@ -3,7 +3,8 @@
 ``imagegate demo`` installs a :class:`Narrator` as the only structlog processor while its
 requests run, so every line it prints is an event the real router, breakers and backends
 emitted (``attempt_started``, ``backend_attempt``, ``breaker_transition``, ``backend_skipped``,
-``hedge_started``, ``backend_retry``, ``all_backends_failed``, ``backend_probed``). Nothing here
+``hedge_started``, ``race_started``, ``backend_raced``, ``race_loser_failed``,
+``race_loser_connected``, ``backend_retry``, ``all_backends_failed``, ``backend_probed``). Nothing here
 decides anything: it only words what happened. Events it has no sentence for are dropped, but
 warnings and errors are still shown as they were logged.
 """
@@ -100,8 +101,8 @@ class Narrator:
 
     def _on_attempt_started(self, e: dict[str, Any]) -> None:
         name = e.get("backend", "?")
-        if e.get("kind") == "hedge":
-            return  # hedge_started tells it, with the reason
+        if e.get("kind") in ("hedge", "race"):
+            return  # hedge_started / race_started tell it, with the reason
         if e.get("permit") == "forced":
             self.say(f"every breaker is open: {name} is tried anyway (its cool-down ends first)", "->")
         elif self._failed:
@@ -151,6 +152,31 @@ class Narrator:
             f" hedging, the same request goes to {e.get('backend')} as well",
             "->",
         )
+
+    def _on_race_started(self, e: dict[str, Any]) -> None:
+        self.say(
+            f"{e.get('chosen')} is not connected after {_ms(e.get('after_s'))}: racing its handshake,"
+            f" {e.get('backend')} connects too (the first one ready gets the request)",
+            "->",
+        )
+
+    def _on_backend_raced(self, e: dict[str, Any]) -> None:
+        name, winner = e.get("backend", "?"), e.get("winner", "?")
+        self.say(
+            f"{winner} connected first ({_ms(e.get('winner_handshake_s'))}): the request goes to it;"
+            f" nothing was sent to {name}, whose handshake goes on in the background",
+            "->",
+        )
+
+    def _on_race_loser_failed(self, e: dict[str, Any]) -> None:
+        name, kind = e.get("backend", "?"), str(e.get("kind"))
+        why = _WHY.get(kind) or e.get("error")
+        self.say(f"{name}: {kind.replace('_', ' ')} after {_ms(e.get('elapsed_s'))}, in the background"
+                 f" (nothing had been sent to it): {why}", "x")
+
+    def _on_race_loser_connected(self, e: dict[str, Any]) -> None:
+        self.say(f"{e.get('backend')}: its handshake completed in the background"
+                 f" ({_ms(e.get('handshake_s'))}); the connection waits in the pool", "..")
 
     def _on_waiting_for_backend(self, e: dict[str, Any]) -> None:
         self.say(

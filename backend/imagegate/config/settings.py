@@ -39,6 +39,8 @@ SERVICE_SECRETS = "[service]"
 """The key of ``Settings.secrets`` holding the service's own secrets (``webhook_secret``); no
 backend can have this name."""
 
+RACE_AFTER_MAX_S = 600.0  # the longest connect_timeout_s: racing later never happens
+
 _HOST_PATTERN = re.compile(r"(\*\.)?([A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
 
 
@@ -181,6 +183,23 @@ class ServiceSettings(_Frozen):
     # How long one request may wait, in all, for a skipped backend whose breaker reopens
     # before its deadline (0: never wait; fail over to what is open, then give up).
     max_wait_s: float = Field(default=10.0, ge=0)
+    # Handshake racing (routing/race.py): a chosen backend not connected after this long has
+    # the next candidate connect too, and the first one ready gets the request. "auto": a
+    # high percentile of that backend's recent handshakes (0.5 s until it has enough); a
+    # number of seconds; 0 or false: off.
+    race_after_s: float | Literal["auto"] = "auto"
+
+    @field_validator("race_after_s", mode="before")
+    @classmethod
+    def _race_after(cls, value: object) -> object:
+        if value is False:
+            return 0.0  # false: off
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if value == "auto" or number and 0 <= value <= RACE_AFTER_MAX_S:  # type: ignore[operator]
+            return value
+        raise ValueError(
+            f'must be "auto", seconds from 0 (off) to {RACE_AFTER_MAX_S:g}, or false (got {value!r})'
+        )
     # HTTP API: OpenAI ``model`` names -> a backend name, or "*" for any backend
     aliases: dict[str, str] = Field(default_factory=dict)
     # Shared state for several instances (breakers, slots, hedge budget, jobs): a Redis URL

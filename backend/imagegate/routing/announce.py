@@ -1,8 +1,8 @@
 """What routing tells a listener about one request: ``started``, ``failover``, the slot queue,
 and exactly one terminal event (``completed``, ``failed`` or ``cancelled``).
 
-``RequestRun`` calls an :class:`Announcer` at three places (a lane starts, perhaps to wait for
-a slot; an attempt starts; an attempt is recorded); ``ImageService`` wraps the run with
+``RequestRun`` calls an :class:`Announcer` at four places (a lane starts, perhaps to wait for
+a slot; an attempt starts; an attempt is recorded; a handshake race is decided); ``ImageService`` wraps the run with
 :meth:`Announcer.around` for the terminal event. :data:`QUIET` is the announcer when nobody
 listens: each call is one attribute test, so the overhead benchmark does not move.
 
@@ -41,7 +41,7 @@ __all__ = ["QUIET", "Announcer"]
 
 log = get_logger(__name__)
 
-_OUTCOMES_NOT_FAILED = ("ok", "cancelled", "skipped", "waited")
+_OUTCOMES_NOT_FAILED = ("ok", "cancelled", "skipped", "waited", "raced")
 
 
 class Announcer:
@@ -94,6 +94,12 @@ class Announcer:
         """An attempt ended: a failure is the reason of the next failover."""
         if self.enabled and outcome not in _OUTCOMES_NOT_FAILED:
             self._last_failure = (backend, outcome, error)
+
+    def raced(self, loser: str, winner: str, why: str) -> None:
+        """``winner``'s connection was ready before ``loser``'s: when the request started on
+        ``loser``, it moves on to ``winner`` (a failover that waited for no time-out)."""
+        if self.enabled and self._primary is not None and self._primary[0] == loser:
+            self._send(FailoverEvent(from_=loser, to=winner, backend=winner, reason=why))
 
     # -- the terminal event -------------------------------------------------------------
 

@@ -55,6 +55,8 @@ class BackendState:
     latency_ewma_s: float | None = None
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    # handshakes that had to happen (not a pooled connection), for race_after_s = "auto"
+    handshakes: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     last_probe: BackendHealth | None = None
     last_error_kind: str | None = None
     last_error: str | None = None
@@ -126,6 +128,9 @@ class BackendState:
             self.latency_ewma_s = seconds
         else:
             self.latency_ewma_s += EWMA_ALPHA * (seconds - self.latency_ewma_s)
+
+    def observe_handshake(self, seconds: float) -> None:
+        self.handshakes.append(seconds)
 
     def p95(self) -> float | None:
         if len(self.latencies) < MIN_P95_SAMPLES:
@@ -325,6 +330,11 @@ class Admission:
             self.admitted += 1
             return Admitted(st, permit, wait=not entered)
         return None
+
+    def give_back(self, state: BackendState) -> None:
+        """A candidate admitted but never called (it lost a handshake race): last in line,
+        should the request need another attempt (its handshake may be slow: the others first)."""
+        self.pending.append(state)
 
     def close(self) -> None:
         """A non-failover error: no other candidate is tried or waited for."""

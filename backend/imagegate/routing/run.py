@@ -8,6 +8,8 @@ changes a backend's breaker, slot or latency happens here, once per lane:
 - success: ``breaker.on_success``, latency observed;
 - failure: ``breaker.on_failure`` with the error's class attribute ``health``;
 - cancelled (lost the race, or the caller gave up): ``breaker.release`` (no verdict);
+- lost a handshake race (``race.py``): nothing was sent; the permit goes with the handshake,
+  which finishes in the background and settles it there;
 - and the concurrency slot is always given back by the task's done callback.
 
 A skipped backend that comes back: once every candidate is tried or skipped, attempts remain
@@ -30,13 +32,7 @@ from imagegate.backends.images import asked_only
 from imagegate.capabilities import Adjustment
 from imagegate.config import ServiceSettings
 from imagegate.config.redact import Redactor
-from imagegate.errors import (
-    AllBackendsFailed,
-    BackendError,
-    BadResponse,
-    GenerationTimeout,
-    ServerError,
-)
+from imagegate.errors import BackendError, BadResponse, GenerationTimeout, ServerError
 from imagegate.logging import get_logger
 from imagegate.models import Deadline, GeneratedImage, ImageRequest, ImageResult, Outcome
 from imagegate.routing.adapt import execute, plan_all, skip_rows
@@ -51,6 +47,7 @@ from imagegate.routing.policy import (
     Skip,
     full_jitter,
 )
+from imagegate.routing.race import Handshakes, LostRace, Race
 from imagegate.routing.trail import Trail
 from imagegate.routing.waiting import wait_for
 
@@ -74,6 +71,7 @@ class Runtime:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     # masks every configured secret in what leaves a backend (errors, the trail, logs)
     redact: Redactor = field(default_factory=Redactor)
+    handshakes: Handshakes = field(default_factory=Handshakes)  # races' losers, still connecting
 
 
 @dataclass(eq=False)
@@ -85,6 +83,8 @@ class _Lane:
     settled: bool = False
     started: float = field(default_factory=time.monotonic)
     fleet_slot: str | None = None  # the fleet-wide slot's token (shared state only)
+    contender: bool = False  # connects before sending: a handshake race may be run
+    handshake_s: float | None = None
 
 
 class RequestRun:
@@ -114,6 +114,7 @@ class RequestRun:
         self._hedge_from = 0.0
         self._cancel_reason = "cancelled by the caller"
         self._started = time.monotonic()
+        self.race = Race(rt.settings.race_after_s, rt.handshakes, self.trail, rt.redact)
 
     async def run(self) -> ImageResult:
         try:
@@ -128,7 +129,8 @@ class RequestRun:
                     lane = self._lanes.pop(task)
                     exc = None if task.cancelled() else task.exception()
                     self._after_failure(lane, exc)
-            raise self._exhausted()
+            raise self.trail.exhausted(self.admission.untried(), self.deadline.expired,
+                                       self.rt.settings.max_attempts, self._started)
         finally:
             await self._cancel_all()
 
@@ -136,12 +138,15 @@ class RequestRun:
 
     async def _wait(self) -> set[asyncio.Task[list[GeneratedImage]]]:
         timeout = self.deadline.remaining() + GRACE_S
-        if self._hedge_at is not None:
-            timeout = min(timeout, max(0.0, self._hedge_at - time.monotonic()))
+        for at in (self._hedge_at, self.race.at):
+            if at is not None:
+                timeout = min(timeout, max(0.0, at - time.monotonic()))
         done, _ = await asyncio.wait(self._lanes, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if done:
             return done
-        if self._hedge_at is not None and time.monotonic() >= self._hedge_at:
+        if self.race.due():
+            self._join_race()
+        elif self._hedge_at is not None and time.monotonic() >= self._hedge_at:
             self._hedge_at = None
             await self._hedge()
         elif self.deadline.expired:
@@ -156,9 +161,7 @@ class RequestRun:
         if hedge:
             busy = {lane.state for lane in self._lanes.values()}
             cap = s.hedge_max_cost
-            admitted = self.admission.next(
-                accept=lambda st: st not in busy and (cap is None or st.cost <= cap)
-            )
+            admitted = self.admission.next(accept=lambda st: st not in busy and (cap is None or st.cost <= cap))
         else:
             admitted = self.admission.next(force=True)
         if admitted is None:
@@ -186,17 +189,33 @@ class RequestRun:
                 return True
         return False
 
-    def _start_lane(self, admitted: Admitted, *, hedge: bool) -> None:
+    def _join_race(self) -> None:
+        """The chosen backend is still connecting after the race delay: the next candidate
+        that can take the request now connects too; the first one ready gets it."""
+        if self.used >= self.rt.settings.max_attempts or self.deadline.expired:
+            return
+        busy = {lane.state for lane in self._lanes.values()}
+        admitted = self.admission.next(accept=lambda st: st not in busy and not st.saturated)
+        if admitted is not None:
+            self.race.joined = True
+            log.info("race_started", backend=admitted.state.name, kind="race",
+                     chosen=next(iter(busy)).name if busy else None, after_s=round(self.race.delay, 4))
+            self._start_lane(admitted, hedge=False, racer=True)
+
+    def _start_lane(self, admitted: Admitted, *, hedge: bool, racer: bool = False) -> None:
         st = admitted.state
         lane = _Lane(st, admitted.permit, hedge, holds_slot=not admitted.wait)
+        others = any(c is not st for c in self.admission.pending)
+        timeout = self.rt.backends[st.name].timeouts.connect
+        lane.contender = racer or (not hedge and self.race.arm(st, timeout, others=others))
         self.tell.lane(st, hedge=hedge, waits=admitted.wait)
         self.used += 1
-        log.debug("attempt_started", backend=st.name, kind="hedge" if hedge else "attempt",
+        log.debug("attempt_started", backend=st.name, kind="hedge" if hedge else "race" if racer else "attempt",
                   permit=admitted.permit, number=self.used)
         task = asyncio.create_task(self._lane_body(lane), name=f"imagegate-attempt-{st.name}")
         task.add_done_callback(lambda t: self._finish(lane))
         self._lanes[task] = lane
-        if not self._hedged and not hedge:
+        if not self._hedged and not hedge and not racer:
             delay = self._hedge_delay(st)
             self._hedge_from = time.monotonic()
             self._hedge_at = None if delay is None else self._hedge_from + delay
@@ -217,18 +236,13 @@ class RequestRun:
         if self._launch(hedge=True):
             self._hedged = True
             lane = list(self._lanes.values())
-            log.info(
-                "hedge_started",
-                backend=lane[-1].state.name,
-                kind="hedge",
-                primary=lane[0].state.name,
-                after_s=round(time.monotonic() - self._hedge_from, 4),
-            )
+            log.info("hedge_started", backend=lane[-1].state.name, kind="hedge", primary=lane[0].state.name,
+                     after_s=round(time.monotonic() - self._hedge_from, 4))
 
     def _after_failure(self, lane: _Lane, exc: BaseException | None) -> None:
         if isinstance(exc, BackendError) and not exc.failover:
             self.admission.close()
-        elif exc is not None and not isinstance(exc, BackendError | FleetSaturated):
+        elif exc is not None and not isinstance(exc, BackendError | FleetSaturated | LostRace):
             log.error("attempt_crashed", backend=lane.state.name, kind=type(exc).__name__, error=str(exc))
         if not self._lanes:
             self._launch()
@@ -238,36 +252,12 @@ class RequestRun:
         self._cancel_reason = "another attempt answered first"
         await self._cancel_all()
         elapsed = time.monotonic() - self._started
-        log.info(
-            "image_generated",
-            backend=lane.state.name,
-            kind="ok",
-            hedge=lane.hedge,
-            attempts=len(self.trail.attempts),
-            elapsed_s=round(elapsed, 4),
-        )
+        log.info("image_generated", backend=lane.state.name, kind="ok", hedge=lane.hedge,
+                 attempts=len(self.trail.attempts), elapsed_s=round(elapsed, 4))
         return ImageResult(
             images=task.result(), backend=lane.state.name, attempts=self.trail.attempts, elapsed_s=elapsed,
             adjustments=self._adjusted.get(lane.state.name, []),
         )
-
-    def _exhausted(self) -> AllBackendsFailed:
-        expired = self.deadline.expired
-        tried = self.trail.tried()
-        why = "deadline spent" if expired else f"max_attempts ({self.rt.settings.max_attempts}) reached"
-        for st in self.admission.untried():
-            if st.name not in tried:
-                self.trail.skipped(Skip(st, why, "not_tried"))
-        elapsed = time.monotonic() - self._started
-        log.warning(
-            "all_backends_failed",
-            kind="all_backends_failed",
-            attempts=len(self.trail.attempts),
-            deadline_exceeded=expired,
-            elapsed_s=round(elapsed, 4),
-        )
-        message = "no backend produced an image" + (" before the deadline" if expired else "")
-        return AllBackendsFailed(message, attempts=self.trail.attempts, deadline_exceeded=expired)
 
     async def _cancel_all(self) -> None:
         tasks = list(self._lanes)
@@ -296,10 +286,17 @@ class RequestRun:
             raise
         retry = 0
         while True:
-            lane.started = time.monotonic()
+            lane.started, lane.handshake_s = time.monotonic(), None
             self.tell.started(st.name, hedge=lane.hedge)
             try:
+                if lane.contender or self.rt.handshakes.holds(st):
+                    lane.handshake_s = await self._connect(lane)
                 images, note = await self._call(st.name)
+            except LostRace:  # nothing was sent; the handshake settles the permit later
+                lane.settled = True
+                self.used -= 1
+                self.admission.give_back(st)
+                raise
             except BackendError as exc:
                 self._record(lane, exc.kind, error=str(exc), status=exc.status)
                 delay = self._retry_delay(exc, retry)
@@ -333,6 +330,15 @@ class RequestRun:
             self._record(lane, exc.kind, error=str(exc))
             raise exc from None
         lane.holds_slot = True
+
+    async def _connect(self, lane: _Lane) -> float:
+        """Connect before sending (racing, or to finish a handshake left in the background)."""
+        st = lane.state
+        ready = await self.race.connect(self.rt.backends[st.name], st, lane.permit, self.deadline,
+                                        racing=lane.contender)
+        lane.contender = False
+        ready.info.release()  # into the pool now: the request sent next (nothing runs between) takes it
+        return ready.info.handshake_s
 
     async def _call(self, name: str) -> tuple[list[GeneratedImage], str | None]:
         """One backend call: at most n images and the trail's note; errors leave redacted."""
@@ -389,4 +395,4 @@ class RequestRun:
     def _record(self, lane: _Lane, outcome: Outcome, *, error: str | None = None,
                 status: int | None = None, note: str | None = None) -> None:
         self.trail.record(lane.state.name, outcome, started=lane.started, hedge=lane.hedge,
-                          error=error, status=status, note=note)
+                          error=error, status=status, note=note, handshake_s=lane.handshake_s)

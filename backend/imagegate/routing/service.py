@@ -2,7 +2,8 @@
 
 The pieces: ``breaker.py`` (the circuit breaker), ``prober.py`` (the background probe loop),
 ``policy.py`` (per-backend state, ordering policy, admission, hedge budget; no I/O),
-``run.py`` (one request's attempts, retries and hedges as tasks), ``adapt.py`` (fitting the
+``run.py`` (one request's attempts, retries and hedges as tasks), ``race.py`` (racing
+handshakes before sending), ``adapt.py`` (fitting the
 request to each backend, ``[service] adapt``) and ``waiting.py`` (waiting for a breaker to
 reopen). This module owns their lifetimes.
 """
@@ -33,6 +34,7 @@ from imagegate.routing.breaker import BreakerPolicy, CircuitBreaker, Transition
 from imagegate.routing.fleet import TRIAL_MARGIN_S, Fleet
 from imagegate.routing.policy import BackendState, HedgeBudget, order
 from imagegate.routing.prober import HealthProber
+from imagegate.routing.race import Handshakes
 from imagegate.routing.run import RequestRun, Runtime
 from imagegate.routing.watch import Watcher, fan_out
 from imagegate.state import open_state
@@ -126,6 +128,7 @@ class ImageService:
             fleet=self._fleet,
             sleep=self._sleep,
             redact=self.redactor,
+            handshakes=Handshakes(self.redactor),
         )
         self._prober = HealthProber(
             list(self._states),
@@ -171,6 +174,8 @@ class ImageService:
         if self._prober is not None:
             await self._prober.stop()
             self._prober = None
+        if self._runtime is not None:  # losers of handshake races still connecting
+            await self._runtime.handshakes.aclose()
         backends, self._backends = self._backends, {}
         for backend in backends.values():
             try:
@@ -291,6 +296,12 @@ class ImageService:
             await asyncio.wait([task])
             if not task.cancelled():
                 task.exception()  # retrieved: it was told as a ``failed`` event
+
+    async def settled(self, timeout: float | None = None) -> bool:
+        """Wait until the handshakes that lost a race, left to finish in the background (where
+        they still feed their backends' breakers), are done: at most ``timeout`` seconds;
+        whether they are."""
+        return self._runtime is None or await self._runtime.handshakes.settled(timeout)
 
     # -- health -------------------------------------------------------------------------
 

@@ -133,7 +133,7 @@ def _all_failed(exc: AllBackendsFailed, redact: Redactor) -> ApiError:
     )
 
 
-_NOT_TRIED = frozenset({"skipped", "waited", "cancelled"})
+_NOT_TRIED = frozenset({"skipped", "waited", "cancelled", "raced"})
 
 
 def _refused_by_every_backend(exc: AllBackendsFailed) -> str | None:

@@ -6,6 +6,10 @@
     imagegate_generations_total{backend, outcome}             backend "none" when none served
     imagegate_generation_duration_seconds{backend}            histogram
     imagegate_backend_attempts_total{backend, outcome}        every try in the attempt trail
+                                                              (outcome "raced": it lost a
+                                                              handshake race, nothing sent)
+    imagegate_backend_handshake_seconds{backend}              histogram: connecting before
+                                                              sending (races; 0 when pooled)
     imagegate_backend_state{backend, imagegate_backend_state} breaker state (a state set)
     imagegate_backend_up{backend}                             last probe: 1 ok, 0 failed
     imagegate_backend_in_flight{backend}                      calls running now
@@ -127,6 +131,13 @@ class ServerMetrics:
             ["backend", "outcome"],
             registry=r,
         )
+        self.handshakes = Histogram(
+            "imagegate_backend_handshake_seconds",
+            "Time a backend took to be ready to take a request, where it connected first",
+            ["backend"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
         r.register(_BackendCollector(health))
         r.register(_RuntimeCollector())
         ProcessCollector(registry=r)  # fds, RSS, CPU seconds (from /proc; nothing elsewhere)
@@ -144,6 +155,8 @@ class ServerMetrics:
             self.generation_duration.labels(name).observe(seconds)
         for a in attempts:
             self.attempts.labels(a.backend, a.outcome).inc()
+            if "handshake_s" in a.timings and a.outcome != "raced":  # a raced one never finished here
+                self.handshakes.labels(a.backend).observe(a.timings["handshake_s"])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,7 +9,11 @@ Put it in front of any emulator (or any TCP server) to make a backend flap::
 Modes (TLS passes through end to end, so an ``https`` emulator keeps its certificate):
 
 - ``pass``: forward bytes both ways;
-- ``latency``: forward, delaying every chunk by ``latency_s`` (both directions);
+- ``latency``: forward, delaying every chunk by ``latency_s`` (both directions; a TLS
+  handshake's round trips each pay it, and so does everything after);
+- ``slow_handshake``: forward, holding each connection's first bytes from the upstream for
+  ``latency_s``: a TLS handshake (the server's first flight) completes ``latency_s`` late,
+  and everything after flows at once (a plain-HTTP upstream: its first answer is late);
 - ``tls_blackhole``: accept the connection, swallow what the client sends, never answer
   (a TLS client times out in the handshake, a plain HTTP client waiting for the response);
 - ``tcp_blackhole``: stop accepting and fill the listen queue, so new TCP handshakes never
@@ -17,8 +21,10 @@ Modes (TLS passes through end to end, so an ``https`` emulator keeps its certifi
 - ``reset``: accept, read the first bytes, then reset the connection (RST);
 - ``refuse``: close the listening socket: connection refused (the same port comes back).
 
-Switching between ``pass`` and ``latency`` keeps open connections; any other switch resets
-every open connection, so pooled keep-alive connections cannot dodge the new fault.
+``latency`` (a callable) replaces ``latency_s`` with a value drawn for each delay (jittered
+handshakes). Switching between ``pass``, ``latency`` and ``slow_handshake`` keeps open
+connections; any other switch resets every open connection, so pooled keep-alive
+connections cannot dodge the new fault.
 Linux semantics are assumed for ``tcp_blackhole`` (a backlog of 0 holds one connection).
 """
 
@@ -29,14 +35,17 @@ import contextlib
 import select
 import socket
 import struct
+from collections.abc import Callable
 from types import TracebackType
 from typing import Literal, Self, get_args
 from urllib.parse import urlsplit
 
 __all__ = ["FaultProxy", "ProxyMode"]
 
-ProxyMode = Literal["pass", "latency", "tls_blackhole", "tcp_blackhole", "reset", "refuse"]
-_FLOWING = ("pass", "latency")
+ProxyMode = Literal[
+    "pass", "latency", "slow_handshake", "tls_blackhole", "tcp_blackhole", "reset", "refuse"
+]
+_FLOWING = ("pass", "latency", "slow_handshake")
 _CHUNK = 65536
 
 
@@ -49,12 +58,14 @@ class FaultProxy:
         *,
         mode: ProxyMode = "pass",
         latency_s: float = 0.0,
+        latency: Callable[[], float] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         self._scheme, self.upstream_host, self.upstream_port = _parse(upstream)
         self.host, self.port = host, port
         self.latency_s = latency_s
+        self.latency = latency
         self.connections = 0  # accepted so far
         self._mode: ProxyMode = _check(mode)
         self._sock: socket.socket | None = None
@@ -207,7 +218,7 @@ class FaultProxy:
                 return
             up_reader, upstream = await asyncio.open_connection(self.upstream_host, self.upstream_port)
             self._open.add(upstream)
-            await asyncio.gather(self._pipe(reader, upstream), self._pipe(up_reader, writer))
+            await asyncio.gather(self._pipe(reader, upstream), self._pipe(up_reader, writer, answer=True))
         except (ConnectionError, OSError):
             _abort(writer)
         finally:
@@ -216,11 +227,18 @@ class FaultProxy:
                     self._open.discard(w)
                     w.close()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, answer: bool = False
+    ) -> None:
+        """Copy ``reader`` to ``writer``; ``answer``: the upstream's side (``slow_handshake``)."""
+        first = answer
         try:
             while chunk := await reader.read(_CHUNK):
-                if self._mode == "latency" and self.latency_s > 0:
-                    await asyncio.sleep(self.latency_s)
+                held = self._mode == "latency" or (first and self._mode == "slow_handshake")
+                first = False
+                delay = (self.latency() if self.latency else self.latency_s) if held else 0.0
+                if delay > 0:
+                    await asyncio.sleep(delay)
                 writer.write(chunk)
                 await writer.drain()
             if writer.can_write_eof():

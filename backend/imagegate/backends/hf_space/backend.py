@@ -15,8 +15,9 @@ gradio_client is synchronous: its constructor does network I/O, and a prediction
 - every httpx call gradio_client makes, its SSE result stream included, is bounded by
   ``httpx.Timeout(read_timeout_s + 2, connect=connect_timeout_s)``, so no thread waits
   forever (the 2 s let our own ``read_timeout_s`` budget fire first and cancel cleanly);
-- one client per Space, built lazily, reused, dropped after a connection-level failure,
-  closed (heartbeat stopped, pools shut down) by ``aclose()``;
+- one client per Space, built lazily (or by ``connect()``, which routing races against other
+  backends' handshakes), reused, dropped after a connection-level failure, closed (heartbeat
+  stopped, pools shut down) by ``aclose()``;
 - the token goes positionally (2nd argument): gradio_client 1.x calls it ``hf_token``, 2.x
   ``token``;
 - ``download_files=False``: results stay FileData dicts (a bare path string is a path on the
@@ -35,7 +36,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import random
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -44,7 +44,7 @@ import aiohttp
 import httpx
 from gradio_client import Client
 
-from imagegate.backends.base import ImageBackend
+from imagegate.backends.base import ConnectInfo, ImageBackend
 from imagegate.backends.download import Downloader, DownloadPolicy
 from imagegate.backends.hf_space import gradio as _gradio
 from imagegate.backends.hf_space.discover import interface_capabilities, interface_from_gradio
@@ -54,6 +54,7 @@ from imagegate.backends.hf_space.jobs import JobWatch, safe_to_cancel
 from imagegate.backends.hf_space.session import Session as _Session
 from imagegate.backends.hf_space.session import cancel_quietly as _cancel_quietly
 from imagegate.backends.hf_space.session import close_client as _close_client
+from imagegate.backends.hf_space.session import close_later as _close_later
 from imagegate.backends.hf_space.session import png_bytes as _png_bytes
 from imagegate.backends.hf_space.settings import HFSpaceSettings
 from imagegate.backends.hf_space.spaces import known_interface, known_space
@@ -229,6 +230,16 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
 
     # ------------------------------------------------------------ the client
 
+    async def connect(self, deadline: Deadline) -> ConnectInfo:
+        """Connecting to a Space is building its gradio client (the Hub's runtime stage, the
+        app's config and API read, through the same client the predictions use); no job is
+        submitted. At once when the client is built already."""
+        if self._session is not None:
+            return ConnectInfo()
+        started = time.monotonic()
+        await self._get_session(deadline)
+        return ConnectInfo(round(time.monotonic() - started, 6), reused=False)
+
     async def _get_session(self, deadline: Deadline) -> _Session:
         if self._session is not None:
             return self._session
@@ -265,12 +276,8 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
                 session, self._session = self._session, None
                 self._close_in_background(session.client)
                 raise ConnectFailed("the backend is closed", backend=self.name)
-            log.info(
-                "space_client_built",
-                backend=self.name,
-                src=self.src,
-                api_name=self._session.api_name,
-            )
+            log.info("space_client_built", backend=self.name, src=self.src,
+                     api_name=self._session.api_name)
             return self._session
 
     def _build_session(self) -> _Session:
@@ -295,11 +302,7 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
             endpoints = info.get("named_endpoints") or {}
             if api_name is None or api_name not in endpoints:
                 named = ", ".join(endpoints) or "none"
-                what = (
-                    f"has no endpoint {api_name!r}"
-                    if api_name
-                    else "has no endpoint returning an image"
-                )
+                what = f"has no endpoint {api_name!r}" if api_name else "has no endpoint returning an image"
                 raise Rejected(
                     f"the Space {what} (named endpoints: {named}); set api_name", backend=self.name
                 )
@@ -322,10 +325,7 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
             self._close_in_background(session.client)
 
     def _close_in_background(self, client: Any) -> None:
-        try:
-            self._executor.submit(_close_client, client)
-        except RuntimeError:  # shut down already: a short-lived thread of its own
-            threading.Thread(target=_close_client, args=(client,), daemon=True).start()
+        _close_later(self._executor, client)
 
     async def aclose(self) -> None:
         self._closed = True

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import io
+import threading
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Session", "cancel_quietly", "close_client", "png_bytes"]
+__all__ = ["Session", "cancel_quietly", "close_client", "close_later", "png_bytes"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,15 @@ def close_client(client: Any) -> None:
         executor = getattr(client, pool, None)
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
+
+
+def close_later(executor: concurrent.futures.Executor, client: Any) -> None:
+    """Close ``client`` off the event loop: on ``executor``, or once that is shut down, on a
+    short-lived thread of its own."""
+    try:
+        executor.submit(close_client, client)
+    except RuntimeError:
+        threading.Thread(target=close_client, args=(client,), daemon=True).start()
 
 
 def png_bytes(image: Any) -> bytes:
