@@ -150,49 +150,55 @@ class ComfyUIBackend(HttpBackend[ComfyUISettings]):
         previews; its /history record. Quiet for ``poll_interval_s`` (or no socket): ask
         /history, so that no lost message leaves it waiting."""
         running = False
-        if reporter.listening:
-            running = await self._report_place(prompt_id, reporter, deadline)
-        while True:
-            left = deadline.remaining()
-            if left <= 0:
-                raise GenerationTimeout(f"prompt {prompt_id} still {'running' if running else 'queued'} "
-                                        "when the time budget ran out", backend=self.name)
-            message: Message | None = None
-            if watch is not None:
-                try:
-                    message = watch.get_nowait()  # most messages are already there: no timer
-                except asyncio.QueueEmpty:
-                    try:
-                        async with asyncio.timeout(min(left, self.settings.poll_interval_s)):
-                            message = await watch.get()
-                    except TimeoutError:
-                        message = None
-            else:
-                await asyncio.sleep(min(left, self.settings.poll_interval_s))
-            if message == LOST:
-                watch = None
-            if message is None or message == LOST:
-                entry = await self._history(prompt_id, deadline)
-                if entry is not None:
-                    return entry
-                continue
-            if isinstance(message, Preview):
-                reporter.preview(message.data, format=message.format)
-                continue
-            assert isinstance(message, tuple)
-            kind, data = message
-            if kind == "status" and not running and reporter.listening:
+        try:
+            if reporter.listening:
                 running = await self._report_place(prompt_id, reporter, deadline)
-            elif kind == "execution_start" or (kind == "executing" and data.get("node") is not None):
-                running = True
-            elif kind == "progress" and isinstance(data.get("value"), int) and isinstance(data.get("max"), int):
-                reporter.progress(step=data["value"], steps=data["max"])
-            elif kind in ("execution_error", "execution_interrupted"):
-                raise execution_error(data, prompt_id=prompt_id, backend=self.name)
-            elif kind == "executing" and data.get("node") is None:
-                entry = await self._history(prompt_id, deadline)  # written before this message [CM]
-                if entry is not None:
-                    return entry
+            while True:
+                left = deadline.remaining()
+                if left <= 0:
+                    raise GenerationTimeout(f"prompt {prompt_id} still {'running' if running else 'queued'} "
+                                            "when the time budget ran out", backend=self.name)
+                message: Message | None = None
+                if watch is not None:
+                    try:
+                        message = watch.get_nowait()  # most messages are already there: no timer
+                    except asyncio.QueueEmpty:
+                        try:
+                            async with asyncio.timeout(min(left, self.settings.poll_interval_s)):
+                                message = await watch.get()
+                        except TimeoutError:
+                            message = None
+                else:
+                    await asyncio.sleep(min(left, self.settings.poll_interval_s))
+                if message == LOST:
+                    watch = None
+                if message is None or message == LOST:
+                    entry = await self._history(prompt_id, deadline)
+                    if entry is not None:
+                        return entry
+                    continue
+                if isinstance(message, Preview):
+                    reporter.preview(message.data, format=message.format)
+                    continue
+                assert isinstance(message, tuple)
+                kind, data = message
+                if kind == "status" and not running and reporter.listening:
+                    running = await self._report_place(prompt_id, reporter, deadline)
+                elif kind == "execution_start" or (kind == "executing" and data.get("node") is not None):
+                    running = True
+                elif kind == "progress" and isinstance(data.get("value"), int) and isinstance(data.get("max"), int):
+                    reporter.progress(step=data["value"], steps=data["max"])
+                elif kind in ("execution_error", "execution_interrupted"):
+                    raise execution_error(data, prompt_id=prompt_id, backend=self.name)
+                elif kind == "executing" and data.get("node") is None:
+                    entry = await self._history(prompt_id, deadline)  # written before this message [CM]
+                    if entry is not None:
+                        return entry
+        except GenerationTimeout as exc:  # ran out inside a look at /history or /queue: say where it was
+            if deadline.remaining() > 0:
+                raise
+            raise GenerationTimeout(f"prompt {prompt_id} still {'running' if running else 'queued'} "
+                                    "when the time budget ran out", backend=self.name) from exc
 
     async def _history(self, prompt_id: str, deadline: Deadline) -> HistoryEntry | None:
         answer = await self.send("GET", f"{self.base_url}/history/{prompt_id}", deadline=deadline, cap=_JSON_CAP)
