@@ -35,7 +35,7 @@ from tests.server.kit import closed_port_url
 
 COMFY = BackendCase(
     name="comfy", kind="comfyui", cls=ComfyUIBackend,
-    table={"poll_interval_s": 0.05, "connect_timeout_s": 0.3, "read_timeout_s": 5.0},
+    table={"poll_interval_s": 0.05, "connect_timeout_s": 5.0, "read_timeout_s": 5.0},
     request={"prompt": "a lighthouse at dusk", "width": 256, "height": 192, "steps": 4},
 )
 generate = COMFY.generate

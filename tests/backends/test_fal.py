@@ -51,7 +51,7 @@ KEY = "3f2a9c1e-key-id:7d41b0c2e9f8a6b5-secret"
 SUBMIT = "/fal-ai/flux/schnell"
 FAL = BackendCase(
     name="fal", kind="fal", cls=FalBackend, create_app=fal_emulator.create_app, env_var="FAL_KEY", secret=KEY,
-    table={"poll_interval_s": 0.02, "connect_timeout_s": 0.3, "read_timeout_s": 5.0},
+    table={"poll_interval_s": 0.02, "connect_timeout_s": 5.0, "read_timeout_s": 5.0},
     request={"prompt": "a lighthouse at dusk", "width": 256, "height": 192, "steps": 4},
 )
 generate = FAL.generate

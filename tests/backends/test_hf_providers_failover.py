@@ -125,7 +125,8 @@ async def test_a_handshake_black_hole_fails_over_within_the_connect_budget_not_t
         common = {"kind": "hf_inference", "ca_bundle": str(local_ca.ca_file), "connect_timeout_s": 0.3,
                   "read_timeout_s": 60}
         tables = [{"name": "fal", "provider": "fal-ai", "base_url": proxy.url, **common},
-                  {"name": "together", "provider": "together", "base_url": router_url, **common}]
+                  {"name": "together", "provider": "together", "base_url": router_url, **common,
+                   "connect_timeout_s": 5.0}]  # it answers: a generous budget, no CPU-starvation flake
         settings = make_settings(tables, service=SERVICE, environ=ENV, tmp_path=tmp_path)
         async with ImageService(settings) as service:
             started = time.monotonic()

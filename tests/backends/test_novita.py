@@ -66,7 +66,7 @@ REQUEST_FIELDS = {
 NOVITA = BackendCase(
     name="novita", kind="novita", cls=NovitaBackend, create_app=novita_emulator.create_app,
     env_var="NOVITA_API_KEY", secret=KEY,
-    table={"poll_interval_s": 0.02, "connect_timeout_s": 0.3, "read_timeout_s": 5.0},
+    table={"poll_interval_s": 0.02, "connect_timeout_s": 5.0, "read_timeout_s": 5.0},
     request={"prompt": "a red fox in snow", "width": 256, "height": 192},
 )
 generate = NOVITA.generate

@@ -56,7 +56,7 @@ SDXL = f"stability-ai/sdxl:{replicate_emulator.SDXL.version}"
 REPLICATE = BackendCase(
     name="replicate", kind="replicate", cls=ReplicateBackend, create_app=replicate_emulator.create_app,
     env_var="REPLICATE_API_TOKEN", secret=KEY,
-    table={"poll_interval_s": 0.02, "connect_timeout_s": 0.3, "read_timeout_s": 5.0, "model": SDXL},
+    table={"poll_interval_s": 0.02, "connect_timeout_s": 5.0, "read_timeout_s": 5.0, "model": SDXL},
     request={"prompt": "a lighthouse at dusk", "width": 256, "height": 192},
 )
 generate = REPLICATE.generate

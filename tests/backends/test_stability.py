@@ -54,7 +54,7 @@ GENERATE = "/v2beta/stable-image/generate/"
 STABILITY = BackendCase(
     name="stability", kind="stability", cls=StabilityBackend,
     create_app=stability_emulator.create_app, env_var="STABILITY_API_KEY", secret=KEY,
-    table={"connect_timeout_s": 0.3, "read_timeout_s": 5.0},
+    table={"connect_timeout_s": 5.0, "read_timeout_s": 5.0},
     request={"prompt": "a lighthouse on a cliff"},
 )
 generate = STABILITY.generate

@@ -45,7 +45,7 @@ KEY = "tg-test-key-3b9d7c1e55aa"
 GEN = "/v1/images/generations"
 TOGETHER = BackendCase(
     name="together", kind="together", cls=TogetherBackend, create_app=together_emulator.create_app,
-    env_var="TOGETHER_API_KEY", secret=KEY, table={"connect_timeout_s": 0.3, "read_timeout_s": 5.0},
+    env_var="TOGETHER_API_KEY", secret=KEY, table={"connect_timeout_s": 5.0, "read_timeout_s": 5.0},
     request={"prompt": "a lighthouse at dusk", "width": 256, "height": 192},
 )
 generate = TOGETHER.generate
