@@ -10,8 +10,11 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.helpers import calculate_timeout_when
 from imagegate.backends.a1111 import A1111Backend, A1111Settings
 from imagegate.backends.http import Answer, Failed, Pending, gather_all
+from imagegate.backends.transport import client_timeout
+from imagegate.config import Timeouts
 from imagegate.errors import (
     BackendError,
     GenerationTimeout,
@@ -158,3 +161,14 @@ async def test_gather_all_raises_the_first_backend_error_and_cancels_the_rest() 
         await gather_all([slow(), broken()])
     assert cancelled.is_set()
     assert await gather_all([asyncio.sleep(0, result=1), asyncio.sleep(0, result=2)]) == [1, 2]
+
+
+def test_timeouts_above_five_seconds_fire_on_time_not_at_the_next_whole_second() -> None:
+    """aiohttp rounds a timeout above ``ceil_threshold`` (5 s by default) up to the next whole
+    second of the loop clock: a 10 s connect budget could fire 11 s in. Ours are not rounded;
+    checked with aiohttp's own scheduling arithmetic at a loop time just past a whole second."""
+    timeout = client_timeout(Timeouts(connect=10.0, read=60.0), None)
+    assert timeout.sock_connect == 10.0
+    now = 1000.01
+    assert calculate_timeout_when(now, timeout.sock_connect, timeout.ceil_threshold) == pytest.approx(now + 10.0)
+    assert calculate_timeout_when(now, timeout.sock_read, timeout.ceil_threshold) == pytest.approx(now + 60.0)

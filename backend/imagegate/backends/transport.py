@@ -62,6 +62,9 @@ __all__ = [
 ]
 
 ERROR_BODY_CAP = 64 * 1024  # an error body is read this far: enough for any message
+# aiohttp rounds every timeout above ClientTimeout.ceil_threshold (5 s by default) up to the next
+# whole second of the loop clock, so a 10 s connect budget fired after up to 11 s; ours fire on time.
+NO_CEIL_S = 1e9
 
 
 def client_timeout(timeouts: Timeouts, deadline: Deadline | None) -> aiohttp.ClientTimeout:
@@ -72,6 +75,7 @@ def client_timeout(timeouts: Timeouts, deadline: Deadline | None) -> aiohttp.Cli
         total=left,
         sock_connect=min(timeouts.connect, left),
         sock_read=min(timeouts.read, left),
+        ceil_threshold=NO_CEIL_S,
     )
 
 
@@ -323,7 +327,9 @@ async def warm_connection(
     )
     trace = _ConnectTrace()
     left = max(deadline.remaining(), 0.001)
-    budget = aiohttp.ClientTimeout(connect=left, sock_connect=min(timeouts.connect, left))
+    budget = aiohttp.ClientTimeout(
+        connect=left, sock_connect=min(timeouts.connect, left), ceil_threshold=NO_CEIL_S
+    )
     started = time.monotonic()
     with map_http_errors(backend, timeouts, deadline):
         try:
