@@ -119,8 +119,9 @@ def _run_one(block: Block, background: list[tuple[subprocess.Popen[bytes], Path,
     elif "background" in block.flags:
         log = Path(f".block-{block.line}.log")
         with log.open("wb") as fh:
-            proc = subprocess.Popen(
-                ["bash", "-c", block.code], stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            proc = subprocess.Popen(  # faulthandler: a server that will not stop says where it is
+                ["bash", "-c", block.code], stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "PYTHONFAULTHANDLER": "1"},
             )
         why = _ready(block, proc)
         if why is not None:
@@ -146,8 +147,12 @@ def _stop(proc: subprocess.Popen[bytes], log: Path, result: dict[str, Any]) -> N
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            os.killpg(proc.pid, signal.SIGABRT)  # faulthandler writes every thread's stack to the log
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
             result["killed"] = True
     result["stopped_rc"] = proc.returncode
     result["output"] = (result["output"] + "\n" + log.read_text(errors="replace")).strip()
@@ -167,6 +172,9 @@ def run_blocks(blocks: list[Block]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str]) -> int:
+    # a shell starts background jobs with SIGINT ignored, and children inherit that: the
+    # blocks get Ctrl-C's default, as in a terminal
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     spec, out = Path(argv[0]), Path(argv[1])
     blocks = [Block(**raw) for raw in json.loads(spec.read_text())]
     out.write_text(json.dumps(run_blocks(blocks)))

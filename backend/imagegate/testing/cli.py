@@ -1,4 +1,6 @@
-"""``python -m imagegate.testing <kind> --port P [--tls]``: run one emulator until Ctrl-C.
+"""``python -m imagegate.testing <kind> --port P [--tls]``: run one emulator until Ctrl-C
+(SIGINT) or SIGTERM, which it handles itself: started in the background of a script (which
+starts it with SIGINT ignored), it still stops on either.
 
 The kinds are the provider registry's rows that name an emulator, plus ``hub`` (the Hub's
 Space-runtime API, which Space backends check). An aiohttp emulator (``create_app``) is
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import importlib
 import inspect
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,6 +77,10 @@ def main(argv: Sequence[str] | None = None, *, kind: str | None = None) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before the "listening" line a caller waits for
+        loop.add_signal_handler(sig, stop.set)
     module = importlib.import_module(EMULATORS[args.kind])
     accepted = inspect.signature(module.create_app).parameters
     options: dict[str, Any] = {"knobs": Knobs(latency_s=args.latency)}
@@ -96,7 +103,7 @@ async def _serve(args: argparse.Namespace) -> None:
                 args.ca_out.write_bytes(ca.ca_file.read_bytes())
             print(f"CA certificate: {target} (use as ca_bundle or SSL_CERT_FILE)", flush=True)
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.Event().wait()
+            await stop.wait()
 
 
 if __name__ == "__main__":  # pragma: no cover
