@@ -35,6 +35,7 @@ import contextlib
 import io
 import os
 import random
+import signal
 import socket
 import sys
 import threading
@@ -316,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"{parser.prog}: {listen_failed(exc, args.host, args.port)}", file=sys.stderr)
         return 2
+    for sig in (signal.SIGINT, signal.SIGTERM):  # even when a shell started it with SIGINT ignored
+        signal.signal(sig, signal.default_int_handler)
     space = launch_space(
         host=args.host, port=args.port, queue_size=args.queue_size, replicas=args.replicas
     )
