@@ -218,6 +218,7 @@ async def _measure(
         connector=connector, timeout=aiohttp.ClientTimeout(total=60)
     ) as session:
         await _wait_ready(session, server_url + "/readyz")
+        await _wait_ready(session, emulator_url + "/sdapi/v1/sd-models")  # "direct" calls it alone
         return [
             await _level(session, mode, emulator_url if mode == "direct" else server_url, c, duration, size)
             for c in levels
