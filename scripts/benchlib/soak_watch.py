@@ -183,6 +183,7 @@ class WarningTrap(logging.Handler):
 
     @contextlib.contextmanager
     def trapping(self) -> Iterator[WarningTrap]:
+        gc.collect()  # what earlier code left unclosed is collected now, not blamed on this run
         loop = asyncio.get_running_loop()
         old_handler = loop.get_exception_handler()
         loop.set_exception_handler(lambda _loop, ctx: self.messages.append(str(ctx.get("message"))))

@@ -52,7 +52,7 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 2.0) -> None:
+async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:  # generous: returns at once when true
     end = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < end, "condition not reached in time"

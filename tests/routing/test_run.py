@@ -54,7 +54,7 @@ async def test_handshake_blackhole_fails_over_opens_breaker_and_a_probe_brings_i
         assert holed.connections == connections  # skipped without a network call
 
         holed.mode = "pass"
-        await eventually(lambda: service.breaker("primary").state == "closed", timeout=3.0)
+        await eventually(lambda: service.breaker("primary").state == "closed", timeout=10.0)
         third = await service.generate(REQUEST)
         assert third.backend == "primary"
         (row,) = [h for h in service.health() if h.name == "primary"]

@@ -39,7 +39,7 @@ async def pair(redis_url: str) -> AsyncIterator[tuple[RedisState, RedisState, He
         await b.aclose()
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
+async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:  # generous: returns at once when true
     end = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < end, "not reached in time"
