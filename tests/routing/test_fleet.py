@@ -48,8 +48,11 @@ async def test_a_peer_s_open_breaker_is_adopted_and_only_one_instance_sends_the_
             await eventually(lambda: b.breaker("primary").state != "closed")  # B adopted it
             proxy.mode = "pass"
             await asyncio.sleep(COOLDOWN_S + 0.2)  # cool-down over on both: each would try
-            results = await asyncio.gather(a.generate(REQUEST), b.generate(REQUEST))
-            assert sorted(r.backend for r in results) == ["primary", "secondary"]
+            p_knobs.latency_s = 1.0  # the trial is held at the provider while B asks
+            trial = asyncio.create_task(a.generate(REQUEST))
+            await eventually(lambda: txt2img(p_knobs) == 1)  # A's trial is in flight
+            assert (await b.generate(REQUEST)).backend == "secondary"  # B does not send a second
+            assert (await trial).backend == "primary"
             assert txt2img(p_knobs) == 1  # one trial for the fleet, not one per instance
             await eventually(lambda: a.breaker("primary").state == b.breaker("primary").state == "closed")
 
