@@ -51,16 +51,24 @@ async def _hedge_mode(args: argparse.Namespace, service_keys: dict[str, Any]) ->
         cfg = a1111_settings(a1111_backend("primary", p_url, 0), a1111_backend("secondary", s_url, 1), **service_keys)
         async with ImageService(cfg, rng=random.Random(args.seed)) as service:
             await _load(service, request, args.warmup, args.concurrency)
-            before = len(primary.requests) + len(secondary.requests)
+            before = _generations(primary, secondary), len(primary.requests) + len(secondary.requests)
             latencies, hedged, served = await _load(service, request, args.requests, args.concurrency)
-            sent = len(primary.requests) + len(secondary.requests) - before
+            sent = _generations(primary, secondary) - before[0]
+            other = len(primary.requests) + len(secondary.requests) - before[1] - sent
     return {
         "latency_ms": stats_ms(latencies),
         "hedges": hedged,
+        # what hedging costs is generations; a cancelled loser's progress look and interrupt
+        # (A1111: /internal/progress, /sdapi/v1/interrupt) cost nothing and are counted apart
         "extra_request_share": round(sent / args.requests - 1, 4),
+        "control_requests": other,
         "served_by_secondary": served.get("secondary", 0),
         "primary_cancelled": primary.cancelled,
     }
+
+
+def _generations(*knobs: Knobs) -> int:
+    return sum(1 for k in knobs for r in k.requests if r.path == "/sdapi/v1/txt2img")
 
 
 async def _load(
