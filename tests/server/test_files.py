@@ -176,8 +176,8 @@ async def test_retention_days_deletes_old_images_in_the_background(a1111_url: st
     fresh = _stored(out, "2026-01-03", "101010-89abcdef.png", age_days=0.1)
     settings = a1111_settings(a1111_url, tmp_path, retention_days=2)
     async with gateway(settings):
-        for _ in range(200):  # the first sweep runs at start, in a thread
-            if not old.exists():
+        for _ in range(1000):  # the first sweep runs at start, in a thread: wait (up to 20 s)
+            if not old.parent.exists():  # for its last step, the emptied day folder removed
                 break
             await asyncio.sleep(0.02)
     assert not old.exists() and not old.parent.exists() and fresh.exists()
