@@ -409,14 +409,14 @@ async def answers(probe: Probe) -> dict[str, Any]:
     """Files written for 3,000 images answered to n = 1; downloads for 300 Novita URLs."""
     out: dict[str, Any] = {}
     knobs = Knobs()
-    knobs.arm("many_images", count=3000)
+    knobs.arm("many_images", images=3000)
     async with provider("openai", knobs) as (_, table), probe.server([table], env=secrets_env("openai")) as s:
         status, _ = await post(s.url, {**PROMPT, "response_format": "url"})
         files = [p for p in s.out.rglob("*") if p.is_file()]
         out["openai 3000 images for n=1: status, files written"] = (status, len(files))
     for n in (1, 8):
         knobs = Knobs(latency_s=0.2)
-        knobs.arm("many_images", count=300)
+        knobs.arm("many_images", images=300)
         async with provider("novita", knobs) as (_, table), probe.server(
             [table], env=secrets_env("novita")
         ) as s:

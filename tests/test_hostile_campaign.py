@@ -456,13 +456,13 @@ async def test_a_low_ulimit_serve_refuses_instead_of_flooding_its_log(a1111_url:
 
 async def test_3000_images_for_n_1_keep_one_and_say_so_in_the_trail(tmp_path: Path) -> None:
     knobs = Knobs()
-    knobs.arm("many_images", count=3000)
+    knobs.arm("many_images", images=3000)
     knobs.arm("url_answer")  # URLs: 3,000 base64 images would not fit the JSON cap for n = 1
     async with provider("openai", knobs) as url:
         settings = settings_for([table("openai", url)], tmp_path)
         async with gateway(settings) as (gate, _app):
             status, answer, _ = await post(gate, {**PROMPT, "response_format": "url"})
-        knobs.arm("many_images", count=3000)
+        knobs.arm("many_images", images=3000)
         knobs.arm("url_answer")
         async with ImageService(settings) as service:
             result = await service.generate(ImageRequest(prompt="x", width=64, height=64))
@@ -474,7 +474,7 @@ async def test_3000_images_for_n_1_keep_one_and_say_so_in_the_trail(tmp_path: Pa
 
 async def test_downloads_of_one_request_run_at_most_four_at_once(tmp_path: Path) -> None:
     knobs = Knobs(latency_s=0.05)
-    knobs.arm("many_images", count=300)
+    knobs.arm("many_images", images=300)
     async with provider("novita", knobs) as url, ImageService(
         settings_for([table("novita", url)], tmp_path)
     ) as service:

@@ -201,3 +201,13 @@ async def test_basic_auth_guards_sdapi_but_not_internal_routes() -> None:
             assert resp.status == 200
         async with session.get(url + "/internal/ping") as resp:  # not behind --api-auth
             assert resp.status == 200
+
+
+async def test_many_images_answers_the_number_of_images_it_was_armed_with(
+    http: tuple[aiohttp.ClientSession, str], knobs: Knobs
+) -> None:
+    """``arm("many_images", images=N)``: N reaches the emulator (``count`` is arm()'s own: how
+    many requests misbehave)."""
+    knobs.arm("many_images", images=7)
+    status, answer = await post(http, {"prompt": "a fox", "width": 64, "height": 64})
+    assert status == 200 and len(answer["images"]) == 7

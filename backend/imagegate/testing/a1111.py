@@ -31,7 +31,7 @@ live previews, the global ``/sdapi/v1/progress``, and ``/sdapi/v1/interrupt``. A
 goes away does not stop its job, as in the webui; an interrupt does.
 
 Knobs, besides the shared ones: ``arm("not_image")`` -> an image that is HTML;
-``arm("many_images", count=3000)`` -> ``count`` small images whatever ``batch_size`` asked
+``arm("many_images", images=3000)`` -> ``images`` small images whatever ``batch_size`` asked
 (hostile: a provider that does not honour the request).
 
     python -m imagegate.testing a1111 --port 7860 [--step-s 0.05]
@@ -186,7 +186,7 @@ def create_app(
                 return [base64.b64encode(b"<html>not an image</html>").decode()]
             if many is not None:  # hostile: far more images than were asked for
                 one = base64.b64encode(make_image(64, 64, prompt, seed)).decode()
-                return [one] * int(many.get("count", 3000))
+                return [one] * int(many.get("images", 3000))
             return [
                 base64.b64encode(make_image(width, height, prompt, seed + i, fmt)).decode()
                 for i in range(count)

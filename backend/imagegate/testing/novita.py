@@ -18,7 +18,7 @@ inferred from names and ints, no doc text states them):
     knobs.arm("task_stuck")                 # TASK_STATUS_QUEUED for ever
     knobs.arm("url_expired")                # the next task's image URLs are already expired
     knobs.arm("not_image", size=50_000_000) # the next image download is junk (default: HTML)
-    knobs.arm("many_images", count=300)     # hostile: the next task has 300 image URLs
+    knobs.arm("many_images", images=300)    # hostile: the next task has 300 image URLs
     knobs.arm("image_url", url="http://...") # hostile: the next task's image URLs point there
 
     python -m imagegate.testing novita --port 8081 --tls --api-key test-key
@@ -215,7 +215,7 @@ async def _txt2img(request: web.Request) -> web.Response:
         plan=plan,
         reason=reason,
         ttl_s=0.0 if expired else state.image_ttl_s,
-        image_count=_param(state.knobs.take("many_images", request.path), "count", 300),
+        image_count=_param(state.knobs.take("many_images", request.path), "images", 300),
         image_url=_param(state.knobs.take("image_url", request.path), "url", None),
     )
     state.tasks[task.task_id] = task

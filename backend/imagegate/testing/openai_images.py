@@ -26,7 +26,7 @@ Emulator knobs, besides the shared ones (latency, status, reset, stall, stall_bo
 -> answer URLs even when b64 was asked (optionally on another host name for the same
 server, e.g. ``localhost``), or ``arm("url_answer", url=...)`` -> that URL as every image's ``url``
 (hostile: a URL to anywhere); ``arm("not_image")`` -> base64 of bytes that are no image;
-``arm("many_images", count=3000)`` -> ``count`` images whatever ``n`` asked (hostile).
+``arm("many_images", images=3000)`` -> ``images`` images whatever ``n`` asked (hostile).
 
     python -m imagegate.testing openai --port 8081 --tls --api-key sk-test [--official]
 """
@@ -219,7 +219,7 @@ def create_app(
         origin = _origin(request, url_params.get("host"))
         many = knobs.take("many_images", request.path)
         if many is not None:
-            body = {**body, "n": int(many.get("count", 3000))}
+            body = {**body, "n": int(many.get("images", 3000))}
         answer = _answer(knobs, request.path, body, files, origin if as_url else None, draw)
         if url_params.get("url"):
             answer["data"] = [{"url": url_params["url"]} for _ in answer["data"]]
