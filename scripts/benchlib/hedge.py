@@ -51,10 +51,10 @@ async def _hedge_mode(args: argparse.Namespace, service_keys: dict[str, Any]) ->
         cfg = a1111_settings(a1111_backend("primary", p_url, 0), a1111_backend("secondary", s_url, 1), **service_keys)
         async with ImageService(cfg, rng=random.Random(args.seed)) as service:
             await _load(service, request, args.warmup, args.concurrency)
-            before = _generations(primary, secondary), len(primary.requests) + len(secondary.requests)
+            generations, requests = _generations(primary, secondary), _requests(primary, secondary)
             latencies, hedged, served = await _load(service, request, args.requests, args.concurrency)
-            sent = _generations(primary, secondary) - before[0]
-            other = len(primary.requests) + len(secondary.requests) - before[1] - sent
+            sent = _generations(primary, secondary) - generations
+            other = _requests(primary, secondary) - requests - sent
     return {
         "latency_ms": stats_ms(latencies),
         "hedges": hedged,
@@ -69,6 +69,10 @@ async def _hedge_mode(args: argparse.Namespace, service_keys: dict[str, Any]) ->
 
 def _generations(*knobs: Knobs) -> int:
     return sum(1 for k in knobs for r in k.requests if r.path == "/sdapi/v1/txt2img")
+
+
+def _requests(*knobs: Knobs) -> int:
+    return sum(len(k.requests) for k in knobs)
 
 
 async def _load(

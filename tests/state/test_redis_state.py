@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from imagegate.models import BackendHealth
 from imagegate.state import BreakerNews, RedisState
 from imagegate.testing.redis import RedisServer
 from structlog.testing import capture_logs
+
+from tests.routing.support import eventually
 
 Heard = list[BreakerNews]
 
@@ -37,13 +39,6 @@ async def pair(redis_url: str) -> AsyncIterator[tuple[RedisState, RedisState, He
     finally:
         await a.aclose()
         await b.aclose()
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:  # generous: returns at once when true
-    end = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < end, "not reached in time"
-        await asyncio.sleep(0.005)
 
 
 def news(backend: str, state: str, origin: str, *, until_in: float | None = 30.0) -> BreakerNews:

@@ -319,13 +319,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for sig in (signal.SIGINT, signal.SIGTERM):  # even when a shell started it with SIGINT ignored
         signal.signal(sig, signal.default_int_handler)
+    space: RunningSpace | None = None
     try:  # a signal may come at any moment from here on, even while a line is printed
         space = launch_space(
             host=args.host, port=args.port, queue_size=args.queue_size, replicas=args.replicas
         )
-    except KeyboardInterrupt:
-        return 0
-    try:
         print(
             f"stand-in Space listening on {space.url} (queue-limited /busy: {space.busy_url})",
             flush=True,
@@ -336,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        space.close()
+        if space is not None:
+            space.close()
     return 0
 
 
