@@ -325,7 +325,8 @@ class JobRunner:
         store: Any = self.store
         handled = False
         try:
-            handled = await self._run_taken(delivery)
+            await self._run_taken(delivery)
+            handled = True
         except KeyError:
             handled = True  # another run wrote the result first
         except Exception as exc:  # noqa: BLE001 - the store failed: the entry stays in the queue
@@ -334,11 +335,12 @@ class JobRunner:
             with contextlib.suppress(Exception):
                 await (store.ack(delivery) if handled else store.release(delivery))
 
-    async def _run_taken(self, delivery: Any) -> bool:
+    async def _run_taken(self, delivery: Any) -> None:
+        """Run (or, past ``MAX_RUNS``, fail) the job of ``delivery``; returns once it has ended."""
         store: Any = self.store
         doc = await store.get(delivery.job_id)
         if doc is None or doc.get("status") in _ENDED.values():
-            return True  # expired, or ended (a run that died after the final event)
+            return  # expired, or ended (a run that died after the final event)
         spec = json.loads(delivery.spec)
         record = JobRecord.model_validate(doc)
         record = record.model_copy(update={"runs": record.runs + 1, "runner": store.instance})
@@ -348,9 +350,8 @@ class JobRunner:
             await self._tell(advance(record, FailedEvent(error_kind="server_error", message=message)),
                              "failed", json.dumps({"type": "failed", "error_kind": "server_error",
                                                    "message": message}), final=True)
-            return True
+            return
         await self._run(record, generation_from_json(spec["generation"]), spec["base"])
-        return True
 
 
 def _data(event: Event, result: dict[str, Any] | None) -> str:
