@@ -38,7 +38,7 @@ from typing import Any
 
 import aiohttp
 
-from benchlib.common import free_port, stop_process
+from benchlib.common import free_port, rss_mb, stop_process
 
 TARGET_RPS_AT_16 = 300.0
 TARGET_P99_MS = 100.0
@@ -66,16 +66,6 @@ def _cpu_s(pid: int) -> float | None:
     except OSError:
         return None
     return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
-
-
-def _rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
 
 
 async def _wait_ready(session: aiohttp.ClientSession, url: str, timeout: float = 30.0) -> None:
@@ -256,7 +246,7 @@ def run_http(args: Any) -> dict[str, Any]:
             client_cpu = time.process_time()
             results = asyncio.run(_measure(f"http://127.0.0.1:{srv_port}", f"http://127.0.0.1:{emu_port}",
                                            levels, modes, duration, size))
-            rss = _rss_mb(srv.pid)
+            rss = round(rss_mb(srv.pid), 1)  # the server is still running here
             cpu = {
                 "server": _cpu_s(srv.pid),
                 "emulator": _cpu_s(emu.pid),
