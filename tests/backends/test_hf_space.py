@@ -472,7 +472,10 @@ async def test_client_is_built_once_reused_and_closed_on_aclose(
         async with space_backend(tmp_path, **generate_table(space)) as backend:
             await generate(backend)
             client = backend._session.client if backend._session else None
-            await asyncio.gather(generate(backend), generate(backend))
+            # Distinct prompts: gradio caches an output under the hash of its bytes and
+            # rewrites that file for every identical output, so a download that overlaps the
+            # rewrite reads it truncated (gradio's processing_utils.save_pil_to_cache).
+            await asyncio.gather(generate(backend, prompt="one"), generate(backend, prompt="two"))
             assert backend._session is not None and backend._session.client is client
     assert [e["event"] for e in logs].count("space_client_built") == 1
     assert client is not None and not client.heartbeat.is_alive()
