@@ -18,10 +18,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from imagegate.backends.hf_space.backend import HFSpaceBackend
 from imagegate.errors import (
     AuthFailed,
+    BadResponse,
     ConnectFailed,
     GenerationTimeout,
     HandshakeTimeout,
@@ -533,6 +536,64 @@ async def tcp_switch(target: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
     finally:
         cut()
         server.close()
+
+
+@contextlib.asynccontextmanager
+async def spoiled_files(target: str, times: int) -> AsyncIterator[tuple[str, list[str]]]:
+    """An HTTP proxy to the app at ``target`` that answers its first ``times`` file downloads
+    (``/file=``) 200 with an empty body, as gradio does when a download overlaps a rewrite of
+    that file (``processing_utils.save_pil_to_cache`` rewrites the file named by the hash of
+    the output's bytes for every identical output). Yields its URL and the spoiled paths."""
+    spoiled: list[str] = []
+    hop = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+    async with aiohttp.ClientSession(auto_decompress=False) as upstream:
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            if "/file=" in request.path and len(spoiled) < times:
+                spoiled.append(request.path)
+                return web.Response(body=b"", content_type="image/webp")
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in hop}
+            headers["Host"] = request.host  # gradio builds its URLs from it: they stay ours
+            async with upstream.request(
+                request.method, target + request.path_qs, headers=headers,
+                data=await request.read(), allow_redirects=False,
+            ) as resp:
+                answer = web.StreamResponse(status=resp.status, headers={
+                    k: v for k, v in resp.headers.items() if k.lower() not in hop
+                })
+                await answer.prepare(request)
+                async for chunk in resp.content.iter_any():
+                    await answer.write(chunk)
+                await answer.write_eof()
+                return answer
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        async with serve_app(app) as url:
+            yield url, spoiled
+
+
+@pytest.mark.parametrize(("spoil", "ok"), [(1, True), (5, False)])
+async def test_a_download_the_app_spoils_is_fetched_once_more_not_generated_again(
+    space: RunningSpace, tmp_path: Path, spoil: int, ok: bool
+) -> None:
+    """The image is made (and on a paid Space, paid for): a download that comes back empty
+    is fetched once more instead of failing over to another generation; twice is an error."""
+    async with (
+        spoiled_files(space.url, times=spoil) as (url, spoiled),
+        space_backend(tmp_path, **generate_table(space, src=url)) as backend,
+    ):
+        before = space.calls.count("/generate")
+        with capture_logs() as logs:
+            if ok:
+                [image] = await generate(backend, prompt=f"spoiled {spoil}")
+                assert image.format is ImageFormat.PNG and image.data
+            else:
+                with pytest.raises(BadResponse, match="empty body"):
+                    await generate(backend, prompt=f"spoiled {spoil}")
+        assert space.calls.count("/generate") == before + 1  # one generation either way
+    assert len(spoiled) == (1 if ok else 2) and len(set(spoiled)) == 1
+    assert [e["event"] for e in logs].count("space_download_retried") == 1
 
 
 async def test_connection_lost_mid_generation_is_connect_failed(

@@ -21,9 +21,9 @@ gradio_client is synchronous: its constructor does network I/O, and a prediction
 - the token goes positionally (2nd argument): gradio_client 1.x calls it ``hf_token``, 2.x
   ``token``;
 - ``download_files=False``: results stay FileData dicts (a bare path string is a path on the
-  Space's server) and the image is fetched here with aiohttp from ``{src}/file=<path>``,
-  capped at ``max_image_bytes``; nothing accumulates in GRADIO_TEMP_DIR, and the token and
-  session cookies go to the Space's own host only.
+  Space's server), the image fetched with aiohttp (``http.py``) from ``{src}/file=<path>``,
+  capped at ``max_image_bytes``, once more if it came back short; nothing accumulates in
+  GRADIO_TEMP_DIR, and the token and session cookies go to the Space's own host only.
 
 For a hub Space (``space = "owner/name"``) the Hub's runtime stage
 (``GET {hub_url}/api/spaces/{id}/runtime``) is checked before a client is built, and is the
@@ -82,6 +82,7 @@ _SEED_MAX = 2**31 - 1  # Spaces' seed sliders stop at int32 max
 # stream timing out (which it reports as a bare CancelledError, printing a traceback).
 _HTTPX_GRACE_S = 2.0
 _CONNECTION_LEVEL = (ConnectFailed, HandshakeTimeout)
+_REFETCH_PAUSE_S = 0.1  # before a spoiled download is fetched again: a rewrite takes ms
 CAPABILITIES_TTL_S = 600.0  # a probe re-reads a Space's /config at most this often
 
 
@@ -165,10 +166,27 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
                 f"{session.api_name} returned no image ({error_text(repr(result), 120)})",
                 backend=self.name,
             )
-        data = await self._image_bytes(ref, session, deadline)
         final_seed = returned_seed if returned_seed is not None else seed
+        try:
+            return await self._checked_image(ref, session, deadline, final_seed)
+        except BadResponse as exc:
+            # The image is made (maybe paid for): a download that came back short is fetched
+            # again, not generated again. gradio rewrites an output's file (named by the hash
+            # of its bytes) for each identical output (processing_utils.save_pil_to_cache).
+            if ref.kind in ("pil", "bytes") or exc.status is not None:
+                raise
+            log.warning(
+                "space_download_retried", backend=self.name, error=self.redactor.text(str(exc))
+            )
+            await asyncio.sleep(min(_REFETCH_PAUSE_S, deadline.remaining()))  # let it finish
+            return await self._checked_image(ref, session, deadline, final_seed)
+
+    async def _checked_image(
+        self, ref: ImageRef, session: _Session, deadline: Deadline, seed: int | None
+    ) -> GeneratedImage:
+        data = await self._image_bytes(ref, session, deadline)
         return check_image(
-            data, backend=self.name, seed=final_seed, info={"api_name": session.api_name}, quote=False
+            data, backend=self.name, seed=seed, info={"api_name": session.api_name}, quote=False
         )
 
     async def _acquire_slot(self, deadline: Deadline) -> None:
@@ -274,7 +292,7 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
                 raise
             if self._closed:  # aclose() ran while the client was being built
                 session, self._session = self._session, None
-                self._close_in_background(session.client)
+                _close_later(self._executor, session.client)
                 raise ConnectFailed("the backend is closed", backend=self.name)
             log.info("space_client_built", backend=self.name, src=self.src,
                      api_name=self._session.api_name)
@@ -315,17 +333,14 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
 
     def _close_orphan(self, future: asyncio.Future[_Session]) -> None:
         if not future.cancelled() and future.exception() is None:
-            self._close_in_background(future.result().client)
+            _close_later(self._executor, future.result().client)
 
     def _drop_session(self, session: _Session) -> None:
         """Forget a client after a connection-level failure; the next call builds a new one."""
         if self._session is session:
             self._session = None
             log.info("space_client_dropped", backend=self.name)
-            self._close_in_background(session.client)
-
-    def _close_in_background(self, client: Any) -> None:
-        _close_later(self._executor, client)
+            _close_later(self._executor, session.client)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -346,28 +361,15 @@ class HFSpaceBackend(ImageBackend[HFSpaceSettings]):
             return await asyncio.get_running_loop().run_in_executor(
                 self._executor, _png_bytes, ref.value
             )
-        root = session.client.src_prefixed
-        if ref.kind == "file":
-            url = _gradio.file_url(ref.value, root)
-        elif ref.kind == "path":
-            url = _gradio.file_url({"path": ref.value}, root)
-        else:
-            url = str(ref.value)
-        return await self._download(url, session, deadline)
+        return await self._web.result_file(
+            ref, session.client.src_prefixed, deadline, max_bytes=self.settings.max_image_bytes,
+            cookies=dict(getattr(session.client, "cookies", {}) or {}),
+        )
 
     async def _preview(self, output: Any, session: _Session, deadline: Deadline) -> bytes | None:
         """The image in a generator's intermediate ``output`` (progress.py asks for it)."""
         ref, _ = _gradio.find_image(output)
         return None if ref is None else await self._image_bytes(ref, session, deadline)
-
-    async def _download(self, url: str, session: _Session, deadline: Deadline) -> bytes:
-        # the token and cookies go to the Space's own origin only (download.py sees to it)
-        token = self._secrets.get("token")
-        headers = {"x-hf-authorization": f"Bearer {token}"} if token else {}
-        cookies = dict(getattr(session.client, "cookies", {}) or {})
-        return await self._web.download(
-            url, deadline, max_bytes=self.settings.max_image_bytes, headers=headers, cookies=cookies
-        )
 
     # ------------------------------------------------------------ the probe
 

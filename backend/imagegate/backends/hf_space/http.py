@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from imagegate.backends.download import Downloader
+from imagegate.backends.hf_space.gradio import ImageRef, file_url
 from imagegate.backends.hf_space.spaces import ASLEEP, runtime_detail, stage_error, stage_group
 from imagegate.backends.transport import (
     client_timeout,
@@ -124,19 +125,20 @@ class SpaceHttp:
         info = await self.get_json(f"{src}{prefix}/info", deadline, read=read)
         return config, info
 
-    async def download(
-        self,
-        url: str,
-        deadline: Deadline,
-        *,
-        max_bytes: int,
-        headers: Mapping[str, str],
+    async def result_file(
+        self, ref: ImageRef, root: str, deadline: Deadline, *, max_bytes: int,
         cookies: Mapping[str, str],
     ) -> bytes:
-        """The bytes at ``url``, refusing more than ``max_bytes``, under the download policy
-        (``headers`` and ``cookies`` go to the Space's own origin only)."""
+        """The file a result names (a FileData, a path on the app's server or a URL; ``root``
+        is the app's), refusing more than ``max_bytes``, under the download policy: the token
+        and ``cookies`` go to the Space's own origin only."""
         if self.downloads is None:
             raise BadResponse("no download policy for this Space", backend=self.backend)
+        if ref.kind in ("file", "path"):
+            url = file_url(ref.value if ref.kind == "file" else {"path": ref.value}, root)
+        else:
+            url = str(ref.value)
+        headers = {"x-hf-authorization": f"Bearer {self.token}"} if self.token else {}
         return await self.downloads.fetch(
             url, deadline, cap=max_bytes, auth_headers=headers, cookies=cookies
         )
