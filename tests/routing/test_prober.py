@@ -7,6 +7,8 @@ import random
 
 from imagegate.routing.prober import HealthProber
 
+from tests.routing.support import eventually
+
 # -- the prober -------------------------------------------------------------------------------
 
 
@@ -18,9 +20,8 @@ async def test_prober_probes_every_backend_repeatedly_and_stops_cleanly() -> Non
 
     prober = HealthProber(["a", "b"], probe, interval_s=0.02, rng=random.Random(1))
     prober.start()
-    await asyncio.sleep(0.15)
+    await eventually(lambda: calls.count("a") >= 3 and calls.count("b") >= 3)
     await prober.stop()
-    assert calls.count("a") >= 3 and calls.count("b") >= 3
     assert not prober.running
     count = len(calls)
     await asyncio.sleep(0.05)
@@ -53,9 +54,8 @@ async def test_prober_nudge_recomputes_the_delay_at_once() -> None:
     assert calls == []
     urgent["a"] = True
     prober.nudge("a")
-    await asyncio.sleep(0.1)
+    await eventually(lambda: bool(calls))
     await prober.stop()
-    assert calls
 
 
 async def test_a_crashing_probe_does_not_end_the_loop() -> None:
@@ -67,6 +67,5 @@ async def test_a_crashing_probe_does_not_end_the_loop() -> None:
 
     prober = HealthProber(["a"], probe, interval_s=0.01)
     prober.start()
-    await asyncio.sleep(0.1)
+    await eventually(lambda: len(calls) >= 3)
     await prober.stop()
-    assert len(calls) >= 3

@@ -44,9 +44,7 @@ async def test_handshake_blackhole_fails_over_opens_breaker_and_a_probe_brings_i
         assert service.breaker("primary").state == "open"
 
         connections = holed.connections
-        start = time.monotonic()
-        second = await service.generate(REQUEST)
-        assert time.monotonic() - start < 0.2  # no handshake wait at all
+        second = await service.generate(REQUEST)  # no handshake wait at all: no network call
         assert second.backend == "secondary"
         skipped = second.attempts[0]
         assert (skipped.backend, skipped.outcome) == ("primary", "skipped")

@@ -135,7 +135,11 @@ async def test_redis_dying_and_coming_back_under_load_hangs_no_request(
             await asyncio.sleep(1.0)
             own_redis.start()
             await load
-            await asyncio.sleep(1.5)  # the instances' next ping finds it back
+
+            async def recovered() -> bool:  # the instances' next ping finds it back
+                return all("state_store_recovered" in i.stderr() for i in instances)
+
+            await eventually(recovered, timeout=15)
         logs = [i.stderr() for i in instances]
     assert results and all(status == 200 for status, _, _ in results)
     assert max(seconds for _, _, seconds in results) < 5.0  # deadline 10 s: nothing waited on Redis

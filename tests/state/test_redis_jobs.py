@@ -23,6 +23,7 @@ async def pair(redis_url: str) -> AsyncIterator[tuple[RedisJobStore, RedisJobSto
     a, b = store(redis_url, "aaaaaaaaaaaa"), store(redis_url, "bbbbbbbbbbbb")
     await a.start()
     await b.start()
+    await asyncio.wait_for(asyncio.gather(a.listening.wait(), b.listening.wait()), 10)
     try:
         yield a, b
     finally:
@@ -89,7 +90,7 @@ async def test_jobs_max_counts_the_fleet_and_an_ended_job_expires(redis_url: str
 
 
 async def test_any_instance_takes_a_queued_job_and_a_dead_one_s_job_is_taken_again(redis_url: str) -> None:
-    a, b = store(redis_url, "a" * 12, lease_s=0.5), store(redis_url, "b" * 12, lease_s=0.5)
+    a, b = store(redis_url, "a" * 12, lease_s=1.5), store(redis_url, "b" * 12, lease_s=1.5)
     try:
         await a.enqueue("job_q", '{"spec": 1}')
         (first,) = await b.take(5)
@@ -100,11 +101,11 @@ async def test_any_instance_takes_a_queued_job_and_a_dead_one_s_job_is_taken_aga
         await b.keep_alive()
         await asyncio.sleep(0.3)
         assert await a.take(5) == []
-        await asyncio.sleep(0.6)  # b stops renewing: dead as far as the fleet can tell
+        await asyncio.sleep(1.8)  # b stops renewing: dead as far as the fleet can tell
         (again,) = await a.take(5)
         assert again.job_id == "job_q"
         await a.ack(again)
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(1.8)
         assert await b.take(5) == []  # acknowledged: gone for good
     finally:
         await a.aclose()

@@ -140,6 +140,7 @@ class RedisJobStore:
         self._create = self._r.register_script(_CREATE)
         self._cancel = self._r.register_script(_CANCEL)
         self._cancels: dict[str, asyncio.Event] = {}
+        self.listening = asyncio.Event()  # subscribed to the fleet's cancels
         self._held: set[str] = set()
         self._group_ready = False
         self._listener: asyncio.Task[None] | None = None
@@ -311,6 +312,7 @@ class RedisJobStore:
             pubsub = self._block.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._k("cancel"))
+                self.listening.set()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
@@ -323,6 +325,7 @@ class RedisJobStore:
                 log.warning("jobs_cancel_listener_lost", error=f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(1.0)
             finally:
+                self.listening.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 

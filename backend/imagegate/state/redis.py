@@ -132,6 +132,7 @@ class RedisState(SharedState):
         self._release = self._redis.register_script(_RELEASE)
         self._held: dict[str, set[str]] = {}
         self._freed: dict[str, asyncio.Event] = {}
+        self.listening = asyncio.Event()  # subscribed to the peers' news (and snapshot taken)
         self._on_breaker: BreakerListener | None = None
         self._on_probe: ProbeListener | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -305,6 +306,7 @@ class RedisState(SharedState):
                 # subscribed: what is published from now on arrives as a message; what was
                 # decided before (while we were away, or starting) is in the snapshot
                 await self._adopt_snapshot()
+                self.listening.set()
                 while self._guard.up:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
@@ -314,6 +316,7 @@ class RedisState(SharedState):
             except Exception as exc:  # noqa: BLE001 - a lost subscription is a store outage
                 self._guard.down(exc)
             finally:
+                self.listening.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
