@@ -9,8 +9,10 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aioredis
 from imagegate.models import BackendHealth
 from imagegate.state import BreakerNews, RedisState
+from imagegate.state.guard import StoreGuard
 from imagegate.testing.redis import RedisServer
 from structlog.testing import capture_logs
 
@@ -159,6 +161,38 @@ async def test_redis_going_away_never_hangs_a_call_and_it_resyncs_when_back(own_
     finally:
         await a.aclose()
         await b.aclose()
+
+
+async def test_a_closed_store_answers_locally_and_opens_no_connection_again(redis_url: str) -> None:
+    a = await started(redis_url)
+    await a.aclose()
+    with capture_logs() as logs:
+        assert await a.lease("trial:after-close", 1.0)  # answered locally
+    assert logs == []
+    async with aioredis.from_url(redis_url) as peer:
+        assert await peer.keys("*after-close*") == []  # nothing reached Redis
+
+
+async def test_a_call_that_meets_the_shutdown_is_answered_locally_and_is_no_outage() -> None:
+    """Found by the fleet test: a request's last call, cut by the store's own close, was
+    logged as an outage (state_store_unavailable) at every shutdown under load."""
+
+    async def ping() -> None:
+        return None
+
+    async def cut() -> str:
+        raise ConnectionError("Connection closed by server.")
+
+    async def local() -> str:
+        return "local"
+
+    guard = StoreGuard(ping, timeout_s=0.2, retry_s=60)
+    assert await guard.connect()
+    guard.closing = True  # the owner's aclose() has begun
+    with capture_logs() as logs:
+        assert await guard.call(cut, local) == "local"
+    assert logs == [] and guard.downs == 0 and not guard.up
+    await guard.aclose()
 
 
 async def test_an_unreachable_store_at_start_is_not_fatal() -> None:

@@ -59,6 +59,7 @@ class Fleet:
         self._publisher = asyncio.create_task(self._publish_loop(), name="imagegate-fleet-publish")
 
     async def aclose(self) -> None:
+        self.state.begin_close()
         if self._publisher is not None:
             with contextlib.suppress(asyncio.TimeoutError):  # what is queued goes out first
                 async with asyncio.timeout(1.0):

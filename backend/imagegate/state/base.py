@@ -71,6 +71,9 @@ class SharedState(abc.ABC):
     async def start(self, on_breaker: BreakerListener, on_probe: ProbeListener) -> None:
         """Begin listening to peers; their news reaches the two callbacks (never our own)."""
 
+    def begin_close(self) -> None:
+        """The instance is shutting down: a store call that fails from now on is no outage."""
+
     async def aclose(self) -> None:
         """Stop listening; give back every lease and slot this instance holds."""
 

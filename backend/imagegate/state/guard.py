@@ -4,7 +4,9 @@ Every call is bounded (``timeout_s``, 250 ms by default); the first failure mark
 down (logged once, with the reason) and every later call answers from the in-process
 fallback at once, without touching the network; a background ping every ``retry_s`` brings
 it back (logged once), and the owner's ``on_up`` resynchronises (re-publishes what changed
-here, re-reads what changed elsewhere).
+here, re-reads what changed elsewhere). Once the owner begins to close (``closing``), a
+failing call is no outage: it is answered locally and not logged, and after ``aclose()``
+every call is answered locally, so no connection is opened again.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class StoreGuard:
         self.retry_s = retry_s
         self._on_up = on_up
         self.up = False
+        self.closing = False  # the owner is shutting down: set first thing in its aclose()
         self.downs = 0  # how many times the store went away (for tests and metrics)
         self._recovering: asyncio.Task[None] | None = None
 
@@ -67,6 +70,9 @@ class StoreGuard:
 
     def down(self, exc: BaseException) -> None:
         """The store failed: answer locally until a ping succeeds again."""
+        if self.closing:  # a call that met the shutdown (its connections closing): no outage
+            self.up = False
+            return
         if not self.up and self._recovering is not None:
             return
         self.up = False
@@ -100,6 +106,7 @@ class StoreGuard:
             return
 
     async def aclose(self) -> None:
+        self.closing, self.up = True, False
         task, self._recovering = self._recovering, None
         if task is not None:
             task.cancel()

@@ -159,7 +159,11 @@ class RedisState(SharedState):
             asyncio.create_task(self._heartbeat(), name="imagegate-state-heartbeat"),
         ]
 
+    def begin_close(self) -> None:
+        self._guard.closing = True  # a request's call that meets the shutdown is no outage
+
     async def aclose(self) -> None:
+        self.begin_close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
