@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from imagegate.models import GeneratedImage, ImageFormat, ImageRequest
+from imagegate.server.files import sweep
 from imagegate.store import (
     ImageStore,
     embed_parameters,
@@ -217,3 +221,51 @@ def test_a_truncated_or_altered_stored_file_never_raises(fmt: str, cut: int, jun
     data = embed_parameters(image.data, image.format, parameters_text(FULL, image, "b"))
     found = read_parameters(data[:cut] + junk + data[cut + len(junk):])
     assert found is None or isinstance(found, str)
+
+
+def _aged(path: Path, age_s: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    when = time.time() - age_s
+    os.utime(path, (when, when))
+    return path
+
+
+def test_remove_stale_takes_old_temp_files_only(tmp_path: Path) -> None:
+    old_top = _aged(tmp_path / ".tmp-a.png", 120)
+    old_day = _aged(tmp_path / "2026-01-01" / ".tmp-b.png", 120)
+    young = _aged(tmp_path / "2026-01-01" / ".tmp-c.png", 5)  # a writer still at work
+    image = _aged(tmp_path / "2026-01-01" / "101010-0123abcd.png", 120)
+    deep = _aged(tmp_path / "2026-01-01" / "sub" / ".tmp-d.png", 120)  # not where we write
+    assert ImageStore(tmp_path).remove_stale(older_than_s=60) == 2
+    assert not old_top.exists() and not old_day.exists()
+    assert young.exists() and image.exists() and deep.exists()
+    assert ImageStore(tmp_path / "missing").remove_stale() == 0
+
+
+def test_cleaning_while_day_folders_come_and_go_never_raises(tmp_path: Path) -> None:
+    """At start the stale-file cleaner and the retention sweep run at once, and the sweep
+    removes the day folders it empties (other instances sharing the folder do too): a folder
+    removed while it is being listed made Path.glob raise and the server fail to start."""
+    for i in range(20):
+        (tmp_path / f"2026-01-{i:02d}").mkdir()
+    stop = threading.Event()
+
+    def churn() -> None:  # a sweep elsewhere: day folders appear, are emptied and removed
+        i = 0
+        while not stop.is_set():
+            day = tmp_path / f"2026-02-{i % 28 + 1:02d}"
+            _aged(day / "101010-0123abcd.png", 10 * 86400)
+            shutil.rmtree(day, ignore_errors=True)
+            i += 1
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        store = ImageStore(tmp_path)
+        for _ in range(1500):  # the old code raised in about 1 call in 20
+            store.remove_stale(older_than_s=0)
+            sweep(tmp_path, now=time.time(), max_age_s=86400)
+    finally:
+        stop.set()
+        worker.join()

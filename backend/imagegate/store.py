@@ -37,7 +37,8 @@ from PIL import Image
 from imagegate.models import GeneratedImage, ImageFormat, ImageRequest
 
 __all__ = [
-    "ImageStore", "embed_parameters", "parameters_text", "parse_parameters", "read_parameters",
+    "ImageStore", "embed_parameters", "folder_entries", "parameters_text", "parse_parameters",
+    "read_parameters",
 ]
 
 _EXT = {ImageFormat.PNG: "png", ImageFormat.JPEG: "jpg", ImageFormat.WEBP: "webp"}
@@ -156,10 +157,14 @@ class ImageStore:
         so that another process writing into the same folder now keeps its own); how many."""
         removed = 0
         limit = time.time() - older_than_s
-        for leftover in [*self.root.glob(".tmp-*"), *self.root.glob("*/.tmp-*")]:
+        top = folder_entries(self.root)
+        days = [Path(e.path) for e in top if e.is_dir(follow_symlinks=False)]
+        for entry in [*top, *(e for day in days for e in folder_entries(day))]:
+            if not entry.name.startswith(".tmp-"):
+                continue
             with contextlib.suppress(OSError):
-                if leftover.is_file() and leftover.stat().st_mtime < limit:
-                    leftover.unlink()
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < limit:
+                    os.unlink(entry.path)
                     removed += 1
         return removed
 
@@ -175,6 +180,17 @@ class ImageStore:
         text = parameters_text(request, image, backend, adjustments)
         data = embed_parameters(image.data, image.format, text)
         return write_atomic(folder / name, data)
+
+
+def folder_entries(folder: Path) -> list[os.DirEntry[str]]:
+    """What ``folder`` holds; nothing if it is gone or unreadable. The retention sweep removes
+    emptied day folders while other code lists them (at start, both run at once), and
+    ``Path.glob`` raises FileNotFoundError for a folder removed under it."""
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError:
+        return []
 
 
 def write_atomic(path: Path, data: bytes) -> Path:

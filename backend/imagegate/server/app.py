@@ -125,9 +125,13 @@ async def _retention(settings: Settings) -> AsyncIterator[None]:
 
     async def loop() -> None:
         while True:
-            deleted = await asyncio.to_thread(sweep, root, now=time.time(), max_age_s=max_age_s)
-            if deleted:
-                log.info("images_deleted", count=deleted, older_than_days=days)
+            try:
+                deleted = await asyncio.to_thread(sweep, root, now=time.time(), max_age_s=max_age_s)
+            except OSError as exc:  # e.g. a file we may not delete: try again next time
+                log.warning("images_not_deleted", error=exc.strerror or str(exc))
+            else:
+                if deleted:
+                    log.info("images_deleted", count=deleted, older_than_days=days)
             await asyncio.sleep(RETENTION_INTERVAL_S)
 
     task = asyncio.create_task(loop(), name="imagegate-retention")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from imagegate.errors import ConfigError
+from imagegate.store import folder_entries
 
 __all__ = [
     "SECRET_ENV",
@@ -47,6 +48,7 @@ SECRET_FILE = "url-secret"
 MIN_SECRET_CHARS = 16
 # what ImageStore writes: YYYY-MM-DD/HHMMSS-<8 hex>.<ext>
 STORED = re.compile(r"(\d{4}-\d{2}-\d{2})/(\d{6}-[0-9a-f]{8}\.(?:png|jpg|webp))")
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")  # a day folder, as the ImageStore names it
 _SIG = re.compile(r"[A-Za-z0-9_\-]{43}")
 _EXPIRES = re.compile(r"[0-9]{1,12}")
 
@@ -132,12 +134,13 @@ def expired_images(root: Path, *, now: float, max_age_s: float) -> list[Path]:
     """The stored images under ``root`` last written more than ``max_age_s`` ago (only files
     named as the ImageStore names them: nothing else in the folder is touched)."""
     old: list[Path] = []
-    for day in root.glob("????-??-??"):
-        for path in day.iterdir():
-            if STORED.fullmatch(f"{day.name}/{path.name}") and path.is_file():
+    days = [Path(e.path) for e in folder_entries(root) if _DAY.fullmatch(e.name)]
+    for day in days:  # another instance sharing the folder may remove one meanwhile
+        for entry in folder_entries(day):
+            if STORED.fullmatch(f"{day.name}/{entry.name}"):
                 with contextlib.suppress(OSError):
-                    if now - path.stat().st_mtime > max_age_s:
-                        old.append(path)
+                    if entry.is_file() and now - entry.stat().st_mtime > max_age_s:
+                        old.append(Path(entry.path))
     return old
 
 
