@@ -204,7 +204,7 @@ async def test_listener_that_never_answers_is_a_handshake_timeout_within_connect
         elapsed = time.monotonic() - start
     assert isinstance(caught.value, TimeoutError)
     assert caught.value.kind == "handshake_timeout"
-    assert 0.25 <= elapsed < 0.8
+    assert 0.25 <= elapsed < 0.3 + 1.0  # a starved loop may fire late; failing, it waits 5-10 s
 
 
 async def test_closed_port_is_connect_failed_refused(tmp_path: Path) -> None:
@@ -238,7 +238,7 @@ async def test_stalled_answer_is_a_generation_timeout_within_read_budget(
         with pytest.raises(GenerationTimeout):
             await generate(backend)
         elapsed = time.monotonic() - start
-    assert 0.25 <= elapsed < 0.8
+    assert 0.25 <= elapsed < 0.3 + 1.0  # a starved loop may fire late; failing, it waits 5-10 s
 
 
 async def test_deadline_shorter_than_the_generation_is_a_generation_timeout_at_the_deadline(
@@ -250,7 +250,7 @@ async def test_deadline_shorter_than_the_generation_is_a_generation_timeout_at_t
         with pytest.raises(GenerationTimeout):
             await generate(backend, deadline_s=0.3)
         elapsed = time.monotonic() - start
-    assert 0.25 <= elapsed < 0.8
+    assert 0.25 <= elapsed < 0.3 + 1.0  # a starved loop may fire late; failing, it waits 5-10 s
 
 
 # --- basic auth ------------------------------------------------------------------------------
