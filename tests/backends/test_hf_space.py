@@ -42,6 +42,7 @@ from structlog.testing import capture_logs
 
 from tests.backends.support import BackendCase, cli_generate
 from tests.conftest import write_config
+from tests.routing.support import eventually
 from tests.server.kit import closed_port_url
 
 MAPPING = {
@@ -272,16 +273,14 @@ async def test_full_queue_is_rate_limited(space: RunningSpace, tmp_path: Path) -
     table = prompt_table(space.busy_url, "/busy", fixed={"delay": 1.2}, max_concurrency=3)
     async with space_backend(tmp_path, **table) as backend, aiohttp.ClientSession() as http:
 
-        async def waiting() -> int:  # events in the app's queue, not yet running
+        async def one_waiting() -> bool:  # an event in the app's queue, not yet running
             async with http.get(f"{space.busy_url}/gradio_api/queue/status") as resp:
-                return int((await resp.json())["queue_size"])
+                return int((await resp.json())["queue_size"]) >= 1
 
         first = asyncio.create_task(generate(backend, prompt="first"))  # runs (concurrency limit 1)
         await wait_for(lambda: space.calls.count("/busy") >= 1)
         second = asyncio.create_task(generate(backend, prompt="second"))  # waits: the queue is full
-        deadline = time.monotonic() + 10
-        while await waiting() < 1 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await eventually(one_waiting)
         assert space.calls.count("/busy") == 1  # "first" still runs, "second" waits
         with pytest.raises(RateLimited, match="busy"):
             await generate(backend, prompt="third")

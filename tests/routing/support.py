@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +57,18 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:  # generous: returns at once when true
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0
+) -> None:  # generous: returns at once when true
+    """Until ``check()`` (a bool, or an awaitable of one) is true; fails after ``timeout``."""
     end = time.monotonic() + timeout
-    while not check():
+    while not await _holds(check()):
         assert time.monotonic() < end, "condition not reached in time"
         await asyncio.sleep(0.01)
+
+
+async def _holds(value: bool | Awaitable[bool]) -> bool:
+    return bool(await value) if inspect.isawaitable(value) else bool(value)
 
 
 def attempt_tasks() -> list[asyncio.Task[Any]]:

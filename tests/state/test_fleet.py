@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from imagegate.testing.redis import RedisServer, redis_server
 
 from tests.conftest import need_redis, write_config
 from tests.instances import Instance, serve_instances
+from tests.routing.support import eventually
 
 BODY = {"prompt": "a lighthouse at dusk", "size": "64x64", "response_format": "b64_json"}
 CONNECT_S = 3.0
@@ -53,13 +53,6 @@ async def backend_state(instance: Instance, name: str) -> str:
     async with aiohttp.ClientSession() as http, http.get(instance.url + "/v1/backends") as r:
         table = (await r.json())["data"]
     return next(b["state"] for b in table if b["name"] == name)
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < end, "not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_one_instance_pays_the_black_hole_once_and_the_others_skip_it_at_once(
@@ -102,7 +95,7 @@ async def test_max_concurrency_holds_across_the_fleet(redis_url: str, tmp_path: 
         )
         async with serve_instances(cfg, 2, tmp_path, {"IMAGEGATE_STATE_URL": redis_url}) as (a, b):
             first = asyncio.create_task(generate(a.url))
-            await eventually(lambda: _requests_seen(gpu_knobs, 1))
+            await eventually(lambda: _requests_seen(gpu_knobs, 1), timeout=5.0)
             status, served, _ = await generate(b.url)  # the one slot is A's
             assert (status, served) == (200, "spare")
             assert (await first)[:2] == (200, "gpu")
