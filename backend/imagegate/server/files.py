@@ -47,8 +47,8 @@ SIGNED_FILE = "signed_file"  # the route's name: the auth middleware lets it thr
 SECRET_FILE = "url-secret"
 MIN_SECRET_CHARS = 16
 # what ImageStore writes: YYYY-MM-DD/HHMMSS-<8 hex>.<ext>
-STORED = re.compile(r"(\d{4}-\d{2}-\d{2})/(\d{6}-[0-9a-f]{8}\.(?:png|jpg|webp))")
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")  # a day folder, as the ImageStore names it
+STORED = re.compile(rf"({_DAY.pattern})/(\d{{6}}-[0-9a-f]{{8}}\.(?:png|jpg|webp))")
 _SIG = re.compile(r"[A-Za-z0-9_\-]{43}")
 _EXPIRES = re.compile(r"[0-9]{1,12}")
 
