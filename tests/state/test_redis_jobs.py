@@ -110,3 +110,22 @@ async def test_any_instance_takes_a_queued_job_and_a_dead_one_s_job_is_taken_aga
     finally:
         await a.aclose()
         await b.aclose()
+
+
+async def test_an_instance_never_takes_again_a_job_it_is_still_running(redis_url: str) -> None:
+    """Its own keep-alive came late (a starved loop, Redis away a moment), so the lease
+    lapsed: the job is still running here, and a second run of it would be counted as a
+    death (found in CI: a third run failed a job whose second run was fine)."""
+    a = store(redis_url, "a" * 12, lease_s=0.3)
+    try:
+        await a.enqueue("job_mine", '{"spec": 1}')
+        (first,) = await a.take(5)
+        await asyncio.sleep(0.6)  # no keep_alive: the lease lapsed
+        assert await a.take(5) == []  # still ours: not handed out a second time
+        await a.release(first)  # given up (the run could not finish): now it may run again
+        await asyncio.sleep(0.6)
+        (again,) = await a.take(5)
+        assert again.job_id == "job_mine"
+        await a.ack(again)
+    finally:
+        await a.aclose()

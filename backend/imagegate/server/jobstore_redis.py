@@ -260,7 +260,11 @@ class RedisJobStore:
             self._k("queue"), GROUP, self.instance, min_idle_time=int(self.lease_s * 1000),
             start_id="0-0", count=count,
         ))
-        found = [self._delivery(e) for e in (stale[1] if stale else []) if e and e[1]]
+        # an entry this instance still holds is running here: its lease lapsed only because our
+        # own keep-alive was late (a starved loop, Redis away a moment), and this claim renewed
+        # it; handing it out again would start a second run of a job that is not dead
+        claimed = [self._delivery(e) for e in (stale[1] if stale else []) if e and e[1]]
+        found = [d for d in claimed if d.entry not in self._held]
         if found:
             log.warning("jobs_reclaimed", count=len(found), jobs=[d.job_id for d in found])
         else:
